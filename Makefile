@@ -1,0 +1,38 @@
+# The two set-up commands are `make run` and `make test`; both build what they need.
+CARGO ?= cargo
+SETUP := .ci/setup
+
+.PHONY: run test bench soak check fmt setup
+
+setup:
+	@bash $(SETUP)
+
+# Starts the local cluster (lb + 3 nodes from config/local.toml) in the foreground; Ctrl-C stops all of it.
+run: setup
+	$(CARGO) build --release --bins
+	@bash .ci/run-local.sh config/local.toml target/release
+
+# Every test: unit tests and the integration tests that start the real binaries.
+test: setup
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace -- --test-threads=2
+
+# About 30 s of synthetic traffic against the local cluster with the busiest node killed mid-way.
+bench: setup
+	$(CARGO) build --release --bins
+	mkdir -p target/bench
+	target/release/bench cluster --config config/local.toml --sessions 1000 --concurrency 64 --duration 30s \
+		--fault kill:primary@15s --json target/bench/report.json --plot target/bench/timeline.svg
+
+# Long fault-injection runs; not part of `make test`.
+soak: setup
+	$(CARGO) build --release --bins
+	mkdir -p target/bench
+	target/release/bench cluster --config config/local.toml --sessions 5000 --concurrency 128 --duration 600s \
+		--fault kill:primary@60s --fault restart:n1@120s --fault stop:n2@240s+5s --json target/bench/soak.json
+
+check:
+	$(CARGO) run --release --bin lb -- check config/local.toml
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,32 @@
+//! Session-hosting node of the session-replicating load balancer, and the pure pieces the balancer shares.
+//!
+//! # Layout
+//! - [`config`]: the cluster TOML file, raw structs validated into a [`config::ClusterConfig`].
+//! - [`ids`]: node ids, session ids, and the summed-id routing segment with its lookup table.
+//! - [`cookie`]: the signed routing cookie codec (pure; the balancer uses it too).
+//!
+//! With the default `server` feature, the node itself:
+//! - `session`: a session's state and the pure operations on it (merge patch, increment, outcomes).
+//! - `store`: the sharded in-memory session table.
+//! - `wire`: replication frames: pure codec, whole-frame check then parse.
+//! - `connection`: framed, authenticated replication connections over TCP.
+//! - `membership`: peers, heartbeats, liveness and load; secondary choice.
+//! - `replicate`: the per-secondary replication state machine (deltas, full copies, batching), no sockets inside.
+//! - `takeover`: recovering a session this node does not host from the pair named in its cookie.
+//! - `api`: the built-in session HTTP API and node-reserved `/_node/` paths.
+//! - `metrics`: Prometheus counters and gauges.
+//! - `server`: wiring it together: listeners, background tasks.
+
+pub mod config;
+pub mod cookie;
+pub mod ids;
+
+/// Internal header the balancer stamps on every request (any client copy is stripped); nodes use it to apply a
+/// retried request once.
+pub const REQUEST_ID_HEADER: &str = "x-lb-request-id";
+/// Response header naming the node that served, when `expose_node = true`.
+pub const SERVED_BY_HEADER: &str = "x-served-by";
+/// Response header set when a recovered copy was older than the client's signed cookie.
+pub const STALE_HEADER: &str = "x-session-stale";
+/// Path of a node's health endpoint.
+pub const HEALTH_PATH: &str = "/_node/health";

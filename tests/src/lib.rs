@@ -1,0 +1,421 @@
+//! Test harness: starts the real `node`, `lb` and `bench` binaries as processes on loopback.
+//!
+//! Every cluster gets its own random 127.x.y.z address and ports probed free on it, so tests run in parallel
+//! without colliding. Every process is killed when the [`Cluster`] is dropped (and, through `PR_SET_PDEATHSIG`,
+//! when the test process itself dies).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Directory holding the built binaries: `$SRV_BIN_DIR`, else `<target>/debug`.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SRV_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    target.join("debug")
+}
+
+/// Path of one of our binaries; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --bins` first (make test does)", p.display());
+    p
+}
+
+/// A random loopback address of our own, e.g. 127.83.12.7.
+pub fn loopback_ip() -> Ipv4Addr {
+    let r: [u8; 3] = rand::random();
+    Ipv4Addr::new(127, r[0].max(1), r[1], r[2].max(2))
+}
+
+/// A port on `ip` that was free a moment ago.
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0)).expect("bind on loopback").local_addr().unwrap().port()
+}
+
+/// What cluster to start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub lb: bool,
+    /// `sync` or `async`.
+    pub mode: &'static str,
+    /// Extra TOML appended to `[replication]`, e.g. `lease_ms = 300`.
+    pub replication_extra: String,
+    /// Extra TOML appended to `[lb]`.
+    pub lb_extra: String,
+    /// Extra TOML appended to `[session]`.
+    pub session_extra: String,
+    /// Per-node extra TOML lines, by node index.
+    pub node_extra: HashMap<usize, String>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            nodes: 3,
+            lb: false,
+            mode: "sync",
+            replication_extra: String::new(),
+            lb_extra: String::new(),
+            session_extra: String::new(),
+            node_extra: HashMap::new(),
+        }
+    }
+}
+
+/// One node's addresses.
+#[derive(Clone, Debug)]
+pub struct NodeAddrs {
+    pub name: String,
+    pub http: SocketAddr,
+    pub repl: SocketAddr,
+}
+
+/// A running cluster of real processes.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub ip: Ipv4Addr,
+    pub nodes: Vec<NodeAddrs>,
+    pub lb_listen: SocketAddr,
+    pub lb_admin: SocketAddr,
+    pub spec: ClusterSpec,
+    procs: HashMap<String, Child>,
+}
+
+/// The cluster file for `spec` on `ip` with the given ports.
+pub fn render_config(spec: &ClusterSpec, ip: Ipv4Addr, nodes: &[NodeAddrs], lb: SocketAddr, admin: SocketAddr) -> String {
+    let mut t = format!(
+        "[cluster]\nsecret = \"test-secret-0123456789abcdef\"\n\n[lb]\nlisten = \"{lb}\"\nadmin = \"{admin}\"\n{}\n\
+         [lb.health]\ninterval_ms = 200\nfall = 2\nrise = 2\ntimeout_ms = 300\n\n\
+         [node]\nexpose_node = true\n\n[replication]\nmode = \"{}\"\nheartbeat_ms = 200\npeer_timeout_ms = 1000\nlease_ms = 300\n{}\n\
+         [replication.batch]\nmax_updates = 64\nmax_delay_ms = 5\n\n[session]\nidle_timeout_s = 600\n{}\n",
+        spec.lb_extra, spec.mode, spec.replication_extra, spec.session_extra
+    );
+    let _ = ip;
+    for (i, n) in nodes.iter().enumerate() {
+        t += &format!(
+            "\n[[nodes]]\nname = \"{}\"\nhttp = \"{}\"\nrepl = \"{}\"\nmachine = \"m{}\"\nzone = \"z{}\"\n{}\n",
+            n.name,
+            n.http,
+            n.repl,
+            i + 1,
+            i % 2 + 1,
+            spec.node_extra.get(&i).map(String::as_str).unwrap_or("")
+        );
+    }
+    t
+}
+
+impl Cluster {
+    /// Writes a config for `spec` and starts every process; returns once all answer their health checks.
+    pub fn start(spec: ClusterSpec) -> Result<Cluster> {
+        let ip = loopback_ip();
+        let nodes: Vec<NodeAddrs> = (0..spec.nodes)
+            .map(|i| NodeAddrs {
+                name: format!("n{}", i + 1),
+                http: SocketAddr::from((ip, free_port(ip))),
+                repl: SocketAddr::from((ip, free_port(ip))),
+            })
+            .collect();
+        let lb_listen = SocketAddr::from((ip, free_port(ip)));
+        let lb_admin = SocketAddr::from((ip, free_port(ip)));
+        let dir = std::env::temp_dir().join(format!("srv-test-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir)?;
+        let config_path = dir.join("cluster.toml");
+        std::fs::write(&config_path, render_config(&spec, ip, &nodes, lb_listen, lb_admin))?;
+        let mut c = Cluster { dir, config_path, ip, nodes, lb_listen, lb_admin, spec, procs: HashMap::new() };
+        for n in c.nodes.clone() {
+            c.start_node(&n.name)?;
+        }
+        if c.spec.lb {
+            c.start_lb()?;
+        }
+        Ok(c)
+    }
+
+    /// Rewrites the cluster file (e.g. before a reload).
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
+    fn spawn(&mut self, key: &str, mut cmd: Command) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{key}.log")))?;
+        cmd.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with its parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("spawn {key}"))?;
+        self.procs.insert(key.to_string(), child);
+        Ok(())
+    }
+
+    /// Starts (or restarts) node `name` and waits until it is healthy.
+    pub fn start_node(&mut self, name: &str) -> Result<()> {
+        let mut cmd = Command::new(bin("node"));
+        cmd.arg("--config").arg(&self.config_path).arg("--name").arg(name);
+        self.spawn(name, cmd)?;
+        let addr = self.node(name).http;
+        wait_http_ok(&format!("http://{addr}/_node/health"), Duration::from_secs(20))
+            .with_context(|| format!("node {name} did not become healthy; log:\n{}", self.log(name)))
+    }
+
+    /// Starts the lb and waits until its admin status answers.
+    pub fn start_lb(&mut self) -> Result<()> {
+        self.start_lb_as("lb")
+    }
+
+    /// Starts an lb process under the key `key` (a second lb can share the config).
+    pub fn start_lb_as(&mut self, key: &str) -> Result<()> {
+        let mut cmd = Command::new(bin("lb"));
+        cmd.arg("--config").arg(&self.config_path);
+        self.spawn(key, cmd)?;
+        wait_http_ok(&format!("http://{}/status", self.lb_admin), Duration::from_secs(20))
+            .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))
+    }
+
+    /// A node's addresses by name.
+    pub fn node(&self, name: &str) -> &NodeAddrs {
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// `http://addr` of a node.
+    pub fn node_url(&self, name: &str) -> String {
+        format!("http://{}", self.node(name).http)
+    }
+
+    /// `http://addr` of the lb.
+    pub fn lb_url(&self) -> String {
+        format!("http://{}", self.lb_listen)
+    }
+
+    /// `http://addr` of the lb's admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.lb_admin)
+    }
+
+    /// A process's pid.
+    pub fn pid(&self, key: &str) -> u32 {
+        self.procs.get(key).unwrap_or_else(|| panic!("no process {key}")).id()
+    }
+
+    /// kill -9, and reap.
+    pub fn kill(&mut self, key: &str) {
+        if let Some(mut c) = self.procs.remove(key) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGSTOP`) to a process.
+    pub fn signal(&self, key: &str, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(key) as i32, sig);
+        }
+    }
+
+    /// Waits for a process to exit by itself, up to `timeout`; returns its exit status.
+    pub fn wait_exit(&mut self, key: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.procs.get_mut(key)?;
+            if let Ok(Some(st)) = child.try_wait() {
+                self.procs.remove(key);
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log a process wrote so far.
+    pub fn log(&self, key: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{key}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in self.procs.drain() {
+            // A SIGSTOPped child would ignore nothing but SIGKILL; SIGCONT first is harmless.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            let _ = writeln!(std::io::stderr(), "cluster logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Polls `url` until it answers 200, up to `timeout`.
+pub fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_millis(500)).build()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client.get(url).send() {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer 200 within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds, up to `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A response reduced to what tests look at.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub served_by: Option<String>,
+    pub set_cookie: Option<String>,
+    pub stale: bool,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// A cookie-following HTTP client for one user: it keeps the routing cookie it is given.
+pub struct User {
+    client: reqwest::blocking::Client,
+    /// `NAME=value` of the routing cookie, once the cluster minted one.
+    pub cookie: Option<String>,
+    pub cookie_name: String,
+}
+
+impl Default for User {
+    fn default() -> Self {
+        User::new()
+    }
+}
+
+impl User {
+    pub fn new() -> User {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .pool_max_idle_per_host(4)
+            .build()
+            .expect("client");
+        User { client, cookie: None, cookie_name: "SRVSESSION".into() }
+    }
+
+    /// Sends `method path` to `base` with the current cookie, `body` as JSON when given, and keeps any new cookie.
+    pub fn send(&mut self, base: &str, method: &str, path: &str, body: Option<&str>) -> Result<Reply> {
+        self.send_with(base, method, path, body, &[])
+    }
+
+    /// Like [`User::send`] with extra request headers.
+    pub fn send_with(
+        &mut self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut rb = self.client.request(m, format!("{base}{path}"));
+        if let Some(c) = &self.cookie {
+            rb = rb.header("cookie", c.clone());
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.header("content-type", "application/json").body(b.to_string());
+        }
+        let r = rb.send()?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let set_cookie = headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{}=", self.cookie_name)))
+            .map(str::to_string);
+        if let Some(sc) = &set_cookie {
+            let pair = sc.split(';').next().unwrap_or("").trim().to_string();
+            if pair.ends_with('=') {
+                self.cookie = None;
+            } else {
+                self.cookie = Some(pair);
+            }
+        }
+        let served_by = get("x-served-by");
+        let stale = get("x-session-stale").as_deref() == Some("1");
+        let body = r.text()?;
+        Ok(Reply { status, served_by, set_cookie, stale, headers, body })
+    }
+
+    /// `POST /session/incr/{key}`; returns the reply.
+    pub fn incr(&mut self, base: &str, key: &str) -> Result<Reply> {
+        self.send(base, "POST", &format!("/session/incr/{key}"), None)
+    }
+
+    /// `GET /session`.
+    pub fn get(&mut self, base: &str) -> Result<Reply> {
+        self.send(base, "GET", "/session", None)
+    }
+}
+
+/// The node name a routing cookie value's segment names as primary, decoded with `config`.
+pub fn cookie_pair(cfg: &node::config::ClusterConfig, cookie: &str) -> Option<(String, Option<String>)> {
+    let codec = node::cookie::CookieCodec::new(&cfg.cookie);
+    let value = cookie.split_once('=')?.1;
+    let c = codec.decode(value).ok()?;
+    let pair = cfg.pairs.decode(c.segment)?;
+    let name = |id| cfg.node_by_id(id).map(|n| n.name.clone());
+    Some((name(pair.primary)?, pair.secondary.and_then(name)))
+}
+
+impl Cluster {
+    /// The validated config the processes read.
+    pub fn config(&self) -> node::config::ClusterConfig {
+        node::config::ClusterConfig::load(&self.config_path).expect("our own config validates")
+    }
+}
