@@ -1,0 +1,330 @@
+//! Choosing a node: the pinned primary, the failover target, or a balanced pick for a new session. Pure: the
+//! caller passes a snapshot of every node's state and two numbers (a ticket and a random draw), so every choice
+//! is reproducible in a unit test.
+
+use node::config::{Algorithm, Failover};
+
+/// What the chooser needs to know about one node at this instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// Passed its health checks (and no passive failure since).
+    pub healthy: bool,
+    /// `drain = true`: takes no new sessions.
+    pub drain: bool,
+    /// Relative share of new sessions, 1..=1000.
+    pub weight: u32,
+    /// Requests currently proxied to it by this balancer.
+    pub in_flight: usize,
+}
+
+/// Why a node was chosen; the proxy counts failovers from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The session's primary, as the cookie names it.
+    Primary,
+    /// The session's secondary, because the primary is down (`failover = "secondary"`).
+    Secondary,
+    /// Chosen by the algorithm: a new session, or a failover under `failover = "rebalance"`.
+    Balanced,
+}
+
+/// The session a request belongs to, as far as routing is concerned: node indices into the current node list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pinned {
+    pub primary: usize,
+    pub secondary: Option<usize>,
+}
+
+/// Picks the node for the next attempt of a request; `None` when no healthy node is left untried.
+///
+/// `tried` holds the nodes that already failed this request. `ticket` increases by one per call (it rotates
+/// ties and drives round robin); `random` is a uniform draw for `Algorithm::Random`.
+pub fn choose(
+    algorithm: Algorithm,
+    failover: Failover,
+    nodes: &[NodeView],
+    pinned: Option<Pinned>,
+    tried: &[usize],
+    ticket: u64,
+    random: u64,
+) -> Option<(usize, Target)> {
+    let usable = |i: usize| nodes.get(i).is_some_and(|n| n.healthy) && !tried.contains(&i);
+    if let Some(p) = pinned {
+        // A drained primary still serves its own sessions: the node itself hands them to their secondaries.
+        if usable(p.primary) {
+            return Some((p.primary, Target::Primary));
+        }
+        if failover == Failover::Secondary {
+            if let Some(s) = p.secondary.filter(|&s| usable(s)) {
+                return Some((s, Target::Secondary));
+            }
+        }
+    }
+    let pick = |allow_drained: bool| {
+        balanced(
+            algorithm,
+            nodes,
+            |i| usable(i) && (allow_drained || !nodes[i].drain),
+            ticket,
+            random,
+        )
+    };
+    // Drained nodes are a last resort: better a session on a draining node than a 503.
+    pick(false)
+        .or_else(|| pick(true))
+        .map(|i| (i, Target::Balanced))
+}
+
+/// A balanced pick among the nodes `eligible` accepts.
+pub fn balanced(
+    algorithm: Algorithm,
+    nodes: &[NodeView],
+    eligible: impl Fn(usize) -> bool,
+    ticket: u64,
+    random: u64,
+) -> Option<usize> {
+    let n = nodes.len();
+    if n == 0 {
+        return None;
+    }
+    match algorithm {
+        Algorithm::LeastConnections => {
+            // Start the scan at a rotating offset so that equal loads (an idle cluster) still spread.
+            let start = (ticket % n as u64) as usize;
+            let mut best: Option<usize> = None;
+            for k in 0..n {
+                let i = (start + k) % n;
+                if !eligible(i) {
+                    continue;
+                }
+                best = match best {
+                    // Fewer in-flight per unit of weight wins: a/wa < b/wb  <=>  a*wb < b*wa.
+                    Some(b)
+                        if (nodes[i].in_flight as u128) * u128::from(nodes[b].weight)
+                            >= (nodes[b].in_flight as u128) * u128::from(nodes[i].weight) =>
+                    {
+                        Some(b)
+                    }
+                    _ => Some(i),
+                };
+            }
+            best
+        }
+        Algorithm::RoundRobin => weighted_slot(nodes, &eligible, ticket),
+        Algorithm::Random => weighted_slot(nodes, &eligible, random),
+    }
+}
+
+/// The node owning slot `draw mod total weight` when eligible nodes line up their weights end to end.
+fn weighted_slot(
+    nodes: &[NodeView],
+    eligible: &impl Fn(usize) -> bool,
+    draw: u64,
+) -> Option<usize> {
+    let total: u64 = (0..nodes.len())
+        .filter(|&i| eligible(i))
+        .map(|i| u64::from(nodes[i].weight))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut slot = draw % total;
+    for (i, n) in nodes.iter().enumerate() {
+        if !eligible(i) {
+            continue;
+        }
+        let w = u64::from(n.weight);
+        if slot < w {
+            return Some(i);
+        }
+        slot -= w;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(weight: u32, in_flight: usize) -> NodeView {
+        NodeView {
+            healthy: true,
+            drain: false,
+            weight,
+            in_flight,
+        }
+    }
+
+    fn counts(alg: Algorithm, nodes: &[NodeView], rounds: u64) -> Vec<usize> {
+        let mut c = vec![0; nodes.len()];
+        for t in 0..rounds {
+            let r = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7;
+            let (i, _) = choose(alg, Failover::Rebalance, nodes, None, &[], t, r).unwrap();
+            c[i] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn a_healthy_primary_is_always_chosen_even_when_drained() {
+        let mut nodes = vec![up(1, 50), up(1, 0), up(1, 0)];
+        nodes[0].drain = true;
+        let p = Pinned {
+            primary: 0,
+            secondary: Some(1),
+        };
+        for t in 0..10 {
+            assert_eq!(
+                choose(
+                    Algorithm::LeastConnections,
+                    Failover::Rebalance,
+                    &nodes,
+                    Some(p),
+                    &[],
+                    t,
+                    t
+                ),
+                Some((0, Target::Primary))
+            );
+        }
+    }
+
+    #[test]
+    fn a_dead_primary_fails_over_to_the_secondary_only_when_asked() {
+        let mut nodes = vec![up(1, 0), up(1, 5), up(1, 0)];
+        nodes[0].healthy = false;
+        let p = Some(Pinned {
+            primary: 0,
+            secondary: Some(1),
+        });
+        let alg = Algorithm::LeastConnections;
+        assert_eq!(
+            choose(alg, Failover::Secondary, &nodes, p, &[], 0, 0),
+            Some((1, Target::Secondary))
+        );
+        assert_eq!(
+            choose(alg, Failover::Rebalance, &nodes, p, &[], 0, 0),
+            Some((2, Target::Balanced))
+        );
+        // The secondary failed too: the algorithm takes over.
+        assert_eq!(
+            choose(alg, Failover::Secondary, &nodes, p, &[1], 0, 0),
+            Some((2, Target::Balanced))
+        );
+    }
+
+    #[test]
+    fn a_tried_node_is_never_chosen_again_for_the_same_request() {
+        let nodes = vec![up(1, 0), up(1, 0), up(1, 0)];
+        let p = Some(Pinned {
+            primary: 0,
+            secondary: None,
+        });
+        for t in 0..20 {
+            let (i, target) = choose(
+                Algorithm::RoundRobin,
+                Failover::Rebalance,
+                &nodes,
+                p,
+                &[0, 2],
+                t,
+                t,
+            )
+            .unwrap();
+            assert_eq!((i, target), (1, Target::Balanced));
+        }
+        assert_eq!(
+            choose(
+                Algorithm::RoundRobin,
+                Failover::Rebalance,
+                &nodes,
+                p,
+                &[0, 1, 2],
+                0,
+                0
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn no_healthy_node_means_no_choice() {
+        let nodes = vec![
+            NodeView {
+                healthy: false,
+                ..up(1, 0)
+            };
+            3
+        ];
+        assert_eq!(
+            choose(
+                Algorithm::Random,
+                Failover::Rebalance,
+                &nodes,
+                None,
+                &[],
+                1,
+                1
+            ),
+            None
+        );
+        assert_eq!(
+            choose(Algorithm::Random, Failover::Rebalance, &[], None, &[], 1, 1),
+            None
+        );
+    }
+
+    #[test]
+    fn drained_nodes_get_no_new_sessions_unless_nothing_else_is_up() {
+        let mut nodes = vec![up(1, 0), up(1, 0), up(1, 0)];
+        nodes[1].drain = true;
+        for alg in [
+            Algorithm::LeastConnections,
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+        ] {
+            assert_eq!(counts(alg, &nodes, 300)[1], 0, "{alg:?}");
+        }
+        nodes[0].healthy = false;
+        nodes[2].healthy = false;
+        assert_eq!(counts(Algorithm::RoundRobin, &nodes, 10), vec![0, 10, 0]);
+    }
+
+    #[test]
+    fn least_connections_prefers_the_least_loaded_per_weight() {
+        let nodes = vec![up(1, 4), up(1, 1), up(1, 3)];
+        assert_eq!(
+            counts(Algorithm::LeastConnections, &nodes, 30),
+            vec![0, 30, 0]
+        );
+        // 4 in flight at weight 4 is as loaded as 1 at weight 1; 1 at weight 1 beats 3 at weight 1.
+        let nodes = vec![up(4, 3), up(1, 1), up(1, 3)];
+        assert_eq!(
+            counts(Algorithm::LeastConnections, &nodes, 30),
+            vec![30, 0, 0]
+        );
+    }
+
+    #[test]
+    fn least_connections_spreads_an_idle_cluster_evenly() {
+        let nodes = vec![up(1, 0); 3];
+        assert_eq!(
+            counts(Algorithm::LeastConnections, &nodes, 300),
+            vec![100, 100, 100]
+        );
+    }
+
+    #[test]
+    fn round_robin_and_random_follow_the_weights() {
+        let nodes = vec![up(1, 0), up(2, 0), up(1, 0)];
+        assert_eq!(
+            counts(Algorithm::RoundRobin, &nodes, 400),
+            vec![100, 200, 100]
+        );
+        let c = counts(Algorithm::Random, &nodes, 4000);
+        assert!(
+            c[1] > 1700 && c[1] < 2300 && c[0] > 800 && c[2] > 800,
+            "{c:?}"
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! The balancer: a Pingora proxy that pins each request to its session's primary by the routing cookie's
+//! summed-id segment, balances new sessions, and fails over without the client noticing (DESIGN §§3, 4, 7).
+//!
+//! # Layout
+//! - [`routing`]: cookie headers → verified cookie → pair → node indices (pure).
+//! - [`balance`]: the pinned primary, the failover target, or a balanced pick for a new session (pure).
+//! - [`limits`]: header count and size, body size caps (pure).
+//! - [`health`]: fall/rise health state (pure) and the active `/_node/health` checker.
+//! - [`membership`]: the live node table: per-node state, immutable topology snapshots, reload.
+//! - [`metrics`]: Prometheus families, per-node counters resolved once.
+//! - [`proxy`]: the Pingora `ProxyHttp` implementation and the head-deadline wrapper.
+//! - [`admin`]: `/metrics`, `/status`, `POST /reload`.
+//! - [`server`]: wiring the services into a Pingora server; SIGHUP and graceful exit.
+
+pub mod admin;
+pub mod balance;
+pub mod health;
+pub mod limits;
+pub mod membership;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;

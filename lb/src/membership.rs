@@ -1,0 +1,479 @@
+//! The live node table. A [`Topology`] is an immutable snapshot of one config generation (nodes, peers, cookie
+//! codec, pair table); [`Membership`] swaps whole snapshots on reload, so a request keeps the snapshot it started
+//! with and in-flight requests are never disturbed. Per-node runtime state ([`NodeState`]: health, in-flight,
+//! weight, drain) is shared between generations for every node whose name and address did not change.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use node::config::{ClusterConfig, ConfigError};
+use node::cookie::CookieCodec;
+use node::ids::NodeId;
+use pingora::upstreams::peer::HttpPeer;
+use prometheus::IntGauge;
+
+use crate::balance::NodeView;
+use crate::health::HealthTracker;
+use crate::metrics::{Metrics, NodeMetrics};
+use crate::routing::{self, Route};
+
+/// Upstream connections idle longer than this are not reused: shorter than any sane node keep-alive, so the
+/// pool rarely hands out a connection the node is closing.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(15);
+
+/// Runtime state of one node, shared by every generation that keeps the node.
+pub struct NodeState {
+    pub name: String,
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    weight: AtomicU32,
+    drain: AtomicBool,
+    healthy: AtomicBool,
+    tracker: Mutex<HealthTracker>,
+    in_flight: AtomicUsize,
+    /// Request counters by outcome.
+    pub metrics: NodeMetrics,
+    healthy_gauge: IntGauge,
+    in_flight_gauge: IntGauge,
+    all_metrics: Arc<Metrics>,
+}
+
+impl NodeState {
+    fn new(cfg: &node::config::NodeConfig, metrics: &Arc<Metrics>) -> NodeState {
+        let (healthy_gauge, in_flight_gauge) = metrics.gauges(&cfg.name);
+        healthy_gauge.set(1);
+        NodeState {
+            name: cfg.name.clone(),
+            id: cfg.id,
+            addr: cfg.http,
+            weight: AtomicU32::new(cfg.weight),
+            drain: AtomicBool::new(cfg.drain),
+            healthy: AtomicBool::new(true),
+            tracker: Mutex::new(HealthTracker::new()),
+            in_flight: AtomicUsize::new(0),
+            metrics: metrics.for_node(&cfg.name),
+            healthy_gauge,
+            in_flight_gauge,
+            all_metrics: metrics.clone(),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn drain(&self) -> bool {
+        self.drain.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// What the chooser sees.
+    pub fn view(&self) -> NodeView {
+        NodeView {
+            healthy: self.healthy(),
+            drain: self.drain(),
+            weight: self.weight(),
+            in_flight: self.in_flight(),
+        }
+    }
+
+    /// Records one health check result; returns the new state when it changed.
+    pub fn observe(&self, ok: bool, fall: u32, rise: u32) -> Option<bool> {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let change = t.observe(ok, fall, rise);
+        if let Some(up) = change {
+            self.set_healthy(
+                up,
+                if up {
+                    "passed its health checks"
+                } else {
+                    "failed its health checks"
+                },
+            );
+        }
+        change
+    }
+
+    /// Marks the node down at once (a request could not reach it); it must rise through health checks.
+    pub fn force_down(&self, why: &str) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        if t.force_down() {
+            self.set_healthy(false, why);
+        }
+    }
+
+    fn set_healthy(&self, up: bool, why: &str) {
+        self.healthy.store(up, Ordering::Relaxed);
+        self.healthy_gauge.set(i64::from(up));
+        self.all_metrics
+            .health_changes
+            .with_label_values(&[self.name.as_str(), if up { "up" } else { "down" }])
+            .inc();
+        if up {
+            tracing::info!(node = %self.name, addr = %self.addr, "node is up: {why}");
+        } else {
+            tracing::warn!(node = %self.name, addr = %self.addr, "node is down: {why}");
+        }
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Copies the in-flight count into its gauge (done at scrape time, not per request).
+    pub fn publish(&self) {
+        self.in_flight_gauge.set(self.in_flight() as i64);
+        self.healthy_gauge.set(i64::from(self.healthy()));
+    }
+}
+
+/// One request in flight on a node.
+pub struct InFlight(Arc<NodeState>);
+
+impl InFlight {
+    pub fn node(&self) -> &Arc<NodeState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One config generation, immutable.
+pub struct Topology {
+    pub cfg: ClusterConfig,
+    pub codec: CookieCodec,
+    pub nodes: Vec<Arc<NodeState>>,
+    peers: Vec<HttpPeer>,
+    by_id: HashMap<NodeId, usize, ahash::RandomState>,
+    /// 1 for the file read at start, +1 per accepted reload.
+    pub generation: u64,
+}
+
+impl Topology {
+    fn build(
+        cfg: ClusterConfig,
+        previous: Option<&Topology>,
+        metrics: &Arc<Metrics>,
+        generation: u64,
+    ) -> Topology {
+        let mut nodes = Vec::with_capacity(cfg.nodes.len());
+        let mut peers = Vec::with_capacity(cfg.nodes.len());
+        let mut by_id = HashMap::default();
+        for (i, n) in cfg.nodes.iter().enumerate() {
+            let kept = previous
+                .and_then(|p| {
+                    p.nodes
+                        .iter()
+                        .find(|o| o.name == n.name && o.addr == n.http && o.id == n.id)
+                })
+                .cloned();
+            let state = match kept {
+                Some(s) => {
+                    s.weight.store(n.weight, Ordering::Relaxed);
+                    s.drain.store(n.drain, Ordering::Relaxed);
+                    s
+                }
+                None => Arc::new(NodeState::new(n, metrics)),
+            };
+            let mut peer = HttpPeer::new(n.http, false, String::new());
+            let l = &cfg.lb.limits;
+            peer.options.connection_timeout = Some(l.connect_timeout);
+            peer.options.total_connection_timeout = Some(l.connect_timeout);
+            peer.options.read_timeout = Some(l.read_timeout);
+            peer.options.write_timeout = Some(l.read_timeout);
+            peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+            by_id.insert(n.id, i);
+            nodes.push(state);
+            peers.push(peer);
+        }
+        let codec = CookieCodec::new(&cfg.cookie);
+        Topology {
+            cfg,
+            codec,
+            nodes,
+            peers,
+            by_id,
+            generation,
+        }
+    }
+
+    /// Routes a request by its `Cookie` headers.
+    pub fn route<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> Route {
+        routing::route(
+            &self.codec,
+            &self.cfg.pairs,
+            |id| self.by_id.get(&id).copied(),
+            cookie_headers,
+        )
+    }
+
+    /// Every node's state as the chooser sees it, in node order.
+    pub fn views(&self) -> Vec<NodeView> {
+        self.nodes.iter().map(|n| n.view()).collect()
+    }
+
+    /// The upstream peer of node `i`, with the configured timeouts.
+    pub fn peer(&self, i: usize) -> Box<HttpPeer> {
+        Box::new(self.peers[i].clone())
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// Settings that only a restart applies (listen addresses, threads).
+    pub ignored: Vec<String>,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "generation {}: added {:?}, removed {:?}, changed {:?}",
+            self.generation, self.added, self.removed, self.changed
+        )?;
+        if !self.ignored.is_empty() {
+            write!(f, "; needs a restart to apply: {:?}", self.ignored)?;
+        }
+        Ok(())
+    }
+}
+
+/// The current topology and how to replace it.
+pub struct Membership {
+    path: PathBuf,
+    current: ArcSwap<Topology>,
+    metrics: Arc<Metrics>,
+    reloading: Mutex<()>,
+    ticket: AtomicU64,
+}
+
+impl Membership {
+    /// Reads the cluster file at `path`.
+    ///
+    /// # Errors
+    /// The file's [`ConfigError`], naming file, line and key.
+    pub fn load(path: &Path, metrics: Arc<Metrics>) -> Result<Membership, ConfigError> {
+        let cfg = ClusterConfig::load(path)?;
+        Ok(Membership::from_config(path, cfg, metrics))
+    }
+
+    /// A membership over an already validated config; `path` is what reloads re-read.
+    pub fn from_config(path: &Path, cfg: ClusterConfig, metrics: Arc<Metrics>) -> Membership {
+        let topology = Topology::build(cfg, None, &metrics, 1);
+        Membership {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(topology),
+            metrics,
+            reloading: Mutex::new(()),
+            ticket: AtomicU64::new(0),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.current.load_full()
+    }
+
+    /// A number that grows by one per call (rotates ties, drives round robin).
+    pub fn next_ticket(&self) -> u64 {
+        self.ticket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Re-reads the file and swaps the new topology in; an invalid file changes nothing.
+    ///
+    /// # Errors
+    /// The new file's [`ConfigError`]; the old topology keeps serving.
+    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let cfg = match ClusterConfig::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["refused"]).inc();
+                tracing::error!("reload refused, the running config stays: {e}");
+                return Err(e);
+            }
+        };
+        let old = self.current.load_full();
+        let new = Topology::build(cfg, Some(&old), &self.metrics, old.generation + 1);
+        let report = diff(&old, &new);
+        for name in &report.removed {
+            self.metrics.forget_node(name);
+        }
+        self.current.store(Arc::new(new));
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
+        tracing::info!("reloaded {}: {report}", self.path.display());
+        Ok(report)
+    }
+}
+
+fn diff(old: &Topology, new: &Topology) -> ReloadReport {
+    let mut r = ReloadReport {
+        generation: new.generation,
+        ..ReloadReport::default()
+    };
+    for n in &new.cfg.nodes {
+        match old.cfg.node(&n.name) {
+            None => r.added.push(n.name.clone()),
+            Some(o)
+                if o.http != n.http
+                    || o.id != n.id
+                    || o.weight != n.weight
+                    || o.drain != n.drain =>
+            {
+                r.changed.push(n.name.clone())
+            }
+            Some(_) => {}
+        }
+    }
+    for o in &old.cfg.nodes {
+        if new.cfg.node(&o.name).is_none() {
+            r.removed.push(o.name.clone());
+        }
+    }
+    let (a, b) = (&old.cfg.lb, &new.cfg.lb);
+    if a.listen != b.listen {
+        r.ignored.push("lb.listen".into());
+    }
+    if a.admin != b.admin {
+        r.ignored.push("lb.admin".into());
+    }
+    if a.threads != b.threads {
+        r.ignored.push("lb.threads".into());
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(nodes: &[(&str, u16, &str)]) -> String {
+        let mut t = String::from(
+            "[cluster]\nsecret = \"membership-test-secret\"\n[lb]\nlisten = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n",
+        );
+        for (name, port, extra) in nodes {
+            t += &format!(
+                "[[nodes]]\nname = \"{name}\"\nhttp = \"127.0.0.1:{port}\"\nrepl = \"127.0.0.1:{}\"\n{extra}\n",
+                port + 100
+            );
+        }
+        t
+    }
+
+    fn membership(dir: &Path, t: &str) -> Membership {
+        let path = dir.join("c.toml");
+        std::fs::write(&path, t).unwrap();
+        Membership::load(&path, Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn tmpdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "lb-membership-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_unchanged_nodes_and_applies_weight_and_drain() {
+        let dir = tmpdir();
+        let m = membership(&dir, &text(&[("n1", 9001, ""), ("n2", 9002, "")]));
+        let before = m.topology();
+        before.nodes[0].force_down("test");
+        let guard = before.nodes[1].enter();
+        std::fs::write(
+            dir.join("c.toml"),
+            text(&[
+                ("n1", 9001, ""),
+                ("n2", 9002, "weight = 5\ndrain = true"),
+                ("n3", 9003, ""),
+            ]),
+        )
+        .unwrap();
+        let r = m.reload().unwrap();
+        assert_eq!(r.added, vec!["n3"]);
+        assert_eq!(r.changed, vec!["n2"]);
+        let after = m.topology();
+        assert_eq!(after.generation, 2);
+        assert!(!after.nodes[0].healthy(), "health carries over");
+        assert_eq!(after.nodes[1].in_flight(), 1, "in-flight carries over");
+        assert_eq!((after.nodes[1].weight(), after.nodes[1].drain()), (5, true));
+        assert!(after.nodes[2].healthy());
+        drop(guard);
+        assert_eq!(after.nodes[1].in_flight(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_invalid_file_is_refused_and_the_old_topology_stays() {
+        let dir = tmpdir();
+        let m = membership(&dir, &text(&[("n1", 9001, ""), ("n2", 9002, "")]));
+        std::fs::write(
+            dir.join("c.toml"),
+            text(&[("n1", 9001, ""), ("n2", 9002, "weight = 0")]),
+        )
+        .unwrap();
+        let err = m.reload().unwrap_err().to_string();
+        assert!(err.contains("c.toml:") && err.contains("weight"), "{err}");
+        assert_eq!(m.topology().generation, 1);
+        assert_eq!(m.topology().nodes.len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removed_node_leaves_the_route_table_and_a_moved_node_starts_fresh() {
+        let dir = tmpdir();
+        let m = membership(
+            &dir,
+            &text(&[("n1", 9001, ""), ("n2", 9002, ""), ("n3", 9003, "")]),
+        );
+        m.topology().nodes[1].force_down("test");
+        std::fs::write(
+            dir.join("c.toml"),
+            text(&[("n2", 9012, ""), ("n3", 9003, "")]),
+        )
+        .unwrap();
+        let r = m.reload().unwrap();
+        assert_eq!(r.removed, vec!["n1"]);
+        let t = m.topology();
+        assert_eq!(
+            t.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["n2", "n3"]
+        );
+        assert!(
+            t.nodes[0].healthy(),
+            "a node at a new address is a new node"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

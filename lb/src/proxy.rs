@@ -1,0 +1,434 @@
+//! The Pingora proxy: [`Lb`] implements `ProxyHttp` (limits, cookie pinning, balancing, failover, request ids,
+//! metrics and one tracing span per request); [`LbApp`] wraps the proxy to put a total deadline on reading a
+//! request head, which Pingora does not have.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
+use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tracing::field::Empty;
+
+use crate::balance::{self, Target};
+use crate::limits;
+use crate::membership::{InFlight, Membership, Topology};
+use crate::metrics::{Metrics, NodeMetrics, Outcome, NO_NODE};
+use crate::routing::Route;
+
+/// Pingora keeps an idle client connection this long between requests; a reused connection's head deadline
+/// adds it, so that only the head itself, not the idle wait, is held to `header_timeout`.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Seconds a client is told to wait when no node is up.
+const RETRY_AFTER_S: &str = "1";
+
+/// The balancer's request logic.
+pub struct Lb {
+    membership: Arc<Membership>,
+    metrics: Arc<Metrics>,
+    unrouted: NodeMetrics,
+    /// Random per process, so request ids of two balancers (or of a restarted one) never meet.
+    id_prefix: u64,
+    next_id: AtomicU64,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Lb {
+    /// A proxy over `membership`; `in_flight` counts every client request of the process (for graceful exit).
+    pub fn new(membership: Arc<Membership>, in_flight: Arc<AtomicUsize>) -> Lb {
+        let metrics = membership.metrics().clone();
+        Lb {
+            unrouted: metrics.for_node(NO_NODE),
+            metrics,
+            membership,
+            id_prefix: rand::random(),
+            next_id: AtomicU64::new(0),
+            in_flight,
+        }
+    }
+
+    fn request_id(&self) -> HeaderValue {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}{n:x}", self.id_prefix))
+            .expect("hex is a valid header value")
+    }
+}
+
+/// Counts a client request for the whole of its life.
+pub struct RequestGuard(Arc<AtomicUsize>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-request state, kept across retries.
+pub struct Ctx {
+    started: Instant,
+    topology: Option<Arc<Topology>>,
+    route: Route,
+    /// Same on every attempt, so the node that gets a retry can recognise it.
+    request_id: Option<HeaderValue>,
+    /// Nodes that failed this request.
+    tried: Vec<usize>,
+    current: Option<(usize, InFlight)>,
+    /// One retry on the same node is allowed when a pooled connection turns out to be closed.
+    stale_retry_used: bool,
+    proxied: bool,
+    body_bytes: usize,
+    span: tracing::Span,
+    _request: RequestGuard,
+}
+
+impl Ctx {
+    fn node_name(&self) -> &str {
+        self.current
+            .as_ref()
+            .map_or(NO_NODE, |(_, g)| g.node().name.as_str())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Lb {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ctx {
+            started: Instant::now(),
+            topology: None,
+            route: Route::FRESH,
+            request_id: None,
+            tried: Vec::new(),
+            current: None,
+            stale_retry_used: false,
+            proxied: false,
+            body_bytes: 0,
+            span: tracing::info_span!("request", session = Empty, node = Empty, outcome = Empty),
+            _request: RequestGuard(self.in_flight.clone()),
+        }
+    }
+
+    // No compression module: the nodes' JSON is small and compressing it would only cost CPU here.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The head is in: LbApp's deadline no longer applies.
+        let _ = HEAD_READ.try_with(|r| r.store(true, Ordering::Relaxed));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let topology = self.membership.topology();
+        let req = session.req_header();
+        if let Err(r) =
+            limits::check_head(req.raw_path().len(), &req.headers, &topology.cfg.lb.limits)
+        {
+            ctx.span
+                .in_scope(|| tracing::info!(status = r.status(), "request refused: {r}"));
+            session.respond_error(r.status()).await?;
+            return Ok(true);
+        }
+        ctx.route = topology.route(
+            req.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        if let Some(s) = ctx.route.session {
+            ctx.span.record("session", s.log_hash());
+        }
+        session.set_read_timeout(Some(topology.cfg.lb.limits.read_timeout));
+        ctx.topology = Some(topology);
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(t)) = (body.as_ref(), ctx.topology.as_ref()) {
+            ctx.body_bytes += b.len();
+            if let Err(r) = limits::check_body(ctx.body_bytes, &t.cfg.lb.limits) {
+                return Error::e_explain(ErrorType::HTTPStatus(r.status()), r.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(topology) = ctx.topology.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no topology for this request");
+        };
+        // The common case, a pinned request to a healthy primary, needs no view of the other nodes.
+        let pick = match ctx.route.pinned {
+            Some(p) if topology.nodes[p.primary].healthy() && !ctx.tried.contains(&p.primary) => {
+                Some((p.primary, Target::Primary))
+            }
+            _ => {
+                let lb = &topology.cfg.lb;
+                let views = topology.views();
+                let ticket = self.membership.next_ticket();
+                balance::choose(
+                    lb.algorithm,
+                    lb.failover,
+                    &views,
+                    ctx.route.pinned,
+                    &ctx.tried,
+                    ticket,
+                    rand::random(),
+                )
+            }
+        };
+        let Some((i, target)) = pick else {
+            let mut e = Error::explain(ErrorType::HTTPStatus(503), "no healthy node");
+            e.set_retry(false);
+            return Err(e);
+        };
+        if let (Some(p), Target::Secondary | Target::Balanced) = (ctx.route.pinned, target) {
+            let primary = &topology.nodes[p.primary];
+            self.metrics
+                .failovers
+                .with_label_values(&[&primary.name])
+                .inc();
+            ctx.span.in_scope(|| tracing::info!(from = %primary.name, to = %topology.nodes[i].name, ?target, "failover"));
+        }
+        let node = &topology.nodes[i];
+        ctx.span.record("node", node.name.as_str());
+        ctx.current = Some((i, node.enter()));
+        ctx.body_bytes = 0;
+        Ok(topology.peer(i))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let id = ctx
+            .request_id
+            .get_or_insert_with(|| self.request_id())
+            .clone();
+        // insert_header replaces any copy the client sent: only the balancer names requests.
+        upstream_request.insert_header(node::REQUEST_ID_HEADER, id)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.proxied = true;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the node: any method may go elsewhere.
+        if let Some((i, guard)) = ctx.current.take() {
+            let node = guard.node();
+            node.force_down(&format!(
+                "a request could not connect: {}",
+                e.etype().as_str()
+            ));
+            self.metrics
+                .retries
+                .with_label_values(&[&node.name, "connect"])
+                .inc();
+            ctx.tried.push(i);
+        }
+        e.set_retry(true);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("node {} at {peer}", ctx.node_name()));
+        // Once the client has part of a response, or the body could not be kept whole, or the client itself
+        // failed, a retry could only corrupt or lose the request. Otherwise retry ANY method: the node that
+        // gets it applies it once or returns the outcome the dead node already replicated (same request id).
+        let retry = session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated()
+            && *e.esource() != ErrorSource::Downstream;
+        if retry {
+            let reason = if client_reused && !ctx.stale_retry_used {
+                // A pooled connection the node had closed: the node itself is most likely fine.
+                ctx.stale_retry_used = true;
+                "stale_connection"
+            } else {
+                if let Some((i, _)) = ctx.current {
+                    ctx.tried.push(i);
+                }
+                "mid_request"
+            };
+            self.metrics
+                .retries
+                .with_label_values(&[ctx.node_name(), reason])
+                .inc();
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        let written = if code == 503 {
+            unavailable(session).await
+        } else if code > 0 {
+            session.respond_error(code).await
+        } else {
+            Ok(())
+        };
+        if let Err(we) = written {
+            tracing::debug!("could not send the error response: {we}");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let outcome = Outcome::classify(status, ctx.proxied);
+        match &ctx.current {
+            Some((_, g)) => g.node().metrics.count(outcome),
+            None => self.unrouted.count(outcome),
+        }
+        let elapsed = ctx.started.elapsed();
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        ctx.span.record("outcome", outcome.label());
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let method = session.req_header().method.as_str();
+        match (outcome, e) {
+            (Outcome::Ok, _) => ctx
+                .span
+                .in_scope(|| tracing::debug!(status, ms, method, "done")),
+            (_, Some(e)) => ctx
+                .span
+                .in_scope(|| tracing::warn!(status, ms, method, "failed: {e}")),
+            (_, None) => ctx
+                .span
+                .in_scope(|| tracing::info!(status, ms, method, "done")),
+        }
+    }
+
+    // Marks a kept-alive connection, so the next head on it gets the idle allowance (see LbApp).
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        Some(Box::new(KeptAlive))
+    }
+}
+
+/// Marker carried by a kept-alive client connection between requests.
+struct KeptAlive;
+
+async fn unavailable(session: &mut Session) -> Result<()> {
+    let body = Bytes::from_static(b"no healthy node\n");
+    let mut resp = ResponseHeader::build(503, Some(4))?;
+    resp.insert_header(http::header::RETRY_AFTER, RETRY_AFTER_S)?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session.write_error_response(resp, body).await
+}
+
+tokio::task_local! {
+    /// Set once the request head was read, by the proxy's first hook.
+    static HEAD_READ: Arc<AtomicBool>;
+}
+
+/// The proxy with a total deadline on reading each request head (slowloris): Pingora only times single
+/// reads, so a client trickling one byte at a time would hold a connection forever.
+pub struct LbApp {
+    proxy: Arc<HttpProxy<Lb>>,
+    membership: Arc<Membership>,
+}
+
+impl LbApp {
+    pub fn new(proxy: HttpProxy<Lb>, membership: Arc<Membership>) -> LbApp {
+        LbApp {
+            proxy: Arc::new(proxy),
+            membership,
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for LbApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let mut deadline = self.membership.topology().cfg.lb.limits.header_timeout;
+        if let Some(marker) = session.take_connection_user_context() {
+            deadline += KEEPALIVE_IDLE;
+            session.set_connection_user_context(Some(marker));
+        }
+        let read = Arc::new(AtomicBool::new(false));
+        let work = HEAD_READ.scope(read.clone(), self.proxy.process_new_http(session, shutdown));
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            done = &mut work => done,
+            _ = tokio::time::sleep(deadline) => {
+                if read.load(Ordering::Relaxed) {
+                    work.await
+                } else {
+                    tracing::info!(?deadline, "closing a connection that did not send a request head in time");
+                    None
+                }
+            }
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.proxy.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.proxy.http_cleanup().await
+    }
+}
