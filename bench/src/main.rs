@@ -1,1 +1,33 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use bench::cli::{dispatch, Cli, Cmd};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Pingora builds its own runtimes and must not be started inside ours.
+    if let Cmd::MinimalProxy {
+        listen,
+        upstream,
+        threads,
+    } = cli.cmd
+    {
+        if let Err(e) = bench::minimal_proxy::serve(listen, upstream, threads) {
+            eprintln!("bench minimal-proxy: {e:#}");
+        }
+        return ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(dispatch(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

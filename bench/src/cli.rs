@@ -1,0 +1,205 @@
+//! Command line: the subcommands, and the shared flags that describe the load.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use node::config::ClusterConfig;
+
+use crate::cluster::Procs;
+use crate::faults::Fault;
+use crate::report::Summary;
+use crate::spec::{parse_duration, parse_target, LoadSpec, Mix, MAX_RUN};
+use crate::{plot, runner};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "Synthetic session traffic that verifies every acknowledged update, under faults"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Load against a running target.
+    Run {
+        /// e.g. http://127.0.0.1:8080 (loopback only).
+        #[arg(long)]
+        target: String,
+        /// Cluster file; lets the bench decode routing cookies to see session ids on every answer.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Start the lb and nodes of a cluster file, load the lb while injecting faults, stop everything, report.
+    Cluster {
+        #[arg(long)]
+        config: PathBuf,
+        /// ACTION:TARGET@TIME[+DURATION]: kill:n1@10s, stop:n2@5s+3s, restart:n1@20s, kill:primary@10s.
+        #[arg(long = "fault")]
+        faults: Vec<String>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// The same load directly to a node, through lb, a minimal Pingora proxy and HAProxy (when installed).
+    Compare {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Start the lb and every node of a cluster file in the foreground; Ctrl-C stops all of it.
+    Up {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The minimal Pingora proxy `compare` measures against (started by `compare` itself).
+    #[command(hide = true)]
+    MinimalProxy {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Sessions in total, spread over the virtual users.
+    #[arg(long, default_value_t = 100)]
+    pub sessions: usize,
+    /// Virtual users, each with one keep-alive connection.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Run time, e.g. 30s (default 10s unless --requests is given).
+    #[arg(long, conflicts_with = "requests")]
+    pub duration: Option<String>,
+    /// Total requests instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    #[arg(long, default_value = "incr=0.6,get=0.3,patch=0.1")]
+    pub mix: String,
+    /// Size of each patched value.
+    #[arg(long, default_value_t = 32)]
+    pub value_bytes: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s")]
+    pub timeout: String,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG timeline here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl LoadArgs {
+    /// The load spec against `target`, decoding cookies with `config`'s keys when given.
+    pub fn spec(
+        &self,
+        target: std::net::SocketAddr,
+        config: Option<&ClusterConfig>,
+    ) -> Result<LoadSpec> {
+        let duration = match (&self.duration, self.requests) {
+            (Some(d), _) => parse_duration(d)?,
+            (None, Some(_)) => MAX_RUN,
+            (None, None) => Duration::from_secs(10),
+        };
+        Ok(LoadSpec {
+            target,
+            sessions: self.sessions.max(1),
+            concurrency: self.concurrency.max(1),
+            duration: duration.min(MAX_RUN),
+            max_requests: self.requests.unwrap_or(u64::MAX),
+            mix: Mix::parse(&self.mix)?,
+            value_bytes: self.value_bytes,
+            timeout: parse_duration(&self.timeout)?,
+            cookie_name: config.map_or_else(|| "SRVSESSION".to_string(), |c| c.cookie.name.clone()),
+            cookie_codec: config.map(|c| Arc::new(node::cookie::CookieCodec::new(&c.cookie))),
+        })
+    }
+
+    /// Prints the summary and writes the JSON and plot files asked for.
+    pub fn output(&self, s: &Summary) -> Result<()> {
+        println!("\n{}", s.table());
+        if let Some(p) = &self.json {
+            write_file(p, &serde_json::to_string_pretty(&s.json())?)?;
+        }
+        if let Some(p) = &self.plot {
+            write_file(
+                p,
+                &plot::svg(&format!("bench: {}", s.target), &s.timeline, &s.faults),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Exit code 1: an acknowledged update was lost or a session reset.
+pub async fn dispatch(cli: Cli) -> Result<bool> {
+    match cli.cmd {
+        Cmd::Run {
+            target,
+            config,
+            load,
+        } => {
+            let cfg = config.as_deref().map(ClusterConfig::load).transpose()?;
+            let spec = load.spec(parse_target(&target)?, cfg.as_ref())?;
+            let s = runner::execute(&spec, &target, None, vec![], load.quiet).await;
+            load.output(&s)?;
+            Ok(!s.failed())
+        }
+        Cmd::Cluster {
+            config,
+            faults,
+            load,
+        } => {
+            let faults = faults
+                .iter()
+                .map(|f| Fault::parse(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut procs = Procs::new(&config)?;
+            if !procs.config.node.expose_node {
+                eprintln!(
+                    "warning: [node] expose_node = false: failovers and `primary` cannot be seen"
+                );
+            }
+            procs.start_all(true).await?;
+            let spec = load.spec(procs.config.lb.listen, Some(&procs.config))?;
+            let title = format!("lb http://{}", spec.target);
+            eprintln!(
+                "cluster up ({} nodes); logs in {}",
+                procs.config.nodes.len(),
+                procs.log_dir.display()
+            );
+            let s = runner::execute(&spec, &title, Some(&mut procs), faults, load.quiet).await;
+            procs.kill_all();
+            load.output(&s)?;
+            if !s.failed() {
+                let _ = std::fs::remove_dir_all(&procs.log_dir);
+            }
+            Ok(!s.failed())
+        }
+        Cmd::Compare { config, load } => crate::compare::compare(&config, &load).await,
+        Cmd::Up { config } => crate::up::up(&config).await.map(|()| true),
+        Cmd::MinimalProxy { .. } => unreachable!("served before the runtime starts"),
+    }
+}

@@ -1,0 +1,226 @@
+//! The fault schedule: `kill:n1@10s`, `stop:n2@5s+3s`, `restart:n1@20s`, `kill:primary@10s`. Parsing is pure;
+//! [`Schedule`] hands out due actions and [`apply`] carries them out on a [`Procs`].
+
+use std::time::Duration;
+
+use crate::cluster::Procs;
+use crate::live::busiest;
+use crate::spec::parse_duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FaultError {
+    #[error("bad fault {0:?}: expected ACTION:TARGET@TIME[+DURATION], e.g. kill:n1@10s, stop:primary@5s+3s")]
+    Syntax(String),
+    #[error("fault {0:?}: only stop takes a +DURATION")]
+    StrayDuration(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP, then SIGCONT after the duration.
+    Stop(Duration),
+    /// SIGCONT (scheduled by a stop).
+    Cont,
+    /// Kill if running, start again.
+    Restart,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Node(String),
+    /// The node that served the most in the last second.
+    Primary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub at: Duration,
+    pub action: Action,
+    pub target: Target,
+}
+
+impl Fault {
+    pub fn parse(s: &str) -> Result<Fault, FaultError> {
+        let err = || FaultError::Syntax(s.to_string());
+        let (action, rest) = s.split_once(':').ok_or_else(err)?;
+        let (target, when) = rest.split_once('@').ok_or_else(err)?;
+        let (at, dur) = match when.split_once('+') {
+            Some((a, d)) => (a, Some(parse_duration(d).map_err(|_| err())?)),
+            None => (when, None),
+        };
+        let at = parse_duration(at).map_err(|_| err())?;
+        let action = match (action, dur) {
+            ("kill", None) => Action::Kill,
+            ("restart", None) => Action::Restart,
+            ("stop", Some(d)) => Action::Stop(d),
+            ("stop", None) => Action::Stop(Duration::from_secs(3)),
+            ("kill" | "restart", Some(_)) => return Err(FaultError::StrayDuration(s.to_string())),
+            _ => return Err(err()),
+        };
+        let target = match target {
+            "" => return Err(err()),
+            "primary" => Target::Primary,
+            n => Target::Node(n.to_string()),
+        };
+        Ok(Fault { at, action, target })
+    }
+}
+
+/// What happened, for the report and the plot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub at_ms: u64,
+    pub label: String,
+}
+
+/// Faults in time order; a stop schedules its own continue.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    pending: Vec<Fault>,
+}
+
+impl Schedule {
+    pub fn new(mut faults: Vec<Fault>) -> Schedule {
+        faults.sort_by_key(|f| std::cmp::Reverse(f.at));
+        Schedule { pending: faults }
+    }
+
+    /// When the next fault is due.
+    pub fn next_at(&self) -> Option<Duration> {
+        self.pending.last().map(|f| f.at)
+    }
+
+    /// Removes and returns the next fault if it is due at `now`.
+    pub fn due(&mut self, now: Duration) -> Option<Fault> {
+        if self.pending.last()?.at <= now {
+            self.pending.pop()
+        } else {
+            None
+        }
+    }
+
+    pub fn push(&mut self, f: Fault) {
+        self.pending.push(f);
+        self.pending.sort_by_key(|f| std::cmp::Reverse(f.at));
+    }
+}
+
+/// Carries out `f` on `procs`. `before`/`now` are served-count snapshots for resolving `primary`.
+pub async fn apply(
+    f: &Fault,
+    procs: &mut Procs,
+    schedule: &mut Schedule,
+    before: &[(String, u64)],
+    now: &[(String, u64)],
+    at_ms: u64,
+) -> Applied {
+    let name = match &f.target {
+        Target::Node(n) => n.clone(),
+        Target::Primary => {
+            let names: Vec<String> = procs.config.nodes.iter().map(|n| n.name.clone()).collect();
+            let dead: Vec<String> = names.into_iter().filter(|n| !procs.is_running(n)).collect();
+            match busiest(before, now, &dead) {
+                Some(n) => n,
+                None => {
+                    return Applied {
+                        at_ms,
+                        label: "primary: no node has served yet; fault skipped".into(),
+                    }
+                }
+            }
+        }
+    };
+    let label = match f.action {
+        Action::Kill => {
+            procs.kill(&name);
+            format!("kill {name}")
+        }
+        Action::Stop(d) => {
+            procs.signal(&name, libc::SIGSTOP);
+            schedule.push(Fault {
+                at: f.at + d,
+                action: Action::Cont,
+                target: Target::Node(name.clone()),
+            });
+            format!("stop {name} for {d:?}")
+        }
+        Action::Cont => {
+            procs.signal(&name, libc::SIGCONT);
+            format!("cont {name}")
+        }
+        Action::Restart => {
+            procs.kill(&name);
+            match procs.start_node(&name) {
+                Ok(_) => match procs.wait_node(&name).await {
+                    Ok(()) => format!("restart {name}"),
+                    Err(e) => format!("restart {name}: not healthy: {e:#}"),
+                },
+                Err(e) => format!("restart {name} failed: {e:#}"),
+            }
+        }
+    };
+    Applied { at_ms, label }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_faults() {
+        assert_eq!(
+            Fault::parse("kill:n1@10s"),
+            Ok(Fault {
+                at: Duration::from_secs(10),
+                action: Action::Kill,
+                target: Target::Node("n1".into())
+            })
+        );
+        assert_eq!(
+            Fault::parse("stop:n2@5s+3s"),
+            Ok(Fault {
+                at: Duration::from_secs(5),
+                action: Action::Stop(Duration::from_secs(3)),
+                target: Target::Node("n2".into())
+            })
+        );
+        assert_eq!(
+            Fault::parse("kill:primary@1500ms").unwrap().target,
+            Target::Primary
+        );
+        assert_eq!(
+            Fault::parse("restart:n1@20s").unwrap().action,
+            Action::Restart
+        );
+        assert!(Fault::parse("kill:n1").is_err());
+        assert!(Fault::parse("explode:n1@1s").is_err());
+        assert!(matches!(
+            Fault::parse("kill:n1@1s+2s"),
+            Err(FaultError::StrayDuration(_))
+        ));
+    }
+
+    #[test]
+    fn schedule_orders_and_accepts_follow_ups() {
+        let mut s = Schedule::new(vec![
+            Fault::parse("kill:n1@10s").unwrap(),
+            Fault::parse("stop:n2@5s+1s").unwrap(),
+        ]);
+        assert_eq!(s.next_at(), Some(Duration::from_secs(5)));
+        assert!(s.due(Duration::from_secs(4)).is_none());
+        assert!(matches!(
+            s.due(Duration::from_secs(5)).unwrap().action,
+            Action::Stop(_)
+        ));
+        s.push(Fault {
+            at: Duration::from_secs(6),
+            action: Action::Cont,
+            target: Target::Node("n2".into()),
+        });
+        assert_eq!(s.due(Duration::from_secs(7)).unwrap().action, Action::Cont);
+        assert_eq!(s.due(Duration::from_secs(11)).unwrap().action, Action::Kill);
+        assert!(s.next_at().is_none());
+    }
+}

@@ -1,0 +1,34 @@
+//! Synthetic session traffic that proves, under faults, that no acknowledged update is lost (DESIGN §2, issue 4).
+//!
+//! # Layout
+//! - [`verify`]: pure: a virtual user's model of one session and what each (request, response) reveals.
+//! - [`spec`]: the load's parameters and their command-line forms (mix, durations, loopback targets).
+//! - [`client`]: one keep-alive HTTP/1.1 connection per virtual user, cookie jar, answers into verify's terms.
+//! - [`load`]: the virtual users: closed-loop requests, bounded by count and time.
+//! - [`live`]: lock-free per-second counters and served-by tallies while a run goes.
+//! - [`faults`]: the fault schedule (`kill:n1@10s`, `stop:primary@5s+3s`, ...) and carrying it out.
+//! - [`cluster`]: launching the real `lb` and `node` binaries, health waits, signals.
+//! - [`runner`]: one run: load, progress and faults side by side.
+//! - [`report`]: progress line, summary table, `--json`.
+//! - [`plot`]: the `--plot` SVG timeline.
+//! - [`cpu`]: the generator's own CPU (getrusage) and a child's (/proc).
+//! - [`compare`]: direct vs `lb` vs minimal Pingora vs HAProxy, as ratios.
+//! - [`minimal_proxy`]: the minimal Pingora proxy `compare` measures against.
+//! - [`up`]: `bench up`, the local cluster in the foreground for `make run`.
+//! - [`cli`]: subcommands and flags.
+
+pub mod cli;
+pub mod client;
+pub mod cluster;
+pub mod compare;
+pub mod cpu;
+pub mod faults;
+pub mod live;
+pub mod load;
+pub mod minimal_proxy;
+pub mod plot;
+pub mod report;
+pub mod runner;
+pub mod spec;
+pub mod up;
+pub mod verify;

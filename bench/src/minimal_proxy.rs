@@ -1,0 +1,52 @@
+//! The reference point for the balancer's cost: the least a Pingora 0.9 proxy can be, forwarding every request
+//! to one upstream. Built with the same profile and Pingora features as `lb`, so the difference between the two
+//! is the balancer's own logic. Runs as its own process (`bench minimal-proxy`) so its CPU can be read apart
+//! from the generator's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+struct Forward {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Forward {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+/// Serves forever on `listen`, forwarding to `upstream`; both must be loopback.
+pub fn serve(listen: SocketAddr, upstream: SocketAddr, threads: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        listen.ip().is_loopback() && upstream.ip().is_loopback(),
+        "loopback addresses only"
+    );
+    let conf = ServerConf {
+        threads: threads.max(1),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = http_proxy_service(&Arc::clone(&server.configuration), Forward { upstream });
+    svc.add_tcp(&listen.to_string());
+    server.add_service(svc);
+    server.run_forever()
+}
