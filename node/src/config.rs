@@ -23,9 +23,18 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{file}:{line}: {message}")]
-    Parse { file: String, line: usize, message: String },
+    Parse {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("{file}:{line}: `{key}`: {message}")]
-    Invalid { file: String, line: usize, key: String, message: String },
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -70,7 +79,12 @@ struct FileCookie {
 
 impl Default for FileCookie {
     fn default() -> Self {
-        FileCookie { name: default_cookie_name(), host_prefix: false, key_id: default_key_id(), previous_keys: vec![] }
+        FileCookie {
+            name: default_cookie_name(),
+            host_prefix: false,
+            key_id: default_key_id(),
+            previous_keys: vec![],
+        }
     }
 }
 
@@ -167,7 +181,11 @@ struct FileNodeDefaults {
 
 impl Default for FileNodeDefaults {
     fn default() -> Self {
-        FileNodeDefaults { expose_node: false, max_body_bytes: default_max_body_bytes(), log_format: default_log_format() }
+        FileNodeDefaults {
+            expose_node: false,
+            max_body_bytes: default_max_body_bytes(),
+            log_format: default_log_format(),
+        }
     }
 }
 
@@ -212,7 +230,10 @@ struct FileBatch {
 
 impl Default for FileBatch {
     fn default() -> Self {
-        FileBatch { max_updates: default_max_updates(), max_delay_ms: default_max_delay_ms() }
+        FileBatch {
+            max_updates: default_max_updates(),
+            max_delay_ms: default_max_delay_ms(),
+        }
     }
 }
 
@@ -227,7 +248,10 @@ struct FileSession {
 
 impl Default for FileSession {
     fn default() -> Self {
-        FileSession { idle_timeout_s: default_idle_timeout_s(), max_session_bytes: default_max_session_bytes() }
+        FileSession {
+            idle_timeout_s: default_idle_timeout_s(),
+            max_session_bytes: default_max_session_bytes(),
+        }
     }
 }
 
@@ -473,7 +497,10 @@ impl ClusterConfig {
     /// [`ConfigError`] naming the file, line and key of the first problem.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::from_toml(&file, &text)
     }
 
@@ -516,7 +543,10 @@ struct Violation {
 
 impl Violation {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Violation { key: key.into(), message: message.into() }
+        Violation {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     /// Best-effort line of the key: the table header is found first, then the key inside it.
@@ -562,7 +592,9 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, Violation> {
-    value.parse().map_err(|_| Violation::new(key, format!("`{value}` is not an ip:port address")))
+    value
+        .parse()
+        .map_err(|_| Violation::new(key, format!("`{value}` is not an ip:port address")))
 }
 
 fn ms(key: &str, value: u64) -> Result<Duration, Violation> {
@@ -577,7 +609,10 @@ impl FileConfig {
         if self.cluster.secret.len() < 16 {
             return Err(Violation::new(
                 "cluster.secret",
-                format!("must be at least 16 characters, got {}", self.cluster.secret.len()),
+                format!(
+                    "must be at least 16 characters, got {}",
+                    self.cluster.secret.len()
+                ),
             ));
         }
         let cookie = self.cookie.validate(&self.cluster.secret)?;
@@ -588,12 +623,20 @@ impl FileConfig {
             log_json: match self.node.log_format.as_str() {
                 "text" => false,
                 "json" => true,
-                other => return Err(Violation::new("node.log_format", format!("`{other}`: expected text or json"))),
+                other => {
+                    return Err(Violation::new(
+                        "node.log_format",
+                        format!("`{other}`: expected text or json"),
+                    ))
+                }
             },
         };
         let replication = self.replication.validate()?;
         if self.session.idle_timeout_s == 0 {
-            return Err(Violation::new("session.idle_timeout_s", "must be greater than 0"));
+            return Err(Violation::new(
+                "session.idle_timeout_s",
+                "must be greater than 0",
+            ));
         }
         let session = SessionConfig {
             idle_timeout: Duration::from_secs(self.session.idle_timeout_s),
@@ -606,7 +649,16 @@ impl FileConfig {
                 format!("two different pairs have the same id sum ({a} and {b}): change one node's `id`"),
             )
         })?;
-        Ok(ClusterConfig { secret: self.cluster.secret, cookie, lb, node, replication, session, nodes, pairs })
+        Ok(ClusterConfig {
+            secret: self.cluster.secret,
+            cookie,
+            lb,
+            node,
+            replication,
+            session,
+            nodes,
+            pairs,
+        })
     }
 }
 
@@ -619,7 +671,11 @@ impl FileCookie {
                 format!("`{}`: use letters, digits, `_` and `-` only", self.name),
             ));
         }
-        let name = if self.host_prefix { format!("__Host-{}", self.name) } else { self.name };
+        let name = if self.host_prefix {
+            format!("__Host-{}", self.name)
+        } else {
+            self.name
+        };
         let mut previous = Vec::new();
         for (i, k) in self.previous_keys.into_iter().enumerate() {
             if k.id == self.key_id {
@@ -629,11 +685,24 @@ impl FileCookie {
                 ));
             }
             if k.secret.len() < 16 {
-                return Err(Violation::new(format!("cookie.previous_keys[{i}].secret"), "must be at least 16 characters"));
+                return Err(Violation::new(
+                    format!("cookie.previous_keys[{i}].secret"),
+                    "must be at least 16 characters",
+                ));
             }
-            previous.push(CookieKey { id: k.id, secret: k.secret });
+            previous.push(CookieKey {
+                id: k.id,
+                secret: k.secret,
+            });
         }
-        Ok(CookieConfig { name, current: CookieKey { id: self.key_id, secret: secret.to_string() }, previous })
+        Ok(CookieConfig {
+            name,
+            current: CookieKey {
+                id: self.key_id,
+                secret: secret.to_string(),
+            },
+            previous,
+        })
     }
 }
 
@@ -653,10 +722,18 @@ impl FileLb {
         let failover = match self.failover.as_str() {
             "rebalance" => Failover::Rebalance,
             "secondary" => Failover::Secondary,
-            other => return Err(Violation::new("lb.failover", format!("`{other}`: expected rebalance or secondary"))),
+            other => {
+                return Err(Violation::new(
+                    "lb.failover",
+                    format!("`{other}`: expected rebalance or secondary"),
+                ))
+            }
         };
         if self.health.fall == 0 || self.health.rise == 0 {
-            return Err(Violation::new("lb.health.fall", "fall and rise must be at least 1"));
+            return Err(Violation::new(
+                "lb.health.fall",
+                "fall and rise must be at least 1",
+            ));
         }
         if self.threads == 0 {
             return Err(Violation::new("lb.threads", "must be at least 1"));
@@ -692,23 +769,37 @@ impl FileReplication {
         let mode = match self.mode.as_str() {
             "sync" => ReplicationMode::Sync,
             "async" => ReplicationMode::Async,
-            other => return Err(Violation::new("replication.mode", format!("`{other}`: expected sync or async"))),
+            other => {
+                return Err(Violation::new(
+                    "replication.mode",
+                    format!("`{other}`: expected sync or async"),
+                ))
+            }
         };
         if self.topology != "pair" {
             return Err(Violation::new(
                 "replication.topology",
-                format!("`{}`: only `pair` is available in this version", self.topology),
+                format!(
+                    "`{}`: only `pair` is available in this version",
+                    self.topology
+                ),
             ));
         }
         if self.batch.max_updates == 0 {
-            return Err(Violation::new("replication.batch.max_updates", "must be at least 1"));
+            return Err(Violation::new(
+                "replication.batch.max_updates",
+                "must be at least 1",
+            ));
         }
         let heartbeat = ms("replication.heartbeat_ms", self.heartbeat_ms)?;
         let peer_timeout = ms("replication.peer_timeout_ms", self.peer_timeout_ms)?;
         if peer_timeout < heartbeat * 2 {
             return Err(Violation::new(
                 "replication.peer_timeout_ms",
-                format!("{} must be at least twice heartbeat_ms ({})", self.peer_timeout_ms, self.heartbeat_ms),
+                format!(
+                    "{} must be at least twice heartbeat_ms ({})",
+                    self.peer_timeout_ms, self.heartbeat_ms
+                ),
             ));
         }
         Ok(ReplicationConfig {
@@ -727,34 +818,57 @@ fn validate_nodes(secret: &str, raw: Vec<FileNode>) -> Result<Vec<NodeConfig>, V
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for (i, n) in raw.iter().enumerate() {
         let key = |f: &str| format!("nodes[{i}].{f}");
-        if n.name.is_empty() || n.name.len() > 64 || !n.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        if n.name.is_empty()
+            || n.name.len() > 64
+            || !n
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(Violation::new(key("name"), format!("`{}`: 1-64 letters, digits, `-` or `_`", n.name)));
+            return Err(Violation::new(
+                key("name"),
+                format!("`{}`: 1-64 letters, digits, `-` or `_`", n.name),
+            ));
         }
         if let Some(j) = by_name.insert(n.name.clone(), i) {
-            return Err(Violation::new(key("name"), format!("`{}` is already the name of nodes[{j}]", n.name)));
+            return Err(Violation::new(
+                key("name"),
+                format!("`{}` is already the name of nodes[{j}]", n.name),
+            ));
         }
         let id = match n.id {
             Some(v) => NodeId::new(v).map_err(|m| Violation::new(key("id"), m))?,
             None => NodeId::derive(&n.name, secret),
         };
         if let Some(other) = nodes.iter().find(|o| o.id == id) {
-            return Err(Violation::new(key("id"), format!("{id} is also the id of `{}`", other.name)));
+            return Err(Violation::new(
+                key("id"),
+                format!("{id} is also the id of `{}`", other.name),
+            ));
         }
         let http = parse_addr(&key("http"), &n.http)?;
         let repl = parse_addr(&key("repl"), &n.repl)?;
         for o in &nodes {
             for (k, a) in [("http", http), ("repl", repl)] {
                 if a == o.http || a == o.repl {
-                    return Err(Violation::new(key(k), format!("{a} is already used by `{}`", o.name)));
+                    return Err(Violation::new(
+                        key(k),
+                        format!("{a} is already used by `{}`", o.name),
+                    ));
                 }
             }
         }
         if http == repl {
-            return Err(Violation::new(key("repl"), format!("{repl} is also this node's http address")));
+            return Err(Violation::new(
+                key("repl"),
+                format!("{repl} is also this node's http address"),
+            ));
         }
         if n.weight == 0 || n.weight > 1000 {
-            return Err(Violation::new(key("weight"), format!("{}: expected 1 to 1000", n.weight)));
+            return Err(Violation::new(
+                key("weight"),
+                format!("{}: expected 1 to 1000", n.weight),
+            ));
         }
         nodes.push(NodeConfig {
             name: n.name.clone(),
@@ -771,10 +885,16 @@ fn validate_nodes(secret: &str, raw: Vec<FileNode>) -> Result<Vec<NodeConfig>, V
     for (i, n) in nodes.iter().enumerate() {
         if let Some(s) = &n.secondary {
             if s == &n.name {
-                return Err(Violation::new(format!("nodes[{i}].secondary"), "a node cannot be its own secondary"));
+                return Err(Violation::new(
+                    format!("nodes[{i}].secondary"),
+                    "a node cannot be its own secondary",
+                ));
             }
             if !by_name.contains_key(s) {
-                return Err(Violation::new(format!("nodes[{i}].secondary"), format!("`{s}` is not a node of this cluster")));
+                return Err(Violation::new(
+                    format!("nodes[{i}].secondary"),
+                    format!("`{s}` is not a node of this cluster"),
+                ));
             }
         }
     }
@@ -818,7 +938,9 @@ repl = "127.0.0.1:9102"
     #[test]
     fn an_unknown_key_is_refused_with_its_line() {
         let text = GOOD.replace("[lb]\n", "[lb]\nlisten_typo = 1\n");
-        let err = ClusterConfig::from_toml("t.toml", &text).unwrap_err().to_string();
+        let err = ClusterConfig::from_toml("t.toml", &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("t.toml:6:"), "{err}");
         assert!(err.contains("listen_typo"), "{err}");
     }
@@ -826,16 +948,27 @@ repl = "127.0.0.1:9102"
     #[test]
     fn a_bad_value_names_file_line_and_key() {
         let text = GOOD.replace("repl = \"127.0.0.1:9102\"", "repl = \"nowhere\"");
-        let err = ClusterConfig::from_toml("t.toml", &text).unwrap_err().to_string();
-        assert_eq!(err, "t.toml:17: `nodes[1].repl`: `nowhere` is not an ip:port address");
+        let err = ClusterConfig::from_toml("t.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "t.toml:17: `nodes[1].repl`: `nowhere` is not an ip:port address"
+        );
     }
 
     #[test]
     fn duplicate_addresses_and_names_are_refused() {
         let text = GOOD.replace("http = \"127.0.0.1:9002\"", "http = \"127.0.0.1:9001\"");
-        assert!(ClusterConfig::from_toml("t", &text).unwrap_err().to_string().contains("already used"));
+        assert!(ClusterConfig::from_toml("t", &text)
+            .unwrap_err()
+            .to_string()
+            .contains("already used"));
         let text = GOOD.replace("name = \"n2\"", "name = \"n1\"");
-        assert!(ClusterConfig::from_toml("t", &text).unwrap_err().to_string().contains("already the name"));
+        assert!(ClusterConfig::from_toml("t", &text)
+            .unwrap_err()
+            .to_string()
+            .contains("already the name"));
     }
 
     #[test]
@@ -853,7 +986,9 @@ repl = "127.0.0.1:9102"
                 base + i
             );
         }
-        let err = ClusterConfig::from_toml("t", &text).unwrap_err().to_string();
+        let err = ClusterConfig::from_toml("t", &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("same id sum"), "{err}");
     }
 }

@@ -63,7 +63,10 @@ impl Key {
         let mut h = Sha256::new();
         h.update(b"srvsession-cookie-v1\0");
         h.update(k.secret.as_bytes());
-        Key { id: k.id, mac_key: h.finalize().into() }
+        Key {
+            id: k.id,
+            mac_key: h.finalize().into(),
+        }
     }
 
     fn mac(&self, body: &[u8]) -> [u8; MAC_LEN] {
@@ -116,7 +119,9 @@ impl CookieCodec {
         if value.len() > MAX_VALUE_LEN {
             return Err(CookieError::Oversize { len: value.len() });
         }
-        let raw = URL_SAFE_NO_PAD.decode(value).map_err(|_| CookieError::Encoding)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(value)
+            .map_err(|_| CookieError::Encoding)?;
         if raw.len() != RAW_LEN {
             return Err(CookieError::Length { len: raw.len() });
         }
@@ -134,7 +139,9 @@ impl CookieCodec {
         }
         let u64_at = |i: usize| u64::from_be_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
         Ok(RoutingCookie {
-            session: SessionId(u128::from_be_bytes(raw[2..18].try_into().expect("16 bytes"))),
+            session: SessionId(u128::from_be_bytes(
+                raw[2..18].try_into().expect("16 bytes"),
+            )),
             segment: u64_at(18),
             version: u64_at(26),
         })
@@ -142,9 +149,14 @@ impl CookieCodec {
 
     /// The first valid routing cookie among `Cookie` header values (every header is read: HTTP/2 may split them).
     /// Invalid ones are skipped, as if absent.
-    pub fn find<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> Option<RoutingCookie> {
+    pub fn find<'a>(
+        &self,
+        cookie_headers: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<RoutingCookie> {
         for header in cookie_headers {
-            let Ok(text) = std::str::from_utf8(header) else { continue };
+            let Ok(text) = std::str::from_utf8(header) else {
+                continue;
+            };
             for part in cookie::Cookie::split_parse(text).flatten() {
                 if part.name() == self.name {
                     if let Ok(c) = self.decode(part.value()) {
@@ -187,11 +199,22 @@ mod tests {
     use super::*;
 
     fn cfg(id: u8, secret: &str, previous: Vec<CookieKey>) -> CookieConfig {
-        CookieConfig { name: "SRVSESSION".into(), current: CookieKey { id, secret: secret.into() }, previous }
+        CookieConfig {
+            name: "SRVSESSION".into(),
+            current: CookieKey {
+                id,
+                secret: secret.into(),
+            },
+            previous,
+        }
     }
 
     fn sample() -> RoutingCookie {
-        RoutingCookie { session: SessionId(0x0123_4567_89ab_cdef_0011_2233_4455_6677), segment: 0xdead_beef, version: 42 }
+        RoutingCookie {
+            session: SessionId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            segment: 0xdead_beef,
+            version: 42,
+        }
     }
 
     #[test]
@@ -210,7 +233,10 @@ mod tests {
             for bit in 0..8 {
                 let mut t = raw.clone();
                 t[byte] ^= 1 << bit;
-                assert!(codec.decode(&URL_SAFE_NO_PAD.encode(&t)).is_err(), "byte {byte} bit {bit}");
+                assert!(
+                    codec.decode(&URL_SAFE_NO_PAD.encode(&t)).is_err(),
+                    "byte {byte} bit {bit}"
+                );
             }
         }
     }
@@ -220,8 +246,14 @@ mod tests {
         let codec = CookieCodec::new(&cfg(1, "secret-one-secret-one", vec![]));
         let good = codec.encode(&sample());
         assert_eq!(codec.decode("!!!"), Err(CookieError::Encoding));
-        assert!(matches!(codec.decode(&good[..40]), Err(CookieError::Length { .. }) | Err(CookieError::Encoding)));
-        assert!(matches!(codec.decode(&"A".repeat(500)), Err(CookieError::Oversize { .. })));
+        assert!(matches!(
+            codec.decode(&good[..40]),
+            Err(CookieError::Length { .. }) | Err(CookieError::Encoding)
+        ));
+        assert!(matches!(
+            codec.decode(&"A".repeat(500)),
+            Err(CookieError::Oversize { .. })
+        ));
         assert_eq!(codec.decode(""), Err(CookieError::Length { len: 0 }));
     }
 
@@ -229,12 +261,19 @@ mod tests {
     fn a_rotated_key_is_accepted_only_while_listed() {
         let old = CookieCodec::new(&cfg(1, "secret-one-secret-one", vec![]));
         let v = old.encode(&sample());
-        let rotated = CookieCodec::new(&cfg(2, "secret-two-secret-two", vec![CookieKey {
-            id: 1,
-            secret: "secret-one-secret-one".into(),
-        }]));
+        let rotated = CookieCodec::new(&cfg(
+            2,
+            "secret-two-secret-two",
+            vec![CookieKey {
+                id: 1,
+                secret: "secret-one-secret-one".into(),
+            }],
+        ));
         assert_eq!(rotated.decode(&v), Ok(sample()));
-        assert!(rotated.encode(&sample()) != v, "new cookies use the new key");
+        assert!(
+            rotated.encode(&sample()) != v,
+            "new cookies use the new key"
+        );
         let done = CookieCodec::new(&cfg(2, "secret-two-secret-two", vec![]));
         assert_eq!(done.decode(&v), Err(CookieError::UnknownKey { key_id: 1 }));
     }

@@ -17,7 +17,9 @@ pub const MIN_NODE_ID: u64 = 1 << 48;
 pub const MAX_NODE_ID: u64 = (1 << 62) - 1;
 
 /// A node's large random id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(u64);
 
 impl NodeId {
@@ -36,7 +38,8 @@ impl NodeId {
     /// The id of a node whose config gives none: HMAC(secret, name), kept in `[2^61, 2^62)`, so every process
     /// that reads the same file derives the same id.
     pub fn derive(name: &str, secret: &str) -> NodeId {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac takes any key length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac takes any key length");
         mac.update(b"node-id\0");
         mac.update(name.as_bytes());
         let out = mac.finalize().into_bytes();
@@ -92,7 +95,8 @@ impl PairTable {
     pub fn build(ids: impl IntoIterator<Item = NodeId>) -> Result<PairTable, (String, String)> {
         let mut ids: Vec<NodeId> = ids.into_iter().collect();
         ids.sort();
-        let mut by_sum: HashMap<u64, (NodeId, Option<NodeId>), ahash::RandomState> = HashMap::default();
+        let mut by_sum: HashMap<u64, (NodeId, Option<NodeId>), ahash::RandomState> =
+            HashMap::default();
         let describe = |e: &(NodeId, Option<NodeId>)| match e.1 {
             Some(h) => format!("{}+{}", e.0, h),
             None => format!("{}", e.0),
@@ -118,15 +122,26 @@ impl PairTable {
         let &(lo, hi) = self.by_sum.get(&(segment >> 1))?;
         match hi {
             None if order => None,
-            None => Some(Pair { primary: lo, secondary: None }),
-            Some(hi) if order => Some(Pair { primary: hi, secondary: Some(lo) }),
-            Some(hi) => Some(Pair { primary: lo, secondary: Some(hi) }),
+            None => Some(Pair {
+                primary: lo,
+                secondary: None,
+            }),
+            Some(hi) if order => Some(Pair {
+                primary: hi,
+                secondary: Some(lo),
+            }),
+            Some(hi) => Some(Pair {
+                primary: lo,
+                secondary: Some(hi),
+            }),
         }
     }
 }
 
 /// A session id: 128 random bits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SessionId(pub u128);
 
 impl SessionId {
@@ -139,7 +154,6 @@ impl SessionId {
 
     /// A short, non-reversible tag for logs: never log the id itself (it is a bearer credential).
     pub fn log_hash(&self) -> String {
-        use std::hash::BuildHasher;
         let h = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(self.0);
         format!("{:08x}", h as u32)
     }
@@ -162,7 +176,10 @@ mod tests {
     use super::*;
 
     fn ids() -> Vec<NodeId> {
-        ["n1", "n2", "n3", "n4"].iter().map(|n| NodeId::derive(n, "secret-secret-secret")).collect()
+        ["n1", "n2", "n3", "n4"]
+            .iter()
+            .map(|n| NodeId::derive(n, "secret-secret-secret"))
+            .collect()
     }
 
     #[test]
@@ -178,11 +195,17 @@ mod tests {
         let ids = ids();
         let table = PairTable::build(ids.clone()).unwrap();
         for &p in &ids {
-            let lone = Pair { primary: p, secondary: None };
+            let lone = Pair {
+                primary: p,
+                secondary: None,
+            };
             assert_eq!(table.decode(lone.segment()), Some(lone));
             for &s in &ids {
                 if p != s {
-                    let pair = Pair { primary: p, secondary: Some(s) };
+                    let pair = Pair {
+                        primary: p,
+                        secondary: Some(s),
+                    };
                     assert_eq!(table.decode(pair.segment()), Some(pair));
                 }
             }
@@ -193,7 +216,10 @@ mod tests {
     fn unknown_segments_decode_to_nothing() {
         let table = PairTable::build(ids()).unwrap();
         assert_eq!(table.decode(12345), None);
-        let lone = Pair { primary: ids()[0], secondary: None };
+        let lone = Pair {
+            primary: ids()[0],
+            secondary: None,
+        };
         assert_eq!(table.decode(lone.segment() | 1), None);
     }
 }

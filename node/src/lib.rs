@@ -21,6 +21,27 @@ pub mod config;
 pub mod cookie;
 pub mod ids;
 
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod connection;
+#[cfg(feature = "server")]
+pub mod membership;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod replicate;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod session;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod takeover;
+#[cfg(feature = "server")]
+pub mod wire;
+
 /// Internal header the balancer stamps on every request (any client copy is stripped); nodes use it to apply a
 /// retried request once.
 pub const REQUEST_ID_HEADER: &str = "x-lb-request-id";

@@ -1,1 +1,60 @@
-fn main() {}
+//! `node --config FILE --name NAME`: one session-hosting node of the cluster.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use node::config::ClusterConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Session-hosting node: in-memory sessions replicated to a secondary"
+)]
+struct Args {
+    /// The cluster file (every process reads the same one).
+    #[arg(long)]
+    config: PathBuf,
+    /// This node's name in the file's [[nodes]].
+    #[arg(long)]
+    name: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = ClusterConfig::load(&args.config)?;
+    init_logs(cfg.node.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("node")
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let _node = node::server::start(cfg, &args.name).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        Ok(())
+    })
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,715 @@
+//! The built-in session API (DESIGN §6) and the node-reserved `/_node/` paths, over HTTP/1.1 (hyper).
+//!
+//! Every session request goes through [`execute`]: find the session (here as primary; as a copy to promote;
+//! at its live owner to forward to; in the pair named by the cookie to take over), then apply the operation
+//! under the session's FIFO lock, queue the copy, release the lock, and in `sync` mode answer only once the
+//! secondary holds the update.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE, RETRY_AFTER, SET_COOKIE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tracing::{warn, Instrument};
+
+use crate::cookie::RoutingCookie;
+use crate::ids::{NodeId, Pair, SessionId};
+use crate::server::Node;
+use crate::session::{Outcome, Session, SessionError, MAX_REQUEST_ID_LEN};
+use crate::store::{Entry, Role, Slot};
+use crate::takeover::{self, Recovered};
+use crate::{HEALTH_PATH, REQUEST_ID_HEADER, SERVED_BY_HEADER, STALE_HEADER};
+
+/// Internal header counting node-to-node forwards of one request, so a stale view cannot loop it.
+pub const HOP_HEADER: &str = "x-node-hop";
+const MAX_HOPS: u8 = 2;
+/// Rounds of locating a session before the request is answered 503.
+const ATTEMPTS: usize = 5;
+
+type Resp = Response<Full<Bytes>>;
+
+/// What the client asked of its session.
+#[derive(Debug, Clone)]
+enum Op {
+    Get,
+    Patch(Value),
+    Incr(String),
+    Delete,
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Patch(_) => "patch",
+            Op::Incr(_) => "incr",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// One session request, as received (kept whole so it can be forwarded).
+struct Call {
+    op: Op,
+    method: Method,
+    path: String,
+    cookie_header: Option<HeaderValue>,
+    body: Bytes,
+    /// The balancer's request id, or one stamped here before a forward so a retry stays exactly-once.
+    rid: Option<String>,
+    hops: u8,
+    cookie: Option<(RoutingCookie, Pair)>,
+}
+
+/// Serves HTTP on `listener` until the process ends.
+pub async fn serve_http(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(node, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let mut resp = match (req.method().clone(), path.as_str()) {
+        (Method::GET, HEALTH_PATH) => json_response(
+            StatusCode::OK,
+            &json!({"name": node.me.name, "sessions": node.store.len(), "mode": format!("{:?}", node.cfg.replication.mode).to_lowercase()}),
+        ),
+        (Method::GET, "/_node/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(node.metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (Method::GET, p) if p.starts_with("/_node/sessions/") => {
+            local_copy(&node, &p["/_node/sessions/".len()..]).await
+        }
+        (_, "/session") | (_, "/session/") => match *req.method() {
+            Method::GET => session_request(&node, req, Op::Get).await,
+            Method::PATCH => session_request(&node, req, Op::Patch(Value::Null)).await,
+            Method::DELETE => session_request(&node, req, Op::Delete).await,
+            _ => method_not_allowed("GET, PATCH, DELETE"),
+        },
+        (m, p) if p.starts_with("/session/incr/") => {
+            let key = &p["/session/incr/".len()..];
+            if m != Method::POST {
+                method_not_allowed("POST")
+            } else if key.is_empty() || key.len() > 256 || key.contains('/') {
+                error_response(
+                    StatusCode::BAD_REQUEST,
+                    "the key must be 1 to 256 characters without `/`",
+                )
+            } else {
+                let key = key.to_string();
+                session_request(&node, req, Op::Incr(key)).await
+            }
+        }
+        _ => error_response(StatusCode::NOT_FOUND, "no such path"),
+    };
+    if node.cfg.node.expose_node && !resp.headers().contains_key(SERVED_BY_HEADER) {
+        if let Ok(v) = HeaderValue::from_str(&node.me.name) {
+            resp.headers_mut().insert(SERVED_BY_HEADER, v);
+        }
+    }
+    resp
+}
+
+async fn session_request(node: &Arc<Node>, req: Request<Incoming>, op: Op) -> Resp {
+    let (parts, body) = req.into_parts();
+    let limit = node.cfg.node.max_body_bytes;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body over {limit} bytes"),
+            )
+        }
+    };
+    let op = match op {
+        Op::Patch(_) => match serde_json::from_slice::<Value>(&body) {
+            Ok(v @ Value::Object(_)) => Op::Patch(v),
+            Ok(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "a merge patch must be a JSON object",
+                )
+            }
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}"))
+            }
+        },
+        other => other,
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let rid = header(REQUEST_ID_HEADER)
+        .filter(|r| {
+            !r.is_empty()
+                && r.len() <= MAX_REQUEST_ID_LEN
+                && r.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_string);
+    let hops = header(HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+    let cookie = node
+        .codec
+        .find(parts.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
+        .and_then(|c| node.cfg.pairs.decode(c.segment).map(|p| (c, p)));
+    let cookie_header = parts.headers.get(COOKIE).cloned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let call = Call {
+        op,
+        method: parts.method,
+        path,
+        cookie_header,
+        body,
+        rid,
+        hops,
+        cookie,
+    };
+    let span = tracing::info_span!(
+        "request",
+        op = call.op.name(),
+        session = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
+    if let Some((c, _)) = &call.cookie {
+        span.record("session", c.session.log_hash());
+    }
+    let op_name = call.op.name();
+    let resp = execute(node, call).instrument(span.clone()).await;
+    let outcome = match resp.status().as_u16() {
+        200..=399 => "ok",
+        400..=499 => "client_error",
+        _ => "error",
+    };
+    span.record("outcome", outcome);
+    node.metrics
+        .requests
+        .with_label_values(&[op_name, outcome])
+        .inc();
+    resp
+}
+
+/// Finds the session and runs the operation; see the module docs.
+async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
+    let mut unreachable: Vec<NodeId> = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let Some((cookie, pair)) = call.cookie else {
+            if matches!(call.op, Op::Delete) {
+                return no_session_deleted(node);
+            }
+            return create(node, &call).await;
+        };
+        let (entry, _) = node.store.get_or_insert(cookie.session);
+        let mut slot = entry.slot.lock().await;
+        let mut stale = false;
+        match (slot.session.as_ref(), slot.role) {
+            (Some(_), Role::Primary) => {}
+            (Some(s), Role::Replica) => {
+                let owner = s.primary;
+                let reachable = node.members.is_alive(owner) && !unreachable.contains(&owner);
+                if owner != node.id() && reachable && call.hops < MAX_HOPS {
+                    drop(slot);
+                    match forward(node, &mut call, owner).await {
+                        Ok(r) => return r,
+                        Err(()) => unreachable.push(owner),
+                    }
+                    continue;
+                }
+                stale = takeover::promote(node, &entry, &mut slot, cookie.version).await;
+            }
+            (None, _) => {
+                let owner = pair.primary;
+                let reachable = node.members.is_alive(owner) && !unreachable.contains(&owner);
+                if owner != node.id() && reachable && call.hops < MAX_HOPS {
+                    drop(slot);
+                    drop_if_empty(node, &entry).await;
+                    match forward(node, &mut call, owner).await {
+                        Ok(r) => return r,
+                        Err(()) => unreachable.push(owner),
+                    }
+                    continue;
+                }
+                match takeover::recover(
+                    node,
+                    &entry,
+                    &mut slot,
+                    &cookie,
+                    pair,
+                    !unreachable.is_empty(),
+                )
+                .await
+                {
+                    Recovered::Installed { stale: s } => stale = s,
+                    Recovered::Forward(owner) => {
+                        drop(slot);
+                        drop_if_empty(node, &entry).await;
+                        if call.hops >= MAX_HOPS || unreachable.contains(&owner) {
+                            continue;
+                        }
+                        match forward(node, &mut call, owner).await {
+                            Ok(r) => return r,
+                            Err(()) => unreachable.push(owner),
+                        }
+                        continue;
+                    }
+                    Recovered::Lost => {
+                        drop(slot);
+                        drop_if_empty(node, &entry).await;
+                        if matches!(call.op, Op::Delete) {
+                            return no_session_deleted(node);
+                        }
+                        node.metrics.lost.inc();
+                        warn!(session = %cookie.session.log_hash(), version = cookie.version, "session lost: every copy is gone; starting a fresh one");
+                        return create(node, &call).await;
+                    }
+                }
+            }
+        }
+        if stale {
+            node.metrics.stale.inc();
+        }
+        match run_op(node, &entry, slot, &call, Some(cookie), stale).await {
+            Some(resp) => return resp,
+            None => continue, // fenced while waiting: the session has a newer owner; find it again
+        }
+    }
+    let mut r = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the session could not be located; retry",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+async fn drop_if_empty(node: &Node, entry: &Arc<Entry>) {
+    if let Ok(slot) = entry.slot.try_lock() {
+        if slot.session.is_none() && slot.removed.is_none() {
+            node.store.remove(entry);
+        }
+    }
+}
+
+/// Starts a new session here and runs the operation on it.
+async fn create(node: &Arc<Node>, call: &Call) -> Resp {
+    let sid = SessionId::random();
+    let mut secondary = node.members.choose_secondary(sid, &[]);
+    if secondary.is_none() {
+        // Heartbeat on request: peers may have come up since the last beat.
+        for change in node.members.probe_all(node.store.len() as u64).await {
+            node.on_change(change);
+        }
+        secondary = node.members.choose_secondary(sid, &[]);
+    }
+    let (entry, _) = node.store.get_or_insert(sid);
+    let mut slot = entry.slot.lock().await;
+    slot.session = Some(Session::new(sid, node.id(), secondary));
+    slot.role = Role::Primary;
+    node.metrics.created.inc();
+    match secondary {
+        Some(peer) => {
+            slot.needs_full = true;
+            entry.reset_mark(0, Instant::now());
+            node.enqueue(peer, &entry);
+        }
+        None => entry.reset_mark(1, Instant::now() + Duration::from_secs(3600)),
+    }
+    match run_op(node, &entry, slot, call, None, false).await {
+        Some(r) => r,
+        None => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "new session lost its ownership; retry",
+        ),
+    }
+}
+
+/// Applies `call.op` to the primary session in `slot`; `None` when ownership was lost while waiting for the copy.
+async fn run_op(
+    node: &Arc<Node>,
+    entry: &Arc<Entry>,
+    mut slot: tokio::sync::MutexGuard<'_, Slot>,
+    call: &Call,
+    cookie: Option<RoutingCookie>,
+    stale: bool,
+) -> Option<Resp> {
+    slot.last_access = Instant::now();
+    let limit = node.cfg.session.max_session_bytes;
+    let s = slot.session.as_mut().expect("primary slot holds a session");
+    if let Some(o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)).cloned() {
+        node.metrics.dedup_hits.inc();
+        let (sid, version, pair) = (s.id, s.version, pair_of(s));
+        let secondary = s.secondary;
+        drop(slot);
+        if node.sync() && secondary.is_some() {
+            wait_copied(node, entry, version).await?;
+        }
+        return Some(session_response(
+            node, o.status, o.body, sid, cookie, pair, version, stale,
+        ));
+    }
+    let (status, body, delta) = match &call.op {
+        Op::Get => (
+            200,
+            s.to_json(|id| node.members.name_of(id)).to_string(),
+            None,
+        ),
+        Op::Patch(p) => match s.patch(p, limit) {
+            Ok(d) => (
+                200,
+                s.to_json(|id| node.members.name_of(id)).to_string(),
+                Some(d),
+            ),
+            Err(e) => return Some(session_error(e)),
+        },
+        Op::Incr(key) => match s.incr(key) {
+            Ok((value, d)) => (
+                200,
+                json!({"value": value, "version": s.version}).to_string(),
+                Some(d),
+            ),
+            Err(e) => return Some(session_error(e)),
+        },
+        Op::Delete => {
+            let (sid, epoch, secondary) = (s.id, s.epoch, s.secondary);
+            let seq = entry.mark.borrow().lease_seq;
+            remove_session(node, entry, &mut slot, sid, epoch, secondary);
+            drop(slot);
+            if node.sync() && secondary.is_some() {
+                let mut rx = entry.mark.subscribe();
+                let _ = tokio::time::timeout(
+                    node.cfg.replication.peer_timeout * 3,
+                    rx.wait_for(|m| m.lease_seq > seq || m.fenced),
+                )
+                .await;
+            }
+            let mut r = Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .expect("valid");
+            set_header(&mut r, SET_COOKIE, &node.codec.clear_cookie(false));
+            return Some(r);
+        }
+    };
+    let (sid, version, pair) = (s.id, s.version, pair_of(s));
+    let has_secondary = s.secondary.is_some();
+    if let Some(mut d) = delta {
+        if let Some(rid) = &call.rid {
+            s.record(
+                &mut d,
+                rid,
+                Outcome {
+                    status,
+                    body: body.clone(),
+                },
+            );
+        }
+        slot.pending.push(d);
+        if let Some(peer) = pair.secondary {
+            node.enqueue(peer, entry);
+        } else {
+            entry
+                .mark
+                .send_modify(|m| m.copied = m.copied.max(version + 1));
+        }
+        drop(slot);
+        if node.sync() && has_secondary {
+            wait_copied(node, entry, version).await?;
+        }
+    } else {
+        // A read: served only while this node certainly still owns the session (lease), and in sync mode only
+        // once the copy holds what is shown.
+        let m = *entry.mark.borrow();
+        let need_copy = node.sync() && !m.covers(version);
+        let need_lease = has_secondary && m.lease_until <= Instant::now();
+        if need_copy || need_lease {
+            if need_lease {
+                slot.validate = true;
+                if let Some(peer) = pair.secondary {
+                    node.enqueue(peer, entry);
+                }
+            }
+            drop(slot);
+            let mut rx = entry.mark.subscribe();
+            let ok = tokio::time::timeout(node.cfg.replication.peer_timeout * 3, async {
+                rx.wait_for(|x| {
+                    x.fenced
+                        || ((!need_copy || x.covers(version))
+                            && (!need_lease || x.lease_seq > m.lease_seq))
+                })
+                .await
+                .map(|x| !x.fenced)
+                .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false);
+            if !ok {
+                return None;
+            }
+        }
+    }
+    Some(session_response(
+        node, status, body, sid, cookie, pair, version, stale,
+    ))
+}
+
+/// Waits until the secondary holds `version`; `None` when ownership was lost (or no copy in time).
+async fn wait_copied(node: &Node, entry: &Entry, version: u64) -> Option<()> {
+    let mut rx = entry.mark.subscribe();
+    let wait = async move {
+        rx.wait_for(|m| m.fenced || m.covers(version))
+            .await
+            .map(|m| !m.fenced)
+            .unwrap_or(false)
+    };
+    match tokio::time::timeout(node.cfg.replication.peer_timeout * 3, wait).await {
+        Ok(true) => Some(()),
+        _ => None,
+    }
+}
+
+/// Ends a primary session here and queues the removal of its copy.
+pub fn remove_session(
+    node: &Node,
+    entry: &Arc<Entry>,
+    slot: &mut Slot,
+    sid: SessionId,
+    epoch: u64,
+    secondary: Option<NodeId>,
+) {
+    slot.session = None;
+    slot.pending.clear();
+    slot.needs_full = false;
+    slot.validate = false;
+    match secondary {
+        Some(peer) => {
+            slot.removed = Some((sid, epoch, peer));
+            node.enqueue(peer, entry);
+        }
+        None => node.store.remove(entry),
+    }
+}
+
+fn pair_of(s: &Session) -> Pair {
+    Pair {
+        primary: s.primary,
+        secondary: s.secondary,
+    }
+}
+
+/// The answer to a session operation, with a fresh cookie when the client's is missing or out of date.
+#[allow(clippy::too_many_arguments)]
+fn session_response(
+    node: &Node,
+    status: u16,
+    body: String,
+    sid: SessionId,
+    cookie: Option<RoutingCookie>,
+    pair: Pair,
+    version: u64,
+    stale: bool,
+) -> Resp {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut r = Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response");
+    let current = RoutingCookie {
+        session: sid,
+        segment: pair.segment(),
+        version,
+    };
+    if cookie != Some(current) {
+        set_header(&mut r, SET_COOKIE, &node.codec.set_cookie(&current, false));
+    }
+    if stale {
+        r.headers_mut()
+            .insert(STALE_HEADER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn set_header(r: &mut Resp, name: hyper::header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(name, v);
+    }
+}
+
+fn session_error(e: SessionError) -> Resp {
+    let status = match e {
+        SessionError::PatchNotObject => StatusCode::BAD_REQUEST,
+        SessionError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        SessionError::NotAnInteger { .. } | SessionError::Overflow { .. } => StatusCode::CONFLICT,
+        SessionError::VersionGap { .. } | SessionError::CorruptPatch => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error_response(status, &e.to_string())
+}
+
+fn no_session_deleted(node: &Node) -> Resp {
+    let mut r = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Full::new(Bytes::new()))
+        .expect("valid");
+    set_header(&mut r, SET_COOKIE, &node.codec.clear_cookie(false));
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .expect("valid response")
+}
+
+fn error_response(status: StatusCode, message: &str) -> Resp {
+    json_response(status, &json!({ "error": message }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    r.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// `GET /_node/sessions/{id}`: this node's own copy, for operators and tests.
+async fn local_copy(node: &Node, id: &str) -> Resp {
+    let Ok(raw) = u128::from_str_radix(id, 16) else {
+        return error_response(StatusCode::BAD_REQUEST, "the id is 32 hex digits");
+    };
+    let Some(entry) = node.store.get(SessionId(raw)) else {
+        return error_response(StatusCode::NOT_FOUND, "no copy here");
+    };
+    let slot = entry.slot.lock().await;
+    let Some(s) = slot.session.as_ref() else {
+        return error_response(StatusCode::NOT_FOUND, "no copy here");
+    };
+    let mut v = s.to_json(|id| node.members.name_of(id));
+    v["role"] = json!(if slot.role == Role::Primary {
+        "primary"
+    } else {
+        "replica"
+    });
+    v["epoch"] = json!(s.epoch);
+    json_response(StatusCode::OK, &v)
+}
+
+/// HTTP client for forwarding a request to the session's live owner.
+pub struct Forwarder {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(peer_timeout: Duration) -> Forwarder {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(peer_timeout));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Forwarder {
+            client,
+            timeout: peer_timeout * 3,
+        }
+    }
+}
+
+/// Sends the request to `owner`'s HTTP port and relays its answer. `Err` when the owner could not answer (the
+/// caller then treats it as unreachable; the request id makes a retry elsewhere exactly-once).
+async fn forward(node: &Arc<Node>, call: &mut Call, owner: NodeId) -> Result<Resp, ()> {
+    let Some(peer) = node.members.peer(owner) else {
+        return Err(());
+    };
+    let rid = call
+        .rid
+        .get_or_insert_with(|| format!("fw-{:032x}", SessionId::random().0))
+        .clone();
+    let mut req = Request::builder()
+        .method(call.method.clone())
+        .uri(format!("http://{}{}", peer.cfg.http, call.path))
+        .header(REQUEST_ID_HEADER, rid)
+        .header(HOP_HEADER, (call.hops + 1).to_string())
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(c) = &call.cookie_header {
+        req = req.header(COOKIE, c.clone());
+    }
+    let req = req.body(Full::new(call.body.clone())).map_err(|_| ())?;
+    node.metrics.forwards.inc();
+    let res =
+        tokio::time::timeout(node.forwarder.timeout, node.forwarder.client.request(req)).await;
+    let resp = match res {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            if e.is_connect() {
+                if let Some(ch) = node.members.mark_dead(owner) {
+                    node.on_change(ch);
+                }
+            }
+            warn!(to = %peer.cfg.name, error = %e, "forward failed");
+            return Err(());
+        }
+        Err(_) => {
+            warn!(to = %peer.cfg.name, "forward timed out");
+            return Err(());
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|_| ())?.to_bytes();
+    let mut out = Response::builder()
+        .status(parts.status)
+        .body(Full::new(body))
+        .expect("valid");
+    for (k, v) in parts.headers.iter() {
+        if k == CONTENT_TYPE
+            || k == SET_COOKIE
+            || k == SERVED_BY_HEADER
+            || k == STALE_HEADER
+            || k == RETRY_AFTER
+            || k == hyper::header::ALLOW
+        {
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    Ok(out)
+}

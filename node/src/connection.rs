@@ -1,0 +1,383 @@
+//! Replication connections: frames over TCP, authenticated both ways with the cluster secret at start.
+//!
+//! Handshake (each side proves it knows the secret without sending it):
+//! client `Hello{name, nc}` -> server `Challenge{ns, HMAC(k, "server"|nc|ns)}` -> client checks it and sends
+//! `Proof{HMAC(k, "client"|ns|nc)}` -> server checks it and sends `Welcome`. Anything else closes the connection.
+//!
+//! [`PeerLink`] is the client side towards one peer: request/response calls multiplexed by correlation id over
+//! one connection, re-established on the next call after a failure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::wire::{self, Body, Envelope, FrameError};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a replication connection or call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer {addr} refused authentication: {reason}")]
+    Auth { addr: SocketAddr, reason: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+}
+
+impl LinkError {
+    /// Whether the peer process is certainly not listening (refused or reset at connect): dead at once.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, LinkError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+}
+
+/// The key replication authentication uses, derived so it never equals the cookie key.
+pub fn auth_key(secret: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"srv-repl-auth-v1\0");
+    h.update(secret.as_bytes());
+    h.finalize().into()
+}
+
+fn proof(key: &[u8; 32], role: &[u8], first: &[u8; 32], second: &[u8; 32]) -> [u8; 32] {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    m.update(role);
+    m.update(first);
+    m.update(second);
+    m.finalize().into_bytes().into()
+}
+
+fn nonce() -> [u8; 32] {
+    let mut n = [0u8; 32];
+    getrandom::getrandom(&mut n).expect("the OS random source works");
+    n
+}
+
+/// Reads whole frames from a stream.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncReadExt + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream. Cancel-safe: bytes read stay in the buffer.
+    pub async fn next(&mut self) -> Result<Option<Envelope>, LinkError> {
+        loop {
+            if let Some(env) = wire::parse(&mut self.buf)? {
+                return Ok(Some(env));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(LinkError::Closed)
+                };
+            }
+        }
+    }
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    env: &Envelope,
+) -> Result<(), LinkError> {
+    let mut out = BytesMut::new();
+    wire::encode(env, &mut out);
+    w.write_all(&out).await?;
+    Ok(())
+}
+
+async fn expect(r: &mut FrameReader<OwnedReadHalf>) -> Result<Body, LinkError> {
+    match r.next().await? {
+        Some(env) => Ok(env.body),
+        None => Err(LinkError::Closed),
+    }
+}
+
+/// Client side of the handshake; returns the authenticated halves.
+///
+/// # Errors
+/// [`LinkError::Auth`] when the server does not prove the secret or refuses ours.
+pub async fn client_handshake(
+    stream: TcpStream,
+    me: &str,
+    key: &[u8; 32],
+) -> Result<(FrameReader<OwnedReadHalf>, OwnedWriteHalf), LinkError> {
+    let addr = stream.peer_addr()?;
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let mut r = FrameReader::new(r);
+    let nc = nonce();
+    let step = async {
+        write_frame(
+            &mut w,
+            &Envelope {
+                id: 0,
+                body: Body::Hello {
+                    node: me.to_string(),
+                    nonce: nc,
+                },
+            },
+        )
+        .await?;
+        let Body::Challenge {
+            nonce: ns,
+            proof: p,
+        } = expect(&mut r).await?
+        else {
+            return Err(LinkError::Auth {
+                addr,
+                reason: "no challenge".into(),
+            });
+        };
+        if !bool::from(proof(key, b"server", &nc, &ns).ct_eq(&p)) {
+            return Err(LinkError::Auth {
+                addr,
+                reason: "server does not know the cluster secret".into(),
+            });
+        }
+        write_frame(
+            &mut w,
+            &Envelope {
+                id: 0,
+                body: Body::Proof {
+                    proof: proof(key, b"client", &ns, &nc),
+                },
+            },
+        )
+        .await?;
+        match expect(&mut r).await? {
+            Body::Welcome => Ok(()),
+            Body::Refused { reason } => Err(LinkError::Auth { addr, reason }),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
+        .await
+        .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
+    Ok((r, w))
+}
+
+/// Server side of the handshake; returns the halves and the name the client gave.
+///
+/// # Errors
+/// [`LinkError::Auth`] when the client does not prove the secret (it is told so before the close).
+pub async fn server_handshake(
+    stream: TcpStream,
+    key: &[u8; 32],
+) -> Result<(FrameReader<OwnedReadHalf>, OwnedWriteHalf, String), LinkError> {
+    let addr = stream.peer_addr()?;
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let mut r = FrameReader::new(r);
+    let step = async {
+        let Body::Hello { node, nonce: nc } = expect(&mut r).await? else {
+            return Err(LinkError::Auth {
+                addr,
+                reason: "no hello".into(),
+            });
+        };
+        let ns = nonce();
+        let challenge = Body::Challenge {
+            nonce: ns,
+            proof: proof(key, b"server", &nc, &ns),
+        };
+        write_frame(
+            &mut w,
+            &Envelope {
+                id: 0,
+                body: challenge,
+            },
+        )
+        .await?;
+        let Body::Proof { proof: p } = expect(&mut r).await? else {
+            return Err(LinkError::Auth {
+                addr,
+                reason: "no proof".into(),
+            });
+        };
+        if !bool::from(proof(key, b"client", &ns, &nc).ct_eq(&p)) {
+            let reason = "client does not know the cluster secret".to_string();
+            let _ = write_frame(
+                &mut w,
+                &Envelope {
+                    id: 0,
+                    body: Body::Refused {
+                        reason: reason.clone(),
+                    },
+                },
+            )
+            .await;
+            return Err(LinkError::Auth { addr, reason });
+        }
+        write_frame(
+            &mut w,
+            &Envelope {
+                id: 0,
+                body: Body::Welcome,
+            },
+        )
+        .await?;
+        Ok(node)
+    };
+    let node = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
+        .await
+        .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
+    Ok((r, w, node))
+}
+
+type Waiter = oneshot::Sender<Result<Body, LinkError>>;
+
+/// The client side of replication towards one peer.
+pub struct PeerLink {
+    addr: SocketAddr,
+    me: String,
+    key: [u8; 32],
+    connect_timeout: Duration,
+    conn: tokio::sync::Mutex<Option<mpsc::UnboundedSender<(Envelope, Waiter)>>>,
+    next_id: AtomicU64,
+}
+
+impl PeerLink {
+    pub fn new(addr: SocketAddr, me: &str, key: [u8; 32], connect_timeout: Duration) -> PeerLink {
+        PeerLink {
+            addr,
+            me: me.to_string(),
+            key,
+            connect_timeout,
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `body` and waits up to `timeout` for the answer. A connection found broken is re-made once.
+    ///
+    /// # Errors
+    /// [`LinkError`]; `is_refused()` tells that the peer is not running.
+    pub async fn call(&self, body: Body, timeout: Duration) -> Result<Body, LinkError> {
+        let fut = async {
+            let mut last = LinkError::Closed;
+            for _ in 0..2 {
+                let (tx, fresh) = self.sender().await?;
+                let (wtx, wrx) = oneshot::channel();
+                let env = Envelope {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    body: body.clone(),
+                };
+                if tx.send((env, wtx)).is_err() {
+                    self.reset(&tx).await;
+                    continue;
+                }
+                match wrx.await.unwrap_or(Err(LinkError::Closed)) {
+                    Ok(b) => return Ok(b),
+                    Err(e) => {
+                        self.reset(&tx).await;
+                        if fresh {
+                            return Err(e);
+                        }
+                        last = e;
+                    }
+                }
+            }
+            Err(last)
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| LinkError::Timeout(timeout))?
+    }
+
+    async fn reset(&self, tx: &mpsc::UnboundedSender<(Envelope, Waiter)>) {
+        let mut g = self.conn.lock().await;
+        if g.as_ref().is_some_and(|c| c.same_channel(tx)) {
+            *g = None;
+        }
+    }
+
+    async fn sender(&self) -> Result<(mpsc::UnboundedSender<(Envelope, Waiter)>, bool), LinkError> {
+        let mut g = self.conn.lock().await;
+        if let Some(tx) = g.as_ref() {
+            if !tx.is_closed() {
+                return Ok((tx.clone(), false));
+            }
+        }
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| LinkError::Timeout(self.connect_timeout))?
+            .map_err(|source| LinkError::Connect {
+                addr: self.addr,
+                source,
+            })?;
+        let (r, w) = client_handshake(stream, &self.me, &self.key).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_link(r, w, rx));
+        *g = Some(tx.clone());
+        Ok((tx, true))
+    }
+}
+
+async fn run_link(
+    mut r: FrameReader<OwnedReadHalf>,
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<(Envelope, Waiter)>,
+) {
+    let mut pending: HashMap<u64, Waiter> = HashMap::new();
+    let err = loop {
+        tokio::select! {
+            req = rx.recv() => {
+                let Some((env, waiter)) = req else { break LinkError::Closed };
+                pending.insert(env.id, waiter);
+                if let Err(e) = write_frame(&mut w, &env).await { break e; }
+            }
+            frame = r.next() => match frame {
+                Ok(Some(env)) => {
+                    if let Some(waiter) = pending.remove(&env.id) {
+                        let _ = waiter.send(Ok(env.body));
+                    }
+                }
+                Ok(None) => break LinkError::Closed,
+                Err(e) => break e,
+            }
+        }
+    };
+    tracing::debug!(error = %err, "replication link closed");
+    rx.close();
+    for (_, waiter) in pending.drain() {
+        let _ = waiter.send(Err(LinkError::Closed));
+    }
+}

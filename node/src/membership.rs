@@ -1,0 +1,361 @@
+//! The other nodes as this node sees them: liveness from heartbeats (periodic, and on request), load (their
+//! session counts) and the choice of a secondary (seed 002 claims 71-73; seed 003 [0069]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ClusterConfig, NodeConfig};
+use crate::connection::{auth_key, PeerLink};
+use crate::ids::{NodeId, SessionId};
+use crate::wire::Body;
+
+/// One other node.
+pub struct Peer {
+    pub cfg: NodeConfig,
+    pub link: PeerLink,
+    alive: AtomicBool,
+    misses: AtomicU32,
+    /// Sessions it reported in its last heartbeat.
+    load: AtomicU64,
+    /// Sessions this node gave it since that report: keeps a burst of new sessions from all picking one peer.
+    assigned: AtomicU64,
+}
+
+impl Peer {
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn load(&self) -> u64 {
+        self.load.load(Ordering::Relaxed) + self.assigned.load(Ordering::Relaxed)
+    }
+}
+
+/// A liveness change worth acting on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Up(NodeId),
+    Down(NodeId),
+}
+
+/// Every other node of the cluster.
+pub struct Membership {
+    pub me: NodeConfig,
+    peers: HashMap<NodeId, Arc<Peer>>,
+    heartbeat: Duration,
+    peer_timeout: Duration,
+}
+
+impl Membership {
+    /// Peers start as dead until a heartbeat answers; `probe_all` asks at once when a secondary is needed.
+    pub fn new(cfg: &ClusterConfig, me: &NodeConfig) -> Membership {
+        let key = auth_key(&cfg.secret);
+        let peers = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.id != me.id)
+            .map(|n| {
+                let link = PeerLink::new(n.repl, &me.name, key, cfg.replication.peer_timeout);
+                let peer = Peer {
+                    cfg: n.clone(),
+                    link,
+                    alive: AtomicBool::new(false),
+                    misses: AtomicU32::new(0),
+                    load: AtomicU64::new(0),
+                    assigned: AtomicU64::new(0),
+                };
+                (n.id, Arc::new(peer))
+            })
+            .collect();
+        Membership {
+            me: me.clone(),
+            peers,
+            heartbeat: cfg.replication.heartbeat,
+            peer_timeout: cfg.replication.peer_timeout,
+        }
+    }
+
+    pub fn peer(&self, id: NodeId) -> Option<&Arc<Peer>> {
+        self.peers.get(&id)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.peers.values()
+    }
+
+    /// This node counts as alive; an unknown id does not.
+    pub fn is_alive(&self, id: NodeId) -> bool {
+        id == self.me.id || self.peers.get(&id).is_some_and(|p| p.is_alive())
+    }
+
+    pub fn name_of(&self, id: NodeId) -> Option<String> {
+        if id == self.me.id {
+            return Some(self.me.name.clone());
+        }
+        self.peers.get(&id).map(|p| p.cfg.name.clone())
+    }
+
+    /// Marks a peer dead (connection refused, timeouts); returns the change if it was alive.
+    pub fn mark_dead(&self, id: NodeId) -> Option<Change> {
+        let p = self.peers.get(&id)?;
+        p.alive
+            .swap(false, Ordering::AcqRel)
+            .then_some(Change::Down(id))
+    }
+
+    fn mark_alive(&self, p: &Peer, sessions: u64) -> Option<Change> {
+        p.misses.store(0, Ordering::Relaxed);
+        p.load.store(sessions, Ordering::Relaxed);
+        p.assigned.store(0, Ordering::Relaxed);
+        (!p.alive.swap(true, Ordering::AcqRel)).then_some(Change::Up(p.cfg.id))
+    }
+
+    /// One heartbeat to `id` carrying our session count; updates liveness and returns any change.
+    pub async fn heartbeat(&self, id: NodeId, our_sessions: u64) -> Option<Change> {
+        let p = self.peers.get(&id)?;
+        match p
+            .link
+            .call(
+                Body::Ping {
+                    sessions: our_sessions,
+                },
+                self.heartbeat,
+            )
+            .await
+        {
+            Ok(Body::Pong { sessions }) => self.mark_alive(p, sessions),
+            Ok(_) => None,
+            Err(e) if e.is_refused() => self.mark_dead(id),
+            Err(e) => {
+                let misses = p.misses.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(peer = %p.cfg.name, misses, error = %e, "heartbeat missed");
+                if self.heartbeat * misses >= self.peer_timeout {
+                    self.mark_dead(id)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Asks one peer right now whether it is alive (heartbeat on request), with a short timeout.
+    pub async fn probe(&self, id: NodeId, our_sessions: u64) -> bool {
+        let Some(p) = self.peers.get(&id) else {
+            return false;
+        };
+        match p
+            .link
+            .call(
+                Body::Ping {
+                    sessions: our_sessions,
+                },
+                self.heartbeat,
+            )
+            .await
+        {
+            Ok(Body::Pong { sessions }) => {
+                self.mark_alive(p, sessions);
+                true
+            }
+            _ => {
+                self.mark_dead(id);
+                false
+            }
+        }
+    }
+
+    /// Probes every peer at once; returns the changes.
+    pub async fn probe_all(&self, our_sessions: u64) -> Vec<Change> {
+        let before: Vec<(NodeId, bool)> = self
+            .peers
+            .values()
+            .map(|p| (p.cfg.id, p.is_alive()))
+            .collect();
+        let probes = before.iter().map(|(id, _)| self.probe(*id, our_sessions));
+        let after = futures_util::future::join_all(probes).await;
+        before
+            .into_iter()
+            .zip(after)
+            .filter(|((_, was), now)| was != now)
+            .map(|((id, _), now)| {
+                if now {
+                    Change::Up(id)
+                } else {
+                    Change::Down(id)
+                }
+            })
+            .collect()
+    }
+
+    /// The secondary for a new or re-homed session: see [`pick_secondary`]. Counts the assignment.
+    pub fn choose_secondary(&self, sid: SessionId, exclude: &[NodeId]) -> Option<NodeId> {
+        let candidates: Vec<Candidate<'_>> = self
+            .peers
+            .values()
+            .filter(|p| p.is_alive() && !exclude.contains(&p.cfg.id))
+            .map(|p| Candidate {
+                node: &p.cfg,
+                load: p.load(),
+            })
+            .collect();
+        let chosen = pick_secondary(&self.me, &candidates, sid)?;
+        if let Some(p) = self.peers.get(&chosen) {
+            p.assigned.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(chosen)
+    }
+}
+
+/// A live peer that could hold copies.
+pub struct Candidate<'a> {
+    pub node: &'a NodeConfig,
+    pub load: u64,
+}
+
+/// Pure choice of a secondary among live `candidates` (seed 003 [0069]): the admin pin when it is among them;
+/// else prefer another machine, then another zone, then the least loaded; ties spread by the session id.
+/// Draining nodes take no new copies.
+pub fn pick_secondary(
+    me: &NodeConfig,
+    candidates: &[Candidate<'_>],
+    sid: SessionId,
+) -> Option<NodeId> {
+    if let Some(pin) = &me.secondary {
+        if let Some(c) = candidates.iter().find(|c| &c.node.name == pin) {
+            return Some(c.node.id);
+        }
+    }
+    candidates
+        .iter()
+        .filter(|c| !c.node.drain && c.node.id != me.id)
+        .min_by_key(|c| {
+            let spread = mix(c.node.id.get() ^ sid.0 as u64 ^ (sid.0 >> 64) as u64);
+            (
+                c.node.machine == me.machine,
+                c.node.zone == me.zone,
+                c.load,
+                spread,
+            )
+        })
+        .map(|c| c.node.id)
+}
+
+/// splitmix64's finaliser: every input bit moves every output bit, so ties spread evenly.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, machine: &str, zone: &str) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            id: NodeId::derive(name, "test-secret"),
+            http: "127.0.0.1:1".parse().unwrap(),
+            repl: "127.0.0.1:2".parse().unwrap(),
+            machine: machine.into(),
+            zone: zone.into(),
+            weight: 1,
+            drain: false,
+            secondary: None,
+        }
+    }
+
+    #[test]
+    fn another_machine_beats_a_lighter_load_on_the_same_machine() {
+        let me = node("a", "m1", "z1");
+        let same_machine = node("b", "m1", "z1");
+        let other_machine = node("c", "m2", "z1");
+        let cands = [
+            Candidate {
+                node: &same_machine,
+                load: 0,
+            },
+            Candidate {
+                node: &other_machine,
+                load: 100,
+            },
+        ];
+        assert_eq!(
+            pick_secondary(&me, &cands, SessionId(1)),
+            Some(other_machine.id)
+        );
+    }
+
+    #[test]
+    fn another_zone_beats_the_same_zone_then_load_decides() {
+        let me = node("a", "m1", "z1");
+        let same_zone = node("b", "m2", "z1");
+        let other_zone = node("c", "m3", "z2");
+        let other_zone_busy = node("d", "m4", "z2");
+        let cands = [
+            Candidate {
+                node: &same_zone,
+                load: 0,
+            },
+            Candidate {
+                node: &other_zone_busy,
+                load: 9,
+            },
+            Candidate {
+                node: &other_zone,
+                load: 3,
+            },
+        ];
+        assert_eq!(
+            pick_secondary(&me, &cands, SessionId(1)),
+            Some(other_zone.id)
+        );
+    }
+
+    #[test]
+    fn the_admin_pin_wins_while_it_is_alive() {
+        let mut me = node("a", "m1", "z1");
+        me.secondary = Some("b".into());
+        let b = node("b", "m1", "z1");
+        let c = node("c", "m2", "z2");
+        let cands = [
+            Candidate { node: &b, load: 50 },
+            Candidate { node: &c, load: 0 },
+        ];
+        assert_eq!(pick_secondary(&me, &cands, SessionId(1)), Some(b.id));
+        assert_eq!(
+            pick_secondary(&me, &cands[1..], SessionId(1)),
+            Some(c.id),
+            "pin dead: normal choice"
+        );
+    }
+
+    #[test]
+    fn draining_nodes_and_no_candidates_give_no_secondary() {
+        let me = node("a", "m1", "z1");
+        let mut d = node("b", "m2", "z2");
+        d.drain = true;
+        assert_eq!(
+            pick_secondary(&me, &[Candidate { node: &d, load: 0 }], SessionId(1)),
+            None
+        );
+        assert_eq!(pick_secondary(&me, &[], SessionId(1)), None);
+    }
+
+    #[test]
+    fn equal_candidates_are_spread_over_sessions() {
+        let me = node("a", "m1", "z1");
+        let b = node("b", "m2", "z2");
+        let c = node("c", "m3", "z2");
+        let cands = [
+            Candidate { node: &b, load: 0 },
+            Candidate { node: &c, load: 0 },
+        ];
+        let picks: std::collections::HashSet<_> = (0..64u128)
+            .map(|i| pick_secondary(&me, &cands, SessionId(i * 7919)).unwrap())
+            .collect();
+        assert_eq!(picks.len(), 2);
+    }
+}

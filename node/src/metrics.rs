@@ -1,0 +1,166 @@
+//! The node's Prometheus metrics, served on `GET /_node/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric a node exports. Names are part of the contract where DESIGN.md fixes them
+/// (`sessions_lost_total`).
+pub struct Metrics {
+    registry: Registry,
+    /// Session API requests by operation and outcome (`ok`, `client_error`, `error`).
+    pub requests: IntCounterVec,
+    pub sessions: IntGaugeVec,
+    pub created: IntCounter,
+    pub takeovers: IntCounter,
+    pub promotions: IntCounter,
+    pub pulls_granted: IntCounter,
+    pub forwards: IntCounter,
+    pub lost: IntCounter,
+    pub stale: IntCounter,
+    pub dedup_hits: IntCounter,
+    pub rehomed: IntCounter,
+    pub fenced: IntCounter,
+    pub expired: IntCounter,
+    pub full_copies: IntCounter,
+    pub repl_items: IntCounter,
+    pub repl_errors: IntCounter,
+    pub repl_queue: IntGauge,
+    pub repl_rtt: Histogram,
+    pub auth_failures: IntCounter,
+    pub frame_errors: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let requests = IntCounterVec::new(
+            Opts::new("node_requests_total", "Session API requests"),
+            &["op", "outcome"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique");
+        let sessions = IntGaugeVec::new(
+            Opts::new("node_sessions", "Sessions held here, by role"),
+            &["role"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(sessions.clone()))
+            .expect("unique");
+        let repl_queue = IntGauge::new(
+            "node_replication_queue_depth",
+            "Sessions waiting to be copied",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(repl_queue.clone()))
+            .expect("unique");
+        let repl_rtt = Histogram::with_opts(
+            HistogramOpts::new(
+                "node_replication_batch_seconds",
+                "Round trip of one replication batch",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(repl_rtt.clone()))
+            .expect("unique");
+        Metrics {
+            requests,
+            sessions,
+            repl_queue,
+            repl_rtt,
+            created: counter("node_sessions_created_total", "Sessions created here"),
+            takeovers: counter(
+                "node_takeovers_total",
+                "Sessions pulled from another node and now owned here",
+            ),
+            promotions: counter(
+                "node_promotions_total",
+                "Copies promoted to primary here after the primary died",
+            ),
+            pulls_granted: counter(
+                "node_pulls_granted_total",
+                "Sessions handed to another node on its request",
+            ),
+            forwards: counter(
+                "node_forwards_total",
+                "Requests forwarded to the session's live owner",
+            ),
+            lost: counter(
+                "sessions_lost_total",
+                "Sessions whose every copy was gone: replaced by a fresh session",
+            ),
+            stale: counter(
+                "sessions_stale_total",
+                "Recovered copies older than the client's signed cookie",
+            ),
+            dedup_hits: counter(
+                "node_duplicate_requests_total",
+                "Retried request ids answered from the record",
+            ),
+            rehomed: counter(
+                "node_secondary_changes_total",
+                "Sessions given a new secondary",
+            ),
+            fenced: counter(
+                "node_fenced_total",
+                "Sessions dropped here because a newer owner exists",
+            ),
+            expired: counter(
+                "node_sessions_expired_total",
+                "Sessions removed after their idle timeout",
+            ),
+            full_copies: counter(
+                "node_replication_full_copies_total",
+                "Whole-session copies sent",
+            ),
+            repl_items: counter(
+                "node_replication_items_total",
+                "Session items sent to secondaries",
+            ),
+            repl_errors: counter(
+                "node_replication_errors_total",
+                "Replication batches that failed",
+            ),
+            auth_failures: counter(
+                "node_replication_auth_failures_total",
+                "Replication connections refused",
+            ),
+            frame_errors: counter(
+                "node_replication_frame_errors_total",
+                "Malformed replication frames received",
+            ),
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}

@@ -1,0 +1,355 @@
+//! Wiring: the [`Node`] shared by every task, its listeners (HTTP, replication) and background tasks
+//! (heartbeats, expiry, gauges).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{info, warn, Instrument};
+
+use crate::config::{ClusterConfig, NodeConfig, ReplicationMode};
+use crate::connection::{auth_key, server_handshake, write_frame, LinkError};
+use crate::cookie::CookieCodec;
+use crate::ids::NodeId;
+use crate::membership::{Change, Membership};
+use crate::metrics::Metrics;
+use crate::replicate;
+use crate::store::{Entry, Role, Store};
+use crate::wire::{Body, Envelope, ItemResult};
+
+/// Everything a node's tasks share.
+pub struct Node {
+    pub cfg: ClusterConfig,
+    pub me: NodeConfig,
+    pub codec: CookieCodec,
+    pub store: Store,
+    pub members: Membership,
+    pub metrics: Metrics,
+    pub forwarder: crate::api::Forwarder,
+    replicators: HashMap<NodeId, mpsc::UnboundedSender<Arc<Entry>>>,
+}
+
+impl Node {
+    pub fn id(&self) -> NodeId {
+        self.me.id
+    }
+
+    pub fn sync(&self) -> bool {
+        self.cfg.replication.mode == ReplicationMode::Sync
+    }
+
+    /// Queues a session for copying to `peer`.
+    pub fn enqueue(&self, peer: NodeId, entry: &Arc<Entry>) {
+        if let Some(tx) = self.replicators.get(&peer) {
+            self.metrics.repl_queue.inc();
+            let _ = tx.send(entry.clone());
+        }
+    }
+
+    /// Records a liveness change and acts on it: a dead peer's sessions get new secondaries; a peer coming up
+    /// takes copies of sessions that had none.
+    pub fn on_change(self: &Arc<Self>, change: Change) {
+        let node = self.clone();
+        match change {
+            Change::Down(peer) => {
+                warn!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer down: re-homing its copies");
+                tokio::spawn(async move { node.rehome_all(|s| s == Some(peer), peer).await });
+            }
+            Change::Up(peer) => {
+                info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
+                tokio::spawn(async move { node.rehome_all(|s| s.is_none(), peer).await });
+            }
+        }
+    }
+
+    /// Gives every primary session whose secondary matches `pred` a new secondary (never `avoid` when it is
+    /// down) and queues a full copy; runs in the background, one session lock at a time.
+    async fn rehome_all(self: Arc<Self>, pred: impl Fn(Option<NodeId>) -> bool, avoid: NodeId) {
+        for entry in self.store.entries() {
+            let mut slot = entry.slot.lock().await;
+            if slot.role != Role::Primary {
+                continue;
+            }
+            let Some(s) = slot.session.as_ref() else {
+                continue;
+            };
+            if pred(s.secondary) {
+                let exclude = if self.members.is_alive(avoid) {
+                    vec![]
+                } else {
+                    vec![avoid]
+                };
+                self.rehome(&entry, &mut slot, &exclude);
+            }
+        }
+    }
+
+    /// Picks a new secondary for one primary session and queues a full copy to it. With no live peer the
+    /// session runs without a copy and writes are acknowledged at once (counted, and fixed when a peer comes up).
+    pub fn rehome(&self, entry: &Arc<Entry>, slot: &mut crate::store::Slot, exclude: &[NodeId]) {
+        let Some(s) = slot.session.as_mut() else {
+            return;
+        };
+        let new = self.members.choose_secondary(s.id, exclude);
+        s.secondary = new;
+        slot.needs_full = true;
+        slot.pending.clear();
+        self.metrics.rehomed.inc();
+        match new {
+            Some(peer) => self.enqueue(peer, entry),
+            None => {
+                let v = s.version;
+                slot.needs_full = false;
+                entry.mark.send_modify(|m| {
+                    m.copied = m.copied.max(v + 1);
+                    m.lease_seq += 1;
+                    m.lease_until = Instant::now() + Duration::from_secs(3600);
+                });
+            }
+        }
+    }
+
+    /// Handles one request frame from an authenticated peer.
+    async fn answer(self: &Arc<Self>, body: Body) -> Body {
+        match body {
+            Body::Ping { .. } => Body::Pong {
+                sessions: self.store.len() as u64,
+            },
+            Body::Batch { from, items } => {
+                let mut results = Vec::with_capacity(items.len());
+                for item in items {
+                    results.push(self.receive(from, item).await);
+                }
+                Body::BatchReply { results }
+            }
+            Body::Pull {
+                sid,
+                requester,
+                owner_unreachable,
+            } => {
+                let result =
+                    crate::takeover::serve_pull(self, sid, requester, owner_unreachable).await;
+                Body::PullReply { result }
+            }
+            other => Body::Error {
+                message: format!("not a request: {}", variant(&other)),
+            },
+        }
+    }
+
+    async fn receive(&self, from: NodeId, item: crate::wire::Item) -> ItemResult {
+        let (entry, _) = self.store.get_or_insert(item.sid());
+        let mut slot = entry.slot.lock().await;
+        let was_primary = slot.role == Role::Primary && slot.session.is_some();
+        let result = replicate::incoming(
+            &mut slot,
+            from,
+            item,
+            Instant::now(),
+            self.cfg.replication.lease,
+        );
+        if was_primary && slot.role == Role::Replica {
+            // A newer owner reached us through replication: anything waiting here must go there.
+            entry.mark.send_modify(|m| m.fenced = true);
+        }
+        if slot.session.is_none() {
+            self.store.remove(&entry);
+        }
+        result
+    }
+}
+
+fn variant(b: &Body) -> &'static str {
+    match b {
+        Body::Hello { .. } => "Hello",
+        Body::Challenge { .. } => "Challenge",
+        Body::Proof { .. } => "Proof",
+        Body::Welcome => "Welcome",
+        Body::Refused { .. } => "Refused",
+        Body::Pong { .. } => "Pong",
+        Body::BatchReply { .. } => "BatchReply",
+        Body::PullReply { .. } => "PullReply",
+        Body::Error { .. } => "Error",
+        Body::Ping { .. } | Body::Batch { .. } | Body::Pull { .. } => "request",
+    }
+}
+
+/// Builds the node `name` of `cfg` and starts every listener and task; returns once listening.
+///
+/// # Errors
+/// When `name` is not in the config or an address cannot be bound.
+pub async fn start(cfg: ClusterConfig, name: &str) -> anyhow::Result<Arc<Node>> {
+    let me = cfg
+        .node(name)
+        .ok_or_else(|| anyhow::anyhow!("no node named `{name}` in the config"))?
+        .clone();
+    let http = TcpListener::bind(me.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind http {}: {e}", me.http))?;
+    let repl = TcpListener::bind(me.repl)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind repl {}: {e}", me.repl))?;
+    let members = Membership::new(&cfg, &me);
+    let mut replicators = HashMap::new();
+    let mut receivers = Vec::new();
+    for p in members.peers() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        replicators.insert(p.cfg.id, tx);
+        receivers.push((p.cfg.id, rx));
+    }
+    let node = Arc::new(Node {
+        codec: CookieCodec::new(&cfg.cookie),
+        forwarder: crate::api::Forwarder::new(cfg.replication.peer_timeout),
+        store: Store::default(),
+        metrics: Metrics::new(),
+        members,
+        me,
+        cfg,
+        replicators,
+    });
+    for (peer, rx) in receivers {
+        let span = tracing::info_span!("replicate", peer = %node.members.name_of(peer).unwrap_or_default());
+        tokio::spawn(replicate::task::run(node.clone(), peer, rx).instrument(span));
+    }
+    tokio::spawn(serve_replication(node.clone(), repl));
+    tokio::spawn(crate::api::serve_http(node.clone(), http));
+    tokio::spawn(heartbeats(node.clone()));
+    tokio::spawn(housekeeping(node.clone()));
+    info!(node = %node.me.name, http = %node.me.http, repl = %node.me.repl, mode = ?node.cfg.replication.mode, "node started");
+    Ok(node)
+}
+
+async fn serve_replication(node: Arc<Node>, listener: TcpListener) {
+    let key = auth_key(&node.cfg.secret);
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "replication accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_peer(node.clone(), stream, addr, key).await {
+                match e {
+                    LinkError::Auth { .. } => {
+                        node.metrics.auth_failures.inc();
+                        warn!(%addr, error = %e, "replication connection refused");
+                    }
+                    LinkError::Frame(_) => {
+                        node.metrics.frame_errors.inc();
+                        warn!(%addr, error = %e, "malformed replication frame: connection closed");
+                    }
+                    _ => tracing::debug!(%addr, error = %e, "replication connection ended"),
+                }
+            }
+        });
+    }
+}
+
+async fn serve_peer(
+    node: Arc<Node>,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    key: [u8; 32],
+) -> Result<(), LinkError> {
+    let (mut reader, mut writer, peer) = server_handshake(stream, &key).await?;
+    tracing::debug!(%addr, %peer, "replication peer connected");
+    let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
+    let write_task = tokio::spawn(async move {
+        while let Some(env) = rx.recv().await {
+            if write_frame(&mut writer, &env).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = loop {
+        match reader.next().await {
+            Ok(Some(env)) => {
+                // Each request runs on its own: a pull waiting on a busy session must not hold up heartbeats.
+                let node = node.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let body = node.answer(env.body).await;
+                    let _ = tx.send(Envelope { id: env.id, body });
+                });
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(tx);
+    let _ = write_task.await;
+    result
+}
+
+async fn heartbeats(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.cfg.replication.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sessions = node.store.len() as u64;
+        let ids: Vec<NodeId> = node.members.peers().map(|p| p.cfg.id).collect();
+        let beats = ids.iter().map(|id| node.members.heartbeat(*id, sessions));
+        for change in futures_util::future::join_all(beats)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            node.on_change(change);
+        }
+    }
+}
+
+/// Expiry and gauges, about once a second.
+async fn housekeeping(node: Arc<Node>) {
+    let idle = node.cfg.session.idle_timeout;
+    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let (mut primaries, mut replicas) = (0i64, 0i64);
+        for entry in node.store.entries() {
+            let Ok(mut slot) = entry.slot.try_lock() else {
+                continue;
+            };
+            let Some(s) = slot.session.as_ref() else {
+                continue;
+            };
+            let idle_for = now.saturating_duration_since(slot.last_access);
+            match slot.role {
+                Role::Primary => {
+                    primaries += 1;
+                    if idle_for > idle {
+                        let (sid, epoch, secondary) = (s.id, s.epoch, s.secondary);
+                        crate::api::remove_session(&node, &entry, &mut slot, sid, epoch, secondary);
+                        node.metrics.expired.inc();
+                    }
+                }
+                Role::Replica => {
+                    replicas += 1;
+                    // A copy expires on its own only when its primary is gone; otherwise the primary says when.
+                    if idle_for > idle && !node.members.is_alive(s.primary) {
+                        slot.session = None;
+                        node.store.remove(&entry);
+                        node.metrics.expired.inc();
+                    }
+                }
+            }
+        }
+        node.metrics
+            .sessions
+            .with_label_values(&["primary"])
+            .set(primaries);
+        node.metrics
+            .sessions
+            .with_label_values(&["replica"])
+            .set(replicas);
+    }
+}

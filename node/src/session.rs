@@ -1,0 +1,342 @@
+//! A session's replicated state and the pure operations on it.
+//!
+//! Every applied update adds 1 to `version` and produces a [`Delta`]: the JSON merge patch that turns version
+//! `v - 1` into `v`, plus the outcome recorded under the balancer's request id. Applying the same deltas in
+//! order to a copy at `v - 1` gives the same state (seed 003 [0063]).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::{NodeId, SessionId};
+
+/// How many recent request outcomes a session remembers for exactly-once retries.
+pub const OUTCOMES_KEPT: usize = 64;
+/// Longest request id accepted from the balancer's header.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// The response a request got, kept so that a retry of it gets the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: u16,
+    pub body: String,
+}
+
+/// One applied update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The version this delta produces; it applies to `version - 1`.
+    pub version: u64,
+    /// JSON merge patch text (RFC 7396).
+    pub patch: String,
+    pub outcome: Option<(String, Outcome)>,
+}
+
+/// Why an operation was refused. The session is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("a merge patch must be a JSON object")]
+    PatchNotObject,
+    #[error("`{key}` holds {found}, not an integer")]
+    NotAnInteger { key: String, found: &'static str },
+    #[error("`{key}` would overflow")]
+    Overflow { key: String },
+    #[error("the session would be {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("delta for version {got} does not follow version {have}")]
+    VersionGap { have: u64, got: u64 },
+    #[error("stored patch is not valid JSON")]
+    CorruptPatch,
+}
+
+/// The replicated part of a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub version: u64,
+    /// Ownership epoch: +1 on every takeover. A copy with a higher epoch fences the lower.
+    pub epoch: u64,
+    /// The session data as JSON object text (kept as text so any serde format can carry it).
+    #[serde(with = "json_text")]
+    pub data: Map<String, Value>,
+    pub primary: NodeId,
+    pub secondary: Option<NodeId>,
+    pub outcomes: VecDeque<(String, Outcome)>,
+}
+
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::{Map, Value};
+
+    pub fn serialize<S: Serializer>(m: &Map<String, Value>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&serde_json::to_string(m).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Session {
+    /// A new, empty session owned by `primary`.
+    pub fn new(id: SessionId, primary: NodeId, secondary: Option<NodeId>) -> Session {
+        Session {
+            id,
+            version: 0,
+            epoch: 1,
+            data: Map::new(),
+            primary,
+            secondary,
+            outcomes: VecDeque::new(),
+        }
+    }
+
+    /// The recorded outcome of request `rid`, if this session applied it.
+    pub fn outcome_of(&self, rid: &str) -> Option<&Outcome> {
+        self.outcomes.iter().find(|(r, _)| r == rid).map(|(_, o)| o)
+    }
+
+    /// Applies a merge patch as one update.
+    ///
+    /// # Errors
+    /// [`SessionError::PatchNotObject`] or [`SessionError::TooLarge`]; the session is then unchanged.
+    pub fn patch(&mut self, patch: &Value, limit: usize) -> Result<Delta, SessionError> {
+        let Value::Object(p) = patch else {
+            return Err(SessionError::PatchNotObject);
+        };
+        let mut data = self.data.clone();
+        merge_patch(&mut data, p);
+        let size = serde_json::to_string(&data)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX);
+        if size > limit {
+            return Err(SessionError::TooLarge { size, limit });
+        }
+        self.data = data;
+        Ok(self.next_delta(patch.to_string()))
+    }
+
+    /// Adds 1 to the integer at `key` (absent counts as 0) as one update; returns the new value and the delta.
+    ///
+    /// # Errors
+    /// [`SessionError::NotAnInteger`] or [`SessionError::Overflow`]; the session is then unchanged.
+    pub fn incr(&mut self, key: &str) -> Result<(i64, Delta), SessionError> {
+        let current = match self.data.get(key) {
+            None | Some(Value::Null) => 0,
+            Some(Value::Number(n)) if n.is_i64() => n.as_i64().expect("checked"),
+            Some(other) => {
+                return Err(SessionError::NotAnInteger {
+                    key: key.into(),
+                    found: kind(other),
+                })
+            }
+        };
+        let value = current
+            .checked_add(1)
+            .ok_or_else(|| SessionError::Overflow { key: key.into() })?;
+        self.data.insert(key.to_string(), Value::from(value));
+        let patch = Value::Object(Map::from_iter([(key.to_string(), Value::from(value))]));
+        Ok((value, self.next_delta(patch.to_string())))
+    }
+
+    fn next_delta(&mut self, patch: String) -> Delta {
+        self.version += 1;
+        Delta {
+            version: self.version,
+            patch,
+            outcome: None,
+        }
+    }
+
+    /// Remembers the outcome of request `rid` in the session and in its delta.
+    pub fn record(&mut self, delta: &mut Delta, rid: &str, outcome: Outcome) {
+        self.remember(rid.to_string(), outcome.clone());
+        delta.outcome = Some((rid.to_string(), outcome));
+    }
+
+    fn remember(&mut self, rid: String, outcome: Outcome) {
+        if self.outcomes.len() >= OUTCOMES_KEPT {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back((rid, outcome));
+    }
+
+    /// Applies a delta received from the primary.
+    ///
+    /// # Errors
+    /// [`SessionError::VersionGap`] when it does not follow this copy's version: the copy needs the full state.
+    pub fn apply(&mut self, d: &Delta) -> Result<(), SessionError> {
+        if d.version != self.version + 1 {
+            return Err(SessionError::VersionGap {
+                have: self.version,
+                got: d.version,
+            });
+        }
+        let Ok(Value::Object(p)) = serde_json::from_str::<Value>(&d.patch) else {
+            return Err(SessionError::CorruptPatch);
+        };
+        merge_patch(&mut self.data, &p);
+        self.version = d.version;
+        if let Some((rid, o)) = &d.outcome {
+            self.remember(rid.clone(), o.clone());
+        }
+        Ok(())
+    }
+
+    /// The JSON the session API answers with.
+    pub fn to_json(&self, name_of: impl Fn(NodeId) -> Option<String>) -> Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "version": self.version,
+            "data": Value::Object(self.data.clone()),
+            "primary": name_of(self.primary),
+            "secondary": self.secondary.and_then(name_of),
+        })
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a non-integer number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// RFC 7396 merge patch of an object into an object: `null` removes, objects merge, anything else replaces.
+pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                target.remove(k);
+            }
+            Value::Object(p) => {
+                let slot = target
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Value::Object(Map::new());
+                }
+                if let Value::Object(t) = slot {
+                    merge_patch(t, p);
+                }
+            }
+            other => {
+                target.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(n: u64) -> NodeId {
+        NodeId::new((1 << 50) + n).unwrap()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396_examples() {
+        let mut t = obj(json!({"a": "b", "c": {"d": "e", "f": "g"}}));
+        merge_patch(&mut t, &obj(json!({"a": "z", "c": {"f": null}})));
+        assert_eq!(Value::Object(t), json!({"a": "z", "c": {"d": "e"}}));
+        let mut t = obj(json!({"a": [1]}));
+        merge_patch(&mut t, &obj(json!({"a": {"b": "c"}})));
+        assert_eq!(Value::Object(t), json!({"a": {"b": "c"}}));
+    }
+
+    #[test]
+    fn deltas_replayed_on_a_copy_give_the_same_state() {
+        let mut primary = Session::new(SessionId(7), node(1), Some(node(2)));
+        let mut copy = primary.clone();
+        let mut deltas = vec![primary.incr("n").unwrap().1];
+        deltas.push(
+            primary
+                .patch(&json!({"cart": {"apple": 2}}), 1 << 20)
+                .unwrap(),
+        );
+        let (v, mut d) = primary.incr("n").unwrap();
+        primary.record(
+            &mut d,
+            "req-1",
+            Outcome {
+                status: 200,
+                body: "x".into(),
+            },
+        );
+        deltas.push(d);
+        assert_eq!(v, 2);
+        for d in &deltas {
+            copy.apply(d).unwrap();
+        }
+        assert_eq!(copy, primary);
+        assert_eq!(copy.outcome_of("req-1").unwrap().body, "x");
+    }
+
+    #[test]
+    fn a_delta_that_skips_a_version_is_refused() {
+        let mut primary = Session::new(SessionId(7), node(1), None);
+        let mut copy = primary.clone();
+        primary.incr("n").unwrap();
+        let d2 = primary.incr("n").unwrap().1;
+        assert_eq!(
+            copy.apply(&d2),
+            Err(SessionError::VersionGap { have: 0, got: 2 })
+        );
+        assert_eq!(copy.version, 0);
+    }
+
+    #[test]
+    fn refused_operations_leave_the_session_unchanged() {
+        let mut s = Session::new(SessionId(1), node(1), None);
+        s.patch(&json!({"name": "x"}), 1 << 20).unwrap();
+        let before = s.clone();
+        assert!(matches!(
+            s.incr("name"),
+            Err(SessionError::NotAnInteger { .. })
+        ));
+        assert_eq!(
+            s.patch(&json!([1]), 1 << 20),
+            Err(SessionError::PatchNotObject)
+        );
+        assert!(matches!(
+            s.patch(&json!({"big": "x".repeat(100)}), 50),
+            Err(SessionError::TooLarge { .. })
+        ));
+        s.data.insert("max".into(), json!(i64::MAX));
+        let before_max = s.clone();
+        assert!(matches!(s.incr("max"), Err(SessionError::Overflow { .. })));
+        assert_eq!(s, before_max);
+        assert_eq!(before.version, 1);
+    }
+
+    #[test]
+    fn only_the_latest_outcomes_are_kept() {
+        let mut s = Session::new(SessionId(1), node(1), None);
+        for i in 0..OUTCOMES_KEPT + 5 {
+            let (_, mut d) = s.incr("n").unwrap();
+            s.record(
+                &mut d,
+                &format!("r{i}"),
+                Outcome {
+                    status: 200,
+                    body: String::new(),
+                },
+            );
+        }
+        assert_eq!(s.outcomes.len(), OUTCOMES_KEPT);
+        assert!(s.outcome_of("r0").is_none());
+        assert!(s.outcome_of(&format!("r{}", OUTCOMES_KEPT + 4)).is_some());
+    }
+}

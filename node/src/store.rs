@@ -1,0 +1,210 @@
+//! The in-memory session table: sharded maps of [`Entry`], one per session this node hosts (as primary or copy).
+//!
+//! An entry's `slot` is a FIFO tokio mutex: requests on one session are applied one at a time, in arrival
+//! order (seed 000 claims 23-25). Its `mark` is a watch of replication progress that requests wait on after
+//! releasing the slot, so one copy to the secondary covers every update pending at that moment.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::ids::SessionId;
+use crate::session::{Delta, Session};
+
+const SHARDS: usize = 64;
+
+/// Which copy this node holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Serves the session and copies every update to the secondary.
+    Primary,
+    /// Holds a copy for the primary named in the session.
+    Replica,
+}
+
+/// A session's local state, guarded by the entry's FIFO mutex.
+#[derive(Debug)]
+pub struct Slot {
+    /// `None` while a takeover is loading it, or once it was removed or fenced here.
+    pub session: Option<Session>,
+    pub role: Role,
+    pub last_access: Instant,
+    /// Replica: no takeover is granted before this instant, because the primary may still hold a read lease.
+    pub granted_until: Instant,
+    /// Primary: updates applied here, not yet sent to the secondary.
+    pub pending: Vec<Delta>,
+    /// Primary: the secondary needs the whole session (new secondary, gap, first copy).
+    pub needs_full: bool,
+    /// Primary: a read needs the lease renewed.
+    pub validate: bool,
+    /// The session was deleted or expired here: (id, epoch, secondary) still to be told to drop its copy.
+    pub removed: Option<(SessionId, u64, crate::ids::NodeId)>,
+}
+
+impl Slot {
+    pub fn empty(now: Instant) -> Slot {
+        Slot {
+            session: None,
+            role: Role::Replica,
+            last_access: now,
+            granted_until: now,
+            pending: Vec::new(),
+            needs_full: false,
+            validate: false,
+            removed: None,
+        }
+    }
+
+    /// This node's own session, if it is the primary.
+    pub fn primary(&mut self) -> Option<&mut Session> {
+        match self.role {
+            Role::Primary => self.session.as_mut(),
+            Role::Replica => None,
+        }
+    }
+}
+
+/// Replication progress of a primary's session, as seen by requests waiting for their copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    /// The secondary holds every version below this one (its version + 1; 0 = no copy yet).
+    pub copied: u64,
+    /// Reads may be served locally until then (the secondary promised no takeover before).
+    pub lease_until: Instant,
+    /// Bumped on every acknowledgement, so a read can wait for a fresh one.
+    pub lease_seq: u64,
+    /// A newer owner exists: nothing more will be acknowledged here.
+    pub fenced: bool,
+}
+
+/// One session hosted here.
+#[derive(Debug)]
+pub struct Entry {
+    pub id: SessionId,
+    pub slot: tokio::sync::Mutex<Slot>,
+    pub mark: watch::Sender<Mark>,
+}
+
+impl Mark {
+    /// Whether the secondary holds version `v` (or later).
+    pub fn covers(&self, v: u64) -> bool {
+        self.copied > v
+    }
+}
+
+impl Entry {
+    /// Starts a new tenure as primary: nothing copied yet, no lease, not fenced.
+    pub fn reset_mark(&self, copied: u64, lease_until: Instant) {
+        self.mark.send_modify(|m| {
+            m.copied = copied;
+            m.lease_until = lease_until;
+            m.fenced = false;
+            m.lease_seq += 1;
+        });
+    }
+
+    fn new(id: SessionId, now: Instant) -> Entry {
+        let (mark, _) = watch::channel(Mark {
+            copied: 0,
+            lease_until: now,
+            lease_seq: 0,
+            fenced: false,
+        });
+        Entry {
+            id,
+            slot: tokio::sync::Mutex::new(Slot::empty(now)),
+            mark,
+        }
+    }
+}
+
+type Shard = HashMap<SessionId, Arc<Entry>, ahash::RandomState>;
+
+/// Sharded session table.
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+}
+
+impl Store {
+    fn shard(&self, id: SessionId) -> std::sync::MutexGuard<'_, Shard> {
+        // The id is random already: its low bits pick the shard.
+        let i = (id.0 as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<Arc<Entry>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    /// The entry for `id`, created empty when absent; `true` when it was created.
+    pub fn get_or_insert(&self, id: SessionId) -> (Arc<Entry>, bool) {
+        let mut shard = self.shard(id);
+        if let Some(e) = shard.get(&id) {
+            return (e.clone(), false);
+        }
+        let e = Arc::new(Entry::new(id, Instant::now()));
+        shard.insert(id, e.clone());
+        (e, true)
+    }
+
+    /// Removes `id` if it still maps to this very entry (a newer one is left alone).
+    pub fn remove(&self, entry: &Arc<Entry>) {
+        let mut shard = self.shard(entry.id);
+        if shard.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            shard.remove(&entry.id);
+        }
+    }
+
+    /// Every entry at this moment (the maps are not held while the caller works on them).
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut all = Vec::new();
+        for s in self.shards.iter() {
+            all.extend(
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned(),
+            );
+        }
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_leaves_a_newer_entry_for_the_same_id_alone() {
+        let store = Store::default();
+        let (old, created) = store.get_or_insert(SessionId(5));
+        assert!(created);
+        store.remove(&old);
+        let (new, created) = store.get_or_insert(SessionId(5));
+        assert!(created);
+        store.remove(&old);
+        assert!(Arc::ptr_eq(&store.get(SessionId(5)).unwrap(), &new));
+        assert_eq!(store.len(), 1);
+    }
+}

@@ -1,0 +1,224 @@
+//! Taking over a session this node does not own (seed 003 Fig. 8, [0049]-[0051]).
+//!
+//! - A node holding the secondary copy whose primary is dead promotes it: epoch + 1, a new secondary, a full
+//!   copy to it ([`promote`]).
+//! - A node holding nothing pulls the session from the pair named in the cookie, secondary first ([`recover`]).
+//!   The member that answers ([`serve_pull`]) raises the epoch, records the requester as owner and keeps a copy
+//!   as its secondary, so an older owner is fenced from then on.
+//! - A replica never hands over a session while its primary may still hold a read lease: it waits until the
+//!   lease it granted has run out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::cookie::RoutingCookie;
+use crate::ids::{NodeId, Pair, SessionId};
+use crate::server::Node;
+use crate::store::{Entry, Role, Slot};
+use crate::wire::{Body, Item, PullResult};
+
+/// How long a pull waits for a session that is busy here before answering `Busy`.
+const PULL_LOCK_WAIT: Duration = Duration::from_millis(300);
+/// Rounds of asking the pair before a session is declared lost.
+const PULL_ROUNDS: u32 = 6;
+
+/// Answers another node's request for a session (the granting side of a takeover).
+pub async fn serve_pull(
+    node: &Arc<Node>,
+    sid: SessionId,
+    requester: NodeId,
+    owner_unreachable: bool,
+) -> PullResult {
+    let Some(entry) = node.store.get(sid) else {
+        return PullResult::NotFound;
+    };
+    let Ok(mut slot) = tokio::time::timeout(PULL_LOCK_WAIT, entry.slot.lock()).await else {
+        return PullResult::Busy;
+    };
+    let Some(s) = slot.session.as_ref() else {
+        return PullResult::NotFound;
+    };
+    let owner = s.primary;
+    match slot.role {
+        Role::Primary => {
+            // Writes still waiting for their copy would be acknowledged by nobody: let them finish first.
+            if s.secondary.is_some() && !entry.mark.borrow().covers(s.version) {
+                return PullResult::Busy;
+            }
+        }
+        Role::Replica => {
+            if owner != requester && owner != node.id() && node.members.is_alive(owner) {
+                let alive =
+                    !owner_unreachable || node.members.probe(owner, node.store.len() as u64).await;
+                if alive {
+                    return PullResult::Redirect { owner };
+                }
+            }
+            let until = slot.granted_until;
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+    let old_secondary = s.secondary;
+    let was_primary = slot.role == Role::Primary;
+    let s = slot.session.as_mut().expect("checked above");
+    s.epoch += 1;
+    s.primary = requester;
+    s.secondary = Some(node.id());
+    let granted = s.clone();
+    slot.role = Role::Replica;
+    slot.pending.clear();
+    slot.needs_full = false;
+    slot.validate = false;
+    // The requester now holds a read lease of its own: no other takeover before it ends.
+    slot.granted_until = Instant::now() + node.cfg.replication.lease;
+    drop(slot);
+    if was_primary {
+        entry.mark.send_modify(|m| m.fenced = true);
+        // Our old secondary's copy is an orphan now; tell it to drop it (best effort: expiry covers a miss).
+        if let Some(old) = old_secondary.filter(|o| *o != requester) {
+            let node = node.clone();
+            let (sid, epoch) = (granted.id, granted.epoch);
+            tokio::spawn(async move {
+                if let Some(p) = node.members.peer(old) {
+                    let items = vec![Item::Remove { sid, epoch }];
+                    let _ = p
+                        .link
+                        .call(
+                            Body::Batch {
+                                from: node.id(),
+                                items,
+                            },
+                            node.cfg.replication.peer_timeout,
+                        )
+                        .await;
+                }
+            });
+        }
+    }
+    node.metrics.pulls_granted.inc();
+    info!(session = %sid.log_hash(), to = %node.members.name_of(requester).unwrap_or_default(), epoch = granted.epoch, "session handed over");
+    PullResult::Granted { session: granted }
+}
+
+/// The result of looking for a session elsewhere.
+pub enum Recovered {
+    /// Installed here as primary; `stale` when the copy is older than the client's cookie.
+    Installed { stale: bool },
+    /// A live owner exists there: forward the request.
+    Forward(NodeId),
+    /// No member of the pair has it.
+    Lost,
+}
+
+/// Pulls the session named by `cookie` from the pair `pair` into `slot` (held locked by the caller, empty).
+pub async fn recover(
+    node: &Arc<Node>,
+    entry: &Arc<Entry>,
+    slot: &mut Slot,
+    cookie: &RoutingCookie,
+    pair: Pair,
+    owner_unreachable: bool,
+) -> Recovered {
+    // Secondary first: it is the copy the design names for recovery (seed 003 [0050]).
+    let candidates: Vec<NodeId> = pair
+        .secondary
+        .into_iter()
+        .chain(Some(pair.primary))
+        .filter(|c| *c != node.id())
+        .collect();
+    let sessions = node.store.len() as u64;
+    for round in 0..PULL_ROUNDS {
+        let mut busy = false;
+        for &c in &candidates {
+            let Some(peer) = node.members.peer(c) else {
+                continue;
+            };
+            if !peer.is_alive() && !node.members.probe(c, sessions).await {
+                continue;
+            }
+            let unreachable = owner_unreachable || !node.members.is_alive(pair.primary);
+            let ask = Body::Pull {
+                sid: cookie.session,
+                requester: node.id(),
+                owner_unreachable: unreachable,
+            };
+            let sent_at = Instant::now();
+            match peer
+                .link
+                .call(
+                    ask,
+                    node.cfg.replication.peer_timeout + node.cfg.replication.lease,
+                )
+                .await
+            {
+                Ok(Body::PullReply {
+                    result: PullResult::Granted { session },
+                }) => {
+                    let stale = session.version < cookie.version;
+                    let version = session.version;
+                    slot.session = Some(session);
+                    slot.role = Role::Primary;
+                    slot.last_access = Instant::now();
+                    entry.reset_mark(version + 1, sent_at + node.cfg.replication.lease);
+                    node.metrics.takeovers.inc();
+                    info!(session = %cookie.session.log_hash(), from = %peer.cfg.name, version, stale, "session taken over");
+                    return Recovered::Installed { stale };
+                }
+                Ok(Body::PullReply {
+                    result: PullResult::Redirect { owner },
+                }) if owner != node.id() => {
+                    return Recovered::Forward(owner);
+                }
+                Ok(Body::PullReply {
+                    result: PullResult::Busy,
+                }) => busy = true,
+                Ok(_) => {}
+                Err(e) => {
+                    if e.is_refused() {
+                        if let Some(ch) = node.members.mark_dead(c) {
+                            node.on_change(ch);
+                        }
+                    }
+                }
+            }
+        }
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10 * u64::from(round + 1))).await;
+    }
+    Recovered::Lost
+}
+
+/// Promotes the local copy (held in `slot`, role replica, its primary dead or unreachable) to primary: waits out
+/// the old primary's lease, raises the epoch, picks a new secondary and queues a full copy.
+/// Returns whether the copy is older than the client's cookie.
+pub async fn promote(
+    node: &Arc<Node>,
+    entry: &Arc<Entry>,
+    slot: &mut Slot,
+    cookie_version: u64,
+) -> bool {
+    tokio::time::sleep_until(slot.granted_until.into()).await;
+    let Some(s) = slot.session.as_mut() else {
+        return false;
+    };
+    let old = s.primary;
+    s.epoch += 1;
+    s.primary = node.id();
+    s.secondary = None;
+    let stale = s.version < cookie_version;
+    let (sid, version, epoch) = (s.id, s.version, s.epoch);
+    slot.role = Role::Primary;
+    slot.last_access = Instant::now();
+    entry.reset_mark(0, Instant::now());
+    node.rehome(entry, slot, &[old]);
+    node.metrics.promotions.inc();
+    if stale {
+        warn!(session = %sid.log_hash(), version, cookie_version, "promoted copy is older than the client's cookie");
+    }
+    info!(session = %sid.log_hash(), epoch, "copy promoted to primary");
+    stale
+}
