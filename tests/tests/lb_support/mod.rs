@@ -1,0 +1,141 @@
+//! Helpers shared by the balancer's integration tests (`lb_*.rs`).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cluster_tests::{
+    bin, free_port, render_config, wait_http_ok, Cluster, ClusterSpec, Reply, User,
+};
+
+/// A cluster of `nodes` nodes behind one lb, `lb_extra` appended to `[lb]`.
+pub fn cluster(nodes: usize, lb_extra: &str) -> Cluster {
+    Cluster::start(ClusterSpec {
+        nodes,
+        lb: true,
+        lb_extra: lb_extra.to_string(),
+        ..ClusterSpec::default()
+    })
+    .expect("cluster starts")
+}
+
+/// The lb's `/status` document.
+pub fn status(admin_url: &str) -> serde_json::Value {
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{admin_url}/status"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .expect("status answers");
+    r.json().expect("status is JSON")
+}
+
+/// Whether the lb behind `admin_url` currently counts node `name` healthy.
+pub fn node_healthy(admin_url: &str, name: &str) -> bool {
+    status(admin_url)["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == name))
+        .and_then(|n| n["healthy"].as_bool())
+        .unwrap_or(false)
+}
+
+/// The lb's `/metrics` text.
+pub fn metrics(admin_url: &str) -> String {
+    reqwest::blocking::get(format!("{admin_url}/metrics"))
+        .and_then(|r| r.text())
+        .expect("metrics answer")
+}
+
+/// One sample of `/metrics` (0 when absent), e.g. `lb_retries_total{node="n1",reason="connect"}`.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// `POST /reload` on the admin listener: (status, body).
+pub fn reload(admin_url: &str) -> (u16, String) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{admin_url}/reload"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .expect("reload answers");
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+/// The counter a `POST /session/incr/{key}` reply reports.
+pub fn value(r: &Reply) -> i64 {
+    r.json()["value"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no value in {}", r.body))
+}
+
+/// `data[key]` of a `GET /session` reply.
+pub fn data(r: &Reply, key: &str) -> i64 {
+    r.json()["data"][key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no data.{key} in {}", r.body))
+}
+
+/// A user with a given cookie (`NAME=value`).
+pub fn user_with_cookie(cookie: &str) -> User {
+    let mut u = User::new();
+    u.cookie = Some(cookie.to_string());
+    u
+}
+
+/// A second lb process reading its own copy of the cluster file with other listen and admin ports.
+pub struct SecondLb {
+    child: Child,
+    pub url: String,
+    pub admin_url: String,
+    pub config_path: PathBuf,
+}
+
+impl SecondLb {
+    pub fn start(c: &Cluster) -> Result<SecondLb> {
+        let listen = SocketAddr::from((c.ip, free_port(c.ip)));
+        let admin = SocketAddr::from((c.ip, free_port(c.ip)));
+        let config_path = c.dir.join("cluster-lb2.toml");
+        std::fs::write(
+            &config_path,
+            render_config(&c.spec, c.ip, &c.nodes, listen, admin),
+        )?;
+        let log = std::fs::File::create(c.dir.join("lb2.log"))?;
+        let mut cmd = Command::new(bin("lb"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with its parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("spawn the second lb")?;
+        let me = SecondLb {
+            child,
+            url: format!("http://{listen}"),
+            admin_url: format!("http://{admin}"),
+            config_path,
+        };
+        wait_http_ok(&format!("{}/status", me.admin_url), Duration::from_secs(20))?;
+        Ok(me)
+    }
+}
+
+impl Drop for SecondLb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
