@@ -1,0 +1,237 @@
+//! Config reloads under load: nodes join and drain, a bad file is refused, and no request fails meanwhile.
+
+mod lb_support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cluster_tests::{bin, free_port, render_config, wait_until, Cluster, NodeAddrs, User};
+use lb_support::*;
+
+/// Users that each open a new session and increment it twice, over and over, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    /// When each new session's first request was sent, and which node served it.
+    sessions: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Load {
+    fn start(lb: &str, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let workers = (0..threads)
+            .map(|_| {
+                let (lb, stop, errors, sessions) = (
+                    lb.to_string(),
+                    stop.clone(),
+                    errors.clone(),
+                    sessions.clone(),
+                );
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(120);
+                    for _ in 0..5000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > until {
+                            return;
+                        }
+                        let mut u = User::new();
+                        let sent = Instant::now();
+                        match u.get(&lb) {
+                            Ok(r) if r.status == 200 => sessions
+                                .lock()
+                                .unwrap()
+                                .push((sent, r.served_by.unwrap_or_default())),
+                            Ok(r) => errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("new session: {} {}", r.status, r.body)),
+                            Err(e) => errors.lock().unwrap().push(format!("new session: {e}")),
+                        }
+                        for i in 1..=2 {
+                            match u.incr(&lb, "n") {
+                                Ok(r) if r.status == 200 && value(&r) == i => {}
+                                Ok(r) => errors
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("incr {i}: {} {}", r.status, r.body)),
+                                Err(e) => errors.lock().unwrap().push(format!("incr {i}: {e}")),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            workers,
+            errors,
+            sessions,
+        }
+    }
+
+    fn sessions_on_since(&self, node: &str, since: Instant) -> usize {
+        self.sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, n)| *t >= since && n == node)
+            .count()
+    }
+
+    fn sessions_since(&self, since: Instant) -> usize {
+        self.sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .count()
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.join().expect("load worker");
+        }
+        Arc::try_unwrap(self.errors).unwrap().into_inner().unwrap()
+    }
+}
+
+fn rewrite(c: &Cluster) {
+    c.write_config(&render_config(
+        &c.spec,
+        c.ip,
+        &c.nodes,
+        c.lb_listen,
+        c.lb_admin,
+    ))
+    .unwrap();
+}
+
+fn generation(c: &Cluster) -> u64 {
+    status(&c.admin_url())["generation"].as_u64().unwrap()
+}
+
+#[test]
+fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails() {
+    let mut c = cluster(3, "");
+    let load = Load::start(&c.lb_url(), 4);
+    wait_until(Duration::from_secs(20), "load to run", || {
+        load.sessions_since(Instant::now() - Duration::from_secs(60)) >= 10
+    })
+    .unwrap();
+
+    // A fourth node joins: it starts from the new file, then the balancer reloads (SIGHUP).
+    let n4 = NodeAddrs {
+        name: "n4".into(),
+        http: SocketAddr::from((c.ip, free_port(c.ip))),
+        repl: SocketAddr::from((c.ip, free_port(c.ip))),
+    };
+    c.nodes.push(n4);
+    rewrite(&c);
+    c.start_node("n4").unwrap();
+    c.signal("lb", libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the reload to apply", || {
+        generation(&c) == 2
+    })
+    .unwrap();
+    let joined = Instant::now();
+    wait_until(Duration::from_secs(30), "new sessions on n4", || {
+        load.sessions_on_since("n4", joined) >= 3
+    })
+    .unwrap();
+
+    // n2 drains (POST /reload this time): no new session lands on it afterwards.
+    c.spec.node_extra.insert(1, "drain = true".into());
+    rewrite(&c);
+    let (code, body) = reload(&c.admin_url());
+    assert_eq!(code, 200, "{body}");
+    let drained = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "new sessions after the drain",
+        || load.sessions_since(drained) >= 40,
+    )
+    .unwrap();
+    assert_eq!(
+        load.sessions_on_since("n2", drained),
+        0,
+        "a drained node gets no new session"
+    );
+    assert!(status(&c.admin_url())["nodes"][1]["drain"]
+        .as_bool()
+        .unwrap());
+
+    // A broken file is refused by both paths, with its line, and the running config keeps serving.
+    c.write_config("[cluster]\nsecret = \"short\"\n[lb]\nlisten = 1\n")
+        .unwrap();
+    let (code, body) = reload(&c.admin_url());
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("cluster.toml:"),
+        "the error names file and line: {body}"
+    );
+    c.signal("lb", libc::SIGHUP);
+    let refused = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "traffic after the refused reload",
+        || load.sessions_since(refused) >= 20,
+    )
+    .unwrap();
+    assert_eq!(generation(&c), 3, "neither refused reload changed anything");
+    assert_eq!(status(&c.admin_url())["nodes"].as_array().unwrap().len(), 4);
+    assert!(
+        c.log("lb").contains("reload refused"),
+        "the refusal is logged"
+    );
+
+    rewrite(&c);
+    let errors = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} failed requests, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+}
+
+#[test]
+fn lb_check_accepts_a_valid_file_and_names_file_line_and_key_of_an_invalid_one() {
+    let c = cluster(1, "");
+    let ok = std::process::Command::new(bin("lb"))
+        .arg("check")
+        .arg(&c.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = c.dir.join("bad.toml");
+    let text = std::fs::read_to_string(&c.config_path)
+        .unwrap()
+        .replace("algorithm", "algorithm_typo");
+    let text = if text.contains("algorithm_typo") {
+        text
+    } else {
+        text.replace("[lb]\n", "[lb]\nalgorithm = \"fastest\"\n")
+    };
+    std::fs::write(&bad, text).unwrap();
+    let out = std::process::Command::new(bin("lb"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:") && err.contains("algorithm"),
+        "{err}"
+    );
+}
