@@ -222,10 +222,11 @@ pub async fn server_handshake(
             },
         )
         .await?;
-        let Body::Proof { proof: p } = expect(&mut r).await? else {
+        // A client that leaves here found our proof wrong: it does not share the cluster secret.
+        let Ok(Body::Proof { proof: p }) = expect(&mut r).await else {
             return Err(LinkError::Auth {
                 addr,
-                reason: "no proof".into(),
+                reason: "peer left the handshake: it does not share the cluster secret".into(),
             });
         };
         if !bool::from(proof(key, b"client", &ns, &nc).ct_eq(&p)) {

@@ -21,14 +21,22 @@ pub fn bin_dir() -> PathBuf {
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     target.join("debug")
 }
 
 /// Path of one of our binaries; panics with a hint when it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --bins` first (make test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` first (make test does)",
+        p.display()
+    );
     p
 }
 
@@ -40,7 +48,11 @@ pub fn loopback_ip() -> Ipv4Addr {
 
 /// A port on `ip` that was free a moment ago.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0)).expect("bind on loopback").local_addr().unwrap().port()
+    TcpListener::bind((ip, 0))
+        .expect("bind on loopback")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// What cluster to start.
@@ -58,6 +70,8 @@ pub struct ClusterSpec {
     pub session_extra: String,
     /// Per-node extra TOML lines, by node index.
     pub node_extra: HashMap<usize, String>,
+    /// `[session] idle_timeout_s`.
+    pub idle_timeout_s: u64,
 }
 
 impl Default for ClusterSpec {
@@ -70,6 +84,7 @@ impl Default for ClusterSpec {
             lb_extra: String::new(),
             session_extra: String::new(),
             node_extra: HashMap::new(),
+            idle_timeout_s: 600,
         }
     }
 }
@@ -95,13 +110,19 @@ pub struct Cluster {
 }
 
 /// The cluster file for `spec` on `ip` with the given ports.
-pub fn render_config(spec: &ClusterSpec, ip: Ipv4Addr, nodes: &[NodeAddrs], lb: SocketAddr, admin: SocketAddr) -> String {
+pub fn render_config(
+    spec: &ClusterSpec,
+    ip: Ipv4Addr,
+    nodes: &[NodeAddrs],
+    lb: SocketAddr,
+    admin: SocketAddr,
+) -> String {
     let mut t = format!(
         "[cluster]\nsecret = \"test-secret-0123456789abcdef\"\n\n[lb]\nlisten = \"{lb}\"\nadmin = \"{admin}\"\n{}\n\
          [lb.health]\ninterval_ms = 200\nfall = 2\nrise = 2\ntimeout_ms = 300\n\n\
          [node]\nexpose_node = true\n\n[replication]\nmode = \"{}\"\nheartbeat_ms = 200\npeer_timeout_ms = 1000\nlease_ms = 300\n{}\n\
-         [replication.batch]\nmax_updates = 64\nmax_delay_ms = 5\n\n[session]\nidle_timeout_s = 600\n{}\n",
-        spec.lb_extra, spec.mode, spec.replication_extra, spec.session_extra
+         [replication.batch]\nmax_updates = 64\nmax_delay_ms = 5\n\n[session]\nidle_timeout_s = {}\n{}\n",
+        spec.lb_extra, spec.mode, spec.replication_extra, spec.idle_timeout_s, spec.session_extra
     );
     let _ = ip;
     for (i, n) in nodes.iter().enumerate() {
@@ -131,11 +152,27 @@ impl Cluster {
             .collect();
         let lb_listen = SocketAddr::from((ip, free_port(ip)));
         let lb_admin = SocketAddr::from((ip, free_port(ip)));
-        let dir = std::env::temp_dir().join(format!("srv-test-{}-{}", std::process::id(), rand::random::<u32>()));
+        let dir = std::env::temp_dir().join(format!(
+            "srv-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("cluster.toml");
-        std::fs::write(&config_path, render_config(&spec, ip, &nodes, lb_listen, lb_admin))?;
-        let mut c = Cluster { dir, config_path, ip, nodes, lb_listen, lb_admin, spec, procs: HashMap::new() };
+        std::fs::write(
+            &config_path,
+            render_config(&spec, ip, &nodes, lb_listen, lb_admin),
+        )?;
+        let mut c = Cluster {
+            dir,
+            config_path,
+            ip,
+            nodes,
+            lb_listen,
+            lb_admin,
+            spec,
+            procs: HashMap::new(),
+        };
         for n in c.nodes.clone() {
             c.start_node(&n.name)?;
         }
@@ -153,8 +190,13 @@ impl Cluster {
 
     fn spawn(&mut self, key: &str, mut cmd: Command) -> Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("{key}.log")))?;
-        cmd.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null());
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with its parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -170,11 +212,22 @@ impl Cluster {
     /// Starts (or restarts) node `name` and waits until it is healthy.
     pub fn start_node(&mut self, name: &str) -> Result<()> {
         let mut cmd = Command::new(bin("node"));
-        cmd.arg("--config").arg(&self.config_path).arg("--name").arg(name);
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--name")
+            .arg(name);
         self.spawn(name, cmd)?;
         let addr = self.node(name).http;
-        wait_http_ok(&format!("http://{addr}/_node/health"), Duration::from_secs(20))
-            .with_context(|| format!("node {name} did not become healthy; log:\n{}", self.log(name)))
+        wait_http_ok(
+            &format!("http://{addr}/_node/health"),
+            Duration::from_secs(20),
+        )
+        .with_context(|| {
+            format!(
+                "node {name} did not become healthy; log:\n{}",
+                self.log(name)
+            )
+        })
     }
 
     /// Starts the lb and waits until its admin status answers.
@@ -187,13 +240,19 @@ impl Cluster {
         let mut cmd = Command::new(bin("lb"));
         cmd.arg("--config").arg(&self.config_path);
         self.spawn(key, cmd)?;
-        wait_http_ok(&format!("http://{}/status", self.lb_admin), Duration::from_secs(20))
-            .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))
+        wait_http_ok(
+            &format!("http://{}/status", self.lb_admin),
+            Duration::from_secs(20),
+        )
+        .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))
     }
 
     /// A node's addresses by name.
     pub fn node(&self, name: &str) -> &NodeAddrs {
-        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 
     /// `http://addr` of a node.
@@ -213,7 +272,10 @@ impl Cluster {
 
     /// A process's pid.
     pub fn pid(&self, key: &str) -> u32 {
-        self.procs.get(key).unwrap_or_else(|| panic!("no process {key}")).id()
+        self.procs
+            .get(key)
+            .unwrap_or_else(|| panic!("no process {key}"))
+            .id()
     }
 
     /// kill -9, and reap.
@@ -267,14 +329,20 @@ impl Drop for Cluster {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
-            let _ = writeln!(std::io::stderr(), "cluster logs kept in {}", self.dir.display());
+            let _ = writeln!(
+                std::io::stderr(),
+                "cluster logs kept in {}",
+                self.dir.display()
+            );
         }
     }
 }
 
 /// Polls `url` until it answers 200, up to `timeout`.
 pub fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_millis(500)).build()?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(r) = client.get(url).send() {
@@ -315,7 +383,8 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON (panics with the body when it is not).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -340,11 +409,21 @@ impl User {
             .pool_max_idle_per_host(4)
             .build()
             .expect("client");
-        User { client, cookie: None, cookie_name: "SRVSESSION".into() }
+        User {
+            client,
+            cookie: None,
+            cookie_name: "SRVSESSION".into(),
+        }
     }
 
     /// Sends `method path` to `base` with the current cookie, `body` as JSON when given, and keeps any new cookie.
-    pub fn send(&mut self, base: &str, method: &str, path: &str, body: Option<&str>) -> Result<Reply> {
+    pub fn send(
+        &mut self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Reply> {
         self.send_with(base, method, path, body, &[])
     }
 
@@ -366,12 +445,19 @@ impl User {
             rb = rb.header(*k, *v);
         }
         if let Some(b) = body {
-            rb = rb.header("content-type", "application/json").body(b.to_string());
+            rb = rb
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let r = rb.send()?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let get = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let set_cookie = headers
             .get_all("set-cookie")
             .iter()
@@ -389,7 +475,14 @@ impl User {
         let served_by = get("x-served-by");
         let stale = get("x-session-stale").as_deref() == Some("1");
         let body = r.text()?;
-        Ok(Reply { status, served_by, set_cookie, stale, headers, body })
+        Ok(Reply {
+            status,
+            served_by,
+            set_cookie,
+            stale,
+            headers,
+            body,
+        })
     }
 
     /// `POST /session/incr/{key}`; returns the reply.
@@ -404,7 +497,10 @@ impl User {
 }
 
 /// The node name a routing cookie value's segment names as primary, decoded with `config`.
-pub fn cookie_pair(cfg: &node::config::ClusterConfig, cookie: &str) -> Option<(String, Option<String>)> {
+pub fn cookie_pair(
+    cfg: &node::config::ClusterConfig,
+    cookie: &str,
+) -> Option<(String, Option<String>)> {
     let codec = node::cookie::CookieCodec::new(&cfg.cookie);
     let value = cookie.split_once('=')?.1;
     let c = codec.decode(value).ok()?;

@@ -1,0 +1,292 @@
+//! Nodes alone (no balancer): sync and async replication under kills, secondary death, resync, and hostile
+//! peers on the replication port.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use cluster_tests::{cookie_pair, wait_until, Cluster, ClusterSpec, Reply, User};
+
+fn counter(r: &Reply) -> i64 {
+    r.json()["value"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no value in {}", r.body))
+}
+
+/// Sends one increment like a balancer that knows nothing would: the same request id on every try, the next
+/// node on a connection error. Returns the acknowledged value.
+fn incr_anywhere(u: &mut User, urls: &[String], start: usize, key: &str, rid: &str) -> i64 {
+    for attempt in 0..(urls.len() * 4) {
+        let url = &urls[(start + attempt) % urls.len()];
+        if let Ok(r) = u.send_with(
+            url,
+            "POST",
+            &format!("/session/incr/{key}"),
+            None,
+            &[("x-lb-request-id", rid)],
+        ) {
+            if r.status == 200 {
+                return counter(&r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no node acknowledged {rid}");
+}
+
+#[test]
+fn sync_replication_loses_no_acknowledged_increment_when_a_node_is_killed_mid_way() {
+    let mut c = Cluster::start(ClusterSpec::default()).unwrap();
+    let urls: Vec<String> = ["n1", "n2", "n3"].iter().map(|n| c.node_url(n)).collect();
+    let sessions = 20;
+    let per_session = 100;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..sessions)
+            .map(|i| {
+                let urls = urls.clone();
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let mut u = User::new();
+                    let mut last = 0;
+                    for k in 0..per_session {
+                        let v = incr_anywhere(&mut u, &urls, i, "n", &format!("s{i}-k{k}"));
+                        assert_eq!(v, last + 1, "session {i}: increments continue exactly");
+                        last = v;
+                        if k == per_session / 2 {
+                            let _ = tx.send(());
+                        }
+                    }
+                    (u, last)
+                })
+            })
+            .collect();
+        // Kill n1 once every session is half-way.
+        for _ in 0..sessions {
+            rx.recv().unwrap();
+        }
+        c.kill("n1");
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for (mut u, last) in results {
+        assert_eq!(last, per_session as i64);
+        let r = u.get(&urls[1]).unwrap();
+        assert_eq!(r.json()["data"]["n"], per_session as i64, "{}", r.body);
+    }
+}
+
+#[test]
+fn async_replication_loss_after_a_kill_is_bounded_by_the_batch_and_flagged_stale() {
+    let mut spec = ClusterSpec {
+        mode: "async",
+        ..Default::default()
+    };
+    spec.replication_extra = String::new();
+    let mut c = Cluster::start(spec).unwrap();
+    // Long batches: updates made just before the kill are certainly still queued.
+    let text = std::fs::read_to_string(&c.config_path)
+        .unwrap()
+        .replace("max_delay_ms = 5", "max_delay_ms = 1500");
+    c.write_config(&text).unwrap();
+    for n in ["n1", "n2", "n3"] {
+        c.kill(n);
+        c.start_node(n).unwrap();
+    }
+    let mut u = User::new();
+    let base = counter(&u.incr(&c.node_url("n1"), "n").unwrap());
+    assert_eq!(base, 1);
+    std::thread::sleep(Duration::from_millis(1800)); // the first batch is out
+    let mut acked = base;
+    for _ in 0..10 {
+        acked = counter(&u.incr(&c.node_url("n1"), "n").unwrap());
+    }
+    c.kill("n1");
+    let r = u.get(&c.node_url("n2")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = r.json()["data"]["n"].as_i64().unwrap_or(0);
+    assert!(got >= base, "what was flushed survives: {got} < {base}");
+    assert!(acked - got <= 64, "loss is bounded by max_updates");
+    if got < acked {
+        assert!(
+            r.stale,
+            "an older copy than the cookie's version is flagged: got {got}, acked {acked}"
+        );
+    }
+    assert!(
+        got < acked,
+        "with a 1.5 s batch delay the last writes were not yet copied"
+    );
+}
+
+#[test]
+fn after_the_secondary_dies_the_new_secondary_holds_full_copies() {
+    let mut c = Cluster::start(ClusterSpec::default()).unwrap();
+    let cfg = c.config();
+    let mut users: Vec<User> = Vec::new();
+    for _ in 0..6 {
+        let mut u = User::new();
+        for _ in 0..5 {
+            u.incr(&c.node_url("n1"), "n").unwrap();
+        }
+        users.push(u);
+    }
+    // Kill the secondary of the first session; every session that had it must move to the survivor.
+    let (_, secondary) = cookie_pair(&cfg, users[0].cookie.as_ref().unwrap()).unwrap();
+    let dead = secondary.unwrap();
+    let survivor = if dead == "n2" { "n3" } else { "n2" };
+    c.kill(&dead);
+    let ids: Vec<String> = users
+        .iter_mut()
+        .map(|u| {
+            u.get(&c.node_url("n1")).unwrap().json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "copies re-homed to the survivor",
+        || {
+            ids.iter().all(|id| {
+                reqwest::blocking::get(format!("{}/_node/sessions/{id}", c.node_url(survivor)))
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false)
+            })
+        },
+    )
+    .unwrap();
+    c.kill("n1");
+    for u in users.iter_mut() {
+        let r = u.get(&c.node_url(survivor)).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["data"]["n"], 5, "{}", r.body);
+        assert!(!r.stale);
+    }
+}
+
+#[test]
+fn a_secondary_that_restarted_empty_gets_the_full_state_back() {
+    let spec = ClusterSpec {
+        nodes: 2,
+        ..Default::default()
+    };
+    let mut c = Cluster::start(spec).unwrap();
+    let mut u = User::new();
+    for _ in 0..3 {
+        u.incr(&c.node_url("n1"), "n").unwrap();
+    }
+    c.kill("n2");
+    c.start_node("n2").unwrap();
+    // The copy on n2 is gone; the next deltas do not follow its version (none), so n1 resends the whole session.
+    for _ in 0..2 {
+        u.incr(&c.node_url("n1"), "n").unwrap();
+    }
+    let fulls = metric(&c.node_url("n1"), "node_replication_full_copies_total");
+    assert!(fulls >= 2.0, "first copy plus the resync: {fulls}");
+    c.kill("n1");
+    let r = u.get(&c.node_url("n2")).unwrap();
+    assert_eq!(r.json()["data"]["n"], 5, "{}", r.body);
+}
+
+fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{base}/_node/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
+    let c = Cluster::start(ClusterSpec {
+        nodes: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let repl = c.node("n1").repl;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
+        let key = node::connection::auth_key("not-the-cluster-secret-at-all");
+        node::connection::client_handshake(stream, "intruder", &key)
+            .await
+            .err()
+    });
+    assert!(
+        matches!(err, Some(node::connection::LinkError::Auth { .. })),
+        "{err:?}"
+    );
+    let ok = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
+        let key = node::connection::auth_key("test-secret-0123456789abcdef");
+        node::connection::client_handshake(stream, "friend", &key)
+            .await
+            .is_ok()
+    });
+    assert!(ok, "the right secret is accepted");
+    wait_until(Duration::from_secs(5), "the refusal to be counted", || {
+        metric(&c.node_url("n1"), "node_replication_auth_failures_total") >= 1.0
+    })
+    .unwrap();
+    assert!(c.log("n1").contains("replication connection refused"));
+}
+
+#[test]
+fn malformed_frames_on_the_replication_port_leave_the_node_and_its_sessions_unharmed() {
+    let c = Cluster::start(ClusterSpec::default()).unwrap();
+    let mut u = User::new();
+    for _ in 0..3 {
+        u.incr(&c.node_url("n1"), "n").unwrap();
+    }
+    for n in ["n1", "n2", "n3"] {
+        let repl = c.node(n).repl;
+        let garbage: Vec<Vec<u8>> = vec![
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            u32::MAX.to_be_bytes().to_vec(),
+            vec![0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff],
+            vec![0u8; 3],
+            (0..4096u32).map(|i| (i * 31 % 251) as u8).collect(),
+        ];
+        for g in garbage {
+            if let Ok(mut s) = TcpStream::connect(repl) {
+                let _ = s.write_all(&g);
+            }
+        }
+        // After authenticating, garbage is still only that connection's problem.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
+            let key = node::connection::auth_key("test-secret-0123456789abcdef");
+            let (_r, mut w) = node::connection::client_handshake(stream, "fuzzer", &key)
+                .await
+                .unwrap();
+            let _ = w.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await;
+            let _ = w.write_all(&[0xff; 64]).await;
+        });
+    }
+    for n in ["n1", "n2", "n3"] {
+        cluster_tests::wait_http_ok(
+            &format!("{}/_node/health", c.node_url(n)),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    }
+    assert_eq!(counter(&u.incr(&c.node_url("n1"), "n").unwrap()), 4);
+    let r = u.get(&c.node_url("n2")).unwrap();
+    assert_eq!(r.json()["data"]["n"], 4);
+}
