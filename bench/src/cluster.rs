@@ -96,6 +96,27 @@ impl Procs {
 
     /// Starts every node, then the lb, and waits until all answer their health endpoints.
     pub async fn start_all(&mut self, with_lb: bool) -> Result<()> {
+        // A leftover cluster on the same ports would answer the health checks for ours, and the load would
+        // measure it instead.
+        let mut addrs: Vec<SocketAddr> = self
+            .config
+            .nodes
+            .iter()
+            .flat_map(|n| [n.http, n.repl])
+            .collect();
+        if with_lb {
+            addrs.extend([self.config.lb.listen, self.config.lb.admin]);
+        }
+        for a in addrs {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(a)).await
+            {
+                bail!(
+                    "{a} from {} is already in use: is another cluster running?",
+                    self.config_path.display()
+                );
+            }
+        }
         let names: Vec<String> = self.config.nodes.iter().map(|n| n.name.clone()).collect();
         for n in &names {
             self.start_node(n)?;

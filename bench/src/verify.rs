@@ -184,7 +184,7 @@ impl SessionModel {
             *self = SessionModel::default();
             return v;
         }
-        if self.replaced_by(reply) {
+        if self.replaced_by(op, reply) {
             // A vanished DELETE explains a new session; nothing else does.
             v.reset = !self.maybe_deleted;
             self.start_over();
@@ -223,7 +223,7 @@ impl SessionModel {
     }
 
     /// True when the answer is a different session than the one modelled.
-    fn replaced_by(&self, reply: &Reply) -> bool {
+    fn replaced_by(&self, op: &Op, reply: &Reply) -> bool {
         if let (Some(mine), Some(theirs)) = (&self.id, &reply.session_id) {
             if mine != theirs {
                 return true;
@@ -234,10 +234,12 @@ impl SessionModel {
         if !had_something {
             return false;
         }
-        match &reply.body {
-            // An increment starting again from one, when the model knows it was higher, is a new session.
-            Body::Incr { value: 1, .. } => true,
-            Body::Session { data, .. } => {
+        match (&reply.body, op) {
+            // A counter starting again from one, when the model knows it was higher, is a new session.
+            (Body::Incr { value: 1, .. }, Op::Incr { key }) => {
+                self.counters.get(key).is_some_and(|r| r.lo >= 1)
+            }
+            (Body::Session { data, .. }, _) => {
                 let counters_gone = self
                     .counters
                     .iter()
@@ -248,7 +250,7 @@ impl SessionModel {
                     .all(|(k, f)| f.acked.is_none() || !data.contains_key(k));
                 counters_gone && fields_gone
             }
-            Body::Incr { .. } | Body::Empty => false,
+            _ => false,
         }
     }
 
@@ -560,6 +562,27 @@ mod tests {
         ev.push(session(40, Op::Get, "n2", ID, 0, json!({})));
         let (t, _) = run(&ev);
         assert_eq!(t.session_resets, 1);
+    }
+
+    #[test]
+    fn first_increment_of_another_counter_is_not_a_reset() {
+        let mut ev = warm_up();
+        ev.push(Event {
+            at_ms: 40,
+            op: Op::Incr {
+                key: "other".into(),
+            },
+            outcome: Ok(Reply {
+                served_by: Some("n1".into()),
+                body: Body::Incr {
+                    value: 1,
+                    version: 4,
+                },
+                ..Reply::default()
+            }),
+        });
+        let (t, _) = run(&ev);
+        assert_eq!((t.session_resets, t.lost_updates, t.duplicates), (0, 0, 0));
     }
 
     #[test]
