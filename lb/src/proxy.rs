@@ -273,11 +273,12 @@ impl ProxyHttp for Lb {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("node {} at {peer}", ctx.node_name()));
         // Once the client has part of a response, or the body could not be kept whole, or the client itself
-        // failed, a retry could only corrupt or lose the request. Otherwise retry ANY method: the node that
+        // failed (or a limit of ours refused it), a retry could only corrupt or lose the request. Otherwise retry ANY method: the node that
         // gets it applies it once or returns the outcome the dead node already replicated (same request id).
         let retry = session.response_written().is_none()
             && !session.as_ref().retry_buffer_truncated()
-            && *e.esource() != ErrorSource::Downstream;
+            && *e.esource() == ErrorSource::Upstream
+            && !matches!(e.etype(), ErrorType::HTTPStatus(_));
         if retry {
             let reason = if client_reused && !ctx.stale_retry_used {
                 // A pooled connection the node had closed: the node itself is most likely fine.

@@ -127,3 +127,71 @@ fn two_balancers_with_one_config_route_every_cookie_alike() {
         assert_eq!((value(&a), value(&b)), (2, 3), "user {i}");
     }
 }
+
+#[test]
+fn a_client_trickling_its_request_head_is_cut_off_at_the_header_deadline() {
+    use std::io::{Read, Write};
+    let c = cluster(1, "\n[lb.limits]\nheader_timeout_ms = 500\n");
+    let mut s = std::net::TcpStream::connect(c.lb_listen).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    s.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    // One header line every 100 ms keeps every single read short; only a total deadline ends it.
+    for i in 0..100 {
+        if s.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("no answer is due before the head is complete"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        closed,
+        "the lb kept a trickling connection open for {:?}",
+        started.elapsed()
+    );
+    // Normal clients are unaffected.
+    assert_eq!(User::new().get(&c.lb_url()).unwrap().status, 200);
+}
+
+#[test]
+fn a_body_over_the_cap_is_refused_with_413() {
+    let c = cluster(1, "\n[lb.limits]\nmax_body_bytes = 1000\n");
+    let client = reqwest::blocking::Client::new();
+    let big = format!("{{\"k\": \"{}\"}}", "x".repeat(2000));
+    let r = client
+        .patch(format!("{}/session", c.lb_url()))
+        .body(big.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    // Without a declared length (chunked), the running count catches it.
+    let chunks = vec![Ok::<_, std::io::Error>(big.into_bytes())];
+    let body = reqwest::blocking::Body::new(std::io::Cursor::new(
+        chunks.into_iter().next().unwrap().unwrap(),
+    ));
+    let r = client
+        .patch(format!("{}/session", c.lb_url()))
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+}
