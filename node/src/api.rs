@@ -369,8 +369,11 @@ async fn run_op(
     slot.last_access = Instant::now();
     let limit = node.cfg.session.max_session_bytes;
     let s = slot.session.as_mut().expect("primary slot holds a session");
-    if let Some(o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)).cloned() {
+    if let Some(mut o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)).cloned() {
         node.metrics.dedup_hits.inc();
+        if o.body.is_empty() {
+            o.body = s.to_json(|id| node.members.name_of(id)).to_string();
+        }
         let (sid, version, pair) = (s.id, s.version, pair_of(s));
         let secondary = s.secondary;
         drop(slot);
@@ -428,14 +431,14 @@ async fn run_op(
     let has_secondary = s.secondary.is_some();
     if let Some(mut d) = delta {
         if let Some(rid) = &call.rid {
-            s.record(
-                &mut d,
-                rid,
-                Outcome {
-                    status,
-                    body: body.clone(),
-                },
-            );
+            // A patch answers with the whole session: its record stays empty and a retry gets the session as
+            // it is then, so records stay small however large sessions grow.
+            let kept = if matches!(call.op, Op::Patch(_)) {
+                String::new()
+            } else {
+                body.clone()
+            };
+            s.record(&mut d, rid, Outcome { status, body: kept });
         }
         slot.pending.push(d);
         if let Some(peer) = pair.secondary {

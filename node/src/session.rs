@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::ids::{NodeId, SessionId};
 
 /// How many recent request outcomes a session remembers for exactly-once retries.
-pub const OUTCOMES_KEPT: usize = 64;
+pub const OUTCOMES_KEPT: usize = 32;
 /// Longest request id accepted from the balancer's header.
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
