@@ -10,7 +10,7 @@ setup:
 # Starts the local cluster (lb + 3 nodes from config/local.toml) in the foreground; Ctrl-C stops all of it.
 run: setup
 	$(CARGO) build --release --bins
-	@bash .ci/run-local.sh config/local.toml target/release
+	target/release/bench up --config config/local.toml
 
 # Every test: unit tests and the integration tests that start the real binaries.
 test: setup
