@@ -170,7 +170,7 @@ pub fn haproxy_config(
     threads: usize,
 ) -> String {
     let mut c = format!(
-        "global\n  nbthread {threads}\n  maxconn 20000\n\ndefaults\n  mode http\n  timeout connect 2s\n  \
+        "global\n  nbthread {threads}\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 2s\n  \
          timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\nfrontend fe\n  bind {listen}\n  \
          default_backend nodes\n\nbackend nodes\n  balance leastconn\n  cookie SRVID insert indirect nocache\n  \
          http-reuse safe\n"
