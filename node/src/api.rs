@@ -182,7 +182,7 @@ async fn session_request(node: &Arc<Node>, req: Request<Incoming>, op: Op) -> Re
     let cookie = node
         .codec
         .find(parts.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
-        .and_then(|c| node.cfg.pairs.decode(c.segment).map(|p| (c, p)));
+        .and_then(|c| node.pairs().decode(c.segment).map(|p| (c, p)));
     let cookie_header = parts.headers.get(COOKIE).cloned();
     let path = parts
         .uri

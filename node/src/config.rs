@@ -462,7 +462,7 @@ pub struct SessionConfig {
 }
 
 /// One node of the cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
     pub name: String,
     pub id: NodeId,

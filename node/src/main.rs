@@ -30,11 +30,29 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let _node = node::server::start(cfg, &args.name).await?;
+        let node = node::server::start(cfg, &args.name).await?;
+        tokio::spawn(reload_on_sighup(node, args.config.clone()));
         shutdown_signal().await;
         tracing::info!("shutting down");
         Ok(())
     })
+}
+
+/// SIGHUP re-reads the cluster file; an invalid file is refused and the running config stays.
+async fn reload_on_sighup(node: std::sync::Arc<node::server::Node>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match ClusterConfig::load(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| node.reload(cfg))
+        {
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),
+        }
+    }
 }
 
 fn init_logs(json: bool) {

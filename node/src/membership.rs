@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::{ClusterConfig, NodeConfig};
@@ -43,7 +43,9 @@ pub enum Change {
 /// Every other node of the cluster.
 pub struct Membership {
     pub me: NodeConfig,
-    peers: HashMap<NodeId, Arc<Peer>>,
+    /// Replaced as a whole on reload; readers clone the `Arc<Peer>` they need.
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    key: [u8; 32],
     heartbeat: Duration,
     peer_timeout: Duration,
 }
@@ -51,55 +53,85 @@ pub struct Membership {
 impl Membership {
     /// Peers start as dead until a heartbeat answers; `probe_all` asks at once when a secondary is needed.
     pub fn new(cfg: &ClusterConfig, me: &NodeConfig) -> Membership {
-        let key = auth_key(&cfg.secret);
-        let peers = cfg
-            .nodes
-            .iter()
-            .filter(|n| n.id != me.id)
-            .map(|n| {
-                let link = PeerLink::new(n.repl, &me.name, key, cfg.replication.peer_timeout);
-                let peer = Peer {
-                    cfg: n.clone(),
-                    link,
-                    alive: AtomicBool::new(false),
-                    misses: AtomicU32::new(0),
-                    load: AtomicU64::new(0),
-                    assigned: AtomicU64::new(0),
-                };
-                (n.id, Arc::new(peer))
-            })
-            .collect();
-        Membership {
+        let m = Membership {
             me: me.clone(),
-            peers,
+            peers: RwLock::new(HashMap::new()),
+            key: auth_key(&cfg.secret),
             heartbeat: cfg.replication.heartbeat,
             peer_timeout: cfg.replication.peer_timeout,
+        };
+        m.update(cfg);
+        m
+    }
+
+    fn new_peer(&self, n: &NodeConfig) -> Arc<Peer> {
+        Arc::new(Peer {
+            cfg: n.clone(),
+            link: PeerLink::new(n.repl, &self.me.name, self.key, self.peer_timeout),
+            alive: AtomicBool::new(false),
+            misses: AtomicU32::new(0),
+            load: AtomicU64::new(0),
+            assigned: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes the node list of a (re)loaded config: unchanged peers keep their link and liveness, changed ones
+    /// start over, new ones are added (eligible as secondaries once a heartbeat answers, seed 003 [0038]).
+    /// Returns (added, removed) ids.
+    pub fn update(&self, cfg: &ClusterConfig) -> (Vec<NodeId>, Vec<NodeId>) {
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = HashMap::new();
+        let mut added = Vec::new();
+        for n in cfg.nodes.iter().filter(|n| n.id != self.me.id) {
+            match peers.get(&n.id) {
+                Some(p) if p.cfg == *n => {
+                    next.insert(n.id, p.clone());
+                }
+                Some(_) => {
+                    next.insert(n.id, self.new_peer(n));
+                }
+                None => {
+                    next.insert(n.id, self.new_peer(n));
+                    added.push(n.id);
+                }
+            }
         }
+        let removed = peers
+            .keys()
+            .filter(|id| !next.contains_key(id))
+            .copied()
+            .collect();
+        *peers = next;
+        (added, removed)
     }
 
-    pub fn peer(&self, id: NodeId) -> Option<&Arc<Peer>> {
-        self.peers.get(&id)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<Peer>>> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        self.peers.values()
+    pub fn peer(&self, id: NodeId) -> Option<Arc<Peer>> {
+        self.read().get(&id).cloned()
+    }
+
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.read().keys().copied().collect()
     }
 
     /// This node counts as alive; an unknown id does not.
     pub fn is_alive(&self, id: NodeId) -> bool {
-        id == self.me.id || self.peers.get(&id).is_some_and(|p| p.is_alive())
+        id == self.me.id || self.read().get(&id).is_some_and(|p| p.is_alive())
     }
 
     pub fn name_of(&self, id: NodeId) -> Option<String> {
         if id == self.me.id {
             return Some(self.me.name.clone());
         }
-        self.peers.get(&id).map(|p| p.cfg.name.clone())
+        self.read().get(&id).map(|p| p.cfg.name.clone())
     }
 
     /// Marks a peer dead (connection refused, timeouts); returns the change if it was alive.
     pub fn mark_dead(&self, id: NodeId) -> Option<Change> {
-        let p = self.peers.get(&id)?;
+        let p = self.peer(id)?;
         p.alive
             .swap(false, Ordering::AcqRel)
             .then_some(Change::Down(id))
@@ -114,7 +146,7 @@ impl Membership {
 
     /// One heartbeat to `id` carrying our session count; updates liveness and returns any change.
     pub async fn heartbeat(&self, id: NodeId, our_sessions: u64) -> Option<Change> {
-        let p = self.peers.get(&id)?;
+        let p = self.peer(id)?;
         match p
             .link
             .call(
@@ -125,7 +157,7 @@ impl Membership {
             )
             .await
         {
-            Ok(Body::Pong { sessions }) => self.mark_alive(p, sessions),
+            Ok(Body::Pong { sessions }) => self.mark_alive(&p, sessions),
             Ok(_) => None,
             Err(e) if e.is_refused() => self.mark_dead(id),
             Err(e) => {
@@ -142,7 +174,7 @@ impl Membership {
 
     /// Asks one peer right now whether it is alive (heartbeat on request), with a short timeout.
     pub async fn probe(&self, id: NodeId, our_sessions: u64) -> bool {
-        let Some(p) = self.peers.get(&id) else {
+        let Some(p) = self.peer(id) else {
             return false;
         };
         match p
@@ -156,7 +188,7 @@ impl Membership {
             .await
         {
             Ok(Body::Pong { sessions }) => {
-                self.mark_alive(p, sessions);
+                self.mark_alive(&p, sessions);
                 true
             }
             _ => {
@@ -169,7 +201,7 @@ impl Membership {
     /// Probes every peer at once; returns the changes.
     pub async fn probe_all(&self, our_sessions: u64) -> Vec<Change> {
         let before: Vec<(NodeId, bool)> = self
-            .peers
+            .read()
             .values()
             .map(|p| (p.cfg.id, p.is_alive()))
             .collect();
@@ -191,8 +223,8 @@ impl Membership {
 
     /// The secondary for a new or re-homed session: see [`pick_secondary`]. Counts the assignment.
     pub fn choose_secondary(&self, sid: SessionId, exclude: &[NodeId]) -> Option<NodeId> {
-        let candidates: Vec<Candidate<'_>> = self
-            .peers
+        let peers = self.read();
+        let candidates: Vec<Candidate<'_>> = peers
             .values()
             .filter(|p| p.is_alive() && !exclude.contains(&p.cfg.id))
             .map(|p| Candidate {
@@ -201,7 +233,7 @@ impl Membership {
             })
             .collect();
         let chosen = pick_secondary(&self.me, &candidates, sid)?;
-        if let Some(p) = self.peers.get(&chosen) {
+        if let Some(p) = peers.get(&chosen) {
             p.assigned.fetch_add(1, Ordering::Relaxed);
         }
         Some(chosen)

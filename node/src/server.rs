@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -13,7 +13,7 @@ use tracing::{info, warn, Instrument};
 use crate::config::{ClusterConfig, NodeConfig, ReplicationMode};
 use crate::connection::{auth_key, server_handshake, write_frame, LinkError};
 use crate::cookie::CookieCodec;
-use crate::ids::NodeId;
+use crate::ids::{NodeId, PairTable};
 use crate::membership::{Change, Membership};
 use crate::metrics::Metrics;
 use crate::replicate;
@@ -29,7 +29,9 @@ pub struct Node {
     pub members: Membership,
     pub metrics: Metrics,
     pub forwarder: crate::api::Forwarder,
-    replicators: HashMap<NodeId, mpsc::UnboundedSender<Arc<Entry>>>,
+    replicators: RwLock<HashMap<NodeId, mpsc::UnboundedSender<Arc<Entry>>>>,
+    /// The pair table of the current node list (replaced on reload).
+    pairs: RwLock<Arc<PairTable>>,
 }
 
 impl Node {
@@ -41,9 +43,67 @@ impl Node {
         self.cfg.replication.mode == ReplicationMode::Sync
     }
 
+    /// The pair table of the current cluster file.
+    pub fn pairs(&self) -> Arc<PairTable> {
+        self.pairs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes a re-read cluster file: new nodes become peers (and eligible secondaries), removed ones hand their
+    /// copies on, cookies naming new pairs decode. Settings other than the node list need a restart.
+    ///
+    /// # Errors
+    /// When this node's own entry is gone or moved: that needs a restart, so the old config stays.
+    pub fn reload(self: &Arc<Self>, cfg: ClusterConfig) -> anyhow::Result<()> {
+        let Some(me) = cfg.node(&self.me.name) else {
+            anyhow::bail!(
+                "`{}` is not in the new file: stop this node instead",
+                self.me.name
+            );
+        };
+        if me.id != self.me.id || me.http != self.me.http || me.repl != self.me.repl {
+            anyhow::bail!("this node's id or addresses changed: restart it to apply that");
+        }
+        let (added, removed) = self.members.update(&cfg);
+        *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.pairs.clone());
+        for id in &added {
+            self.spawn_replicator(*id);
+        }
+        for id in &removed {
+            self.replicators
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            let node = self.clone();
+            let gone = *id;
+            tokio::spawn(async move { node.rehome_all(move |s| s == Some(gone), gone).await });
+        }
+        info!(
+            added = added.len(),
+            removed = removed.len(),
+            nodes = cfg.nodes.len(),
+            "cluster file reloaded"
+        );
+        Ok(())
+    }
+
+    fn spawn_replicator(self: &Arc<Self>, peer: NodeId) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.replicators
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, tx);
+        let span = tracing::info_span!("replicate", peer = %self.members.name_of(peer).unwrap_or_default());
+        tokio::spawn(replicate::task::run(self.clone(), peer, rx).instrument(span));
+    }
+
     /// Queues a session for copying to `peer`.
     pub fn enqueue(&self, peer: NodeId, entry: &Arc<Entry>) {
-        if let Some(tx) = self.replicators.get(&peer) {
+        if let Some(tx) = self
+            .replicators
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+        {
             self.metrics.repl_queue.inc();
             let _ = tx.send(entry.clone());
         }
@@ -193,26 +253,19 @@ pub async fn start(cfg: ClusterConfig, name: &str) -> anyhow::Result<Arc<Node>> 
         .await
         .map_err(|e| anyhow::anyhow!("bind repl {}: {e}", me.repl))?;
     let members = Membership::new(&cfg, &me);
-    let mut replicators = HashMap::new();
-    let mut receivers = Vec::new();
-    for p in members.peers() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        replicators.insert(p.cfg.id, tx);
-        receivers.push((p.cfg.id, rx));
-    }
     let node = Arc::new(Node {
         codec: CookieCodec::new(&cfg.cookie),
         forwarder: crate::api::Forwarder::new(cfg.replication.peer_timeout),
         store: Store::default(),
         metrics: Metrics::new(),
+        pairs: RwLock::new(Arc::new(cfg.pairs.clone())),
+        replicators: RwLock::new(HashMap::new()),
         members,
         me,
         cfg,
-        replicators,
     });
-    for (peer, rx) in receivers {
-        let span = tracing::info_span!("replicate", peer = %node.members.name_of(peer).unwrap_or_default());
-        tokio::spawn(replicate::task::run(node.clone(), peer, rx).instrument(span));
+    for peer in node.members.peer_ids() {
+        node.spawn_replicator(peer);
     }
     tokio::spawn(serve_replication(node.clone(), repl));
     tokio::spawn(crate::api::serve_http(node.clone(), http));
@@ -294,7 +347,7 @@ async fn heartbeats(node: Arc<Node>) {
     loop {
         tick.tick().await;
         let sessions = node.store.len() as u64;
-        let ids: Vec<NodeId> = node.members.peers().map(|p| p.cfg.id).collect();
+        let ids = node.members.peer_ids();
         let beats = ids.iter().map(|id| node.members.heartbeat(*id, sessions));
         for change in futures_util::future::join_all(beats)
             .await

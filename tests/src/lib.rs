@@ -182,6 +182,28 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Adds a node on fresh ports to the cluster file and starts it; returns its name. Running processes learn
+    /// of it only through a reload (SIGHUP).
+    pub fn add_node(&mut self) -> Result<String> {
+        let name = format!("n{}", self.nodes.len() + 1);
+        self.nodes.push(NodeAddrs {
+            name: name.clone(),
+            http: SocketAddr::from((self.ip, free_port(self.ip))),
+            repl: SocketAddr::from((self.ip, free_port(self.ip))),
+        });
+        self.spec.nodes = self.nodes.len();
+        let text = render_config(
+            &self.spec,
+            self.ip,
+            &self.nodes,
+            self.lb_listen,
+            self.lb_admin,
+        );
+        self.write_config(&text)?;
+        self.start_node(&name)?;
+        Ok(name)
+    }
+
     /// Rewrites the cluster file (e.g. before a reload).
     pub fn write_config(&self, text: &str) -> Result<()> {
         std::fs::write(&self.config_path, text)?;

@@ -290,3 +290,64 @@ fn malformed_frames_on_the_replication_port_leave_the_node_and_its_sessions_unha
     let r = u.get(&c.node_url("n2")).unwrap();
     assert_eq!(r.json()["data"]["n"], 4);
 }
+
+#[test]
+fn a_node_added_by_reload_becomes_a_secondary_that_can_recover_sessions() {
+    let mut c = Cluster::start(ClusterSpec {
+        nodes: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut u = User::new();
+    for _ in 0..3 {
+        u.incr(&c.node_url("n1"), "n").unwrap();
+    }
+    let added = c.add_node().unwrap();
+    for n in ["n1", "n2"] {
+        c.signal(n, libc::SIGHUP);
+    }
+    wait_until(Duration::from_secs(10), "n1 to log the reload", || {
+        c.log("n1").contains("cluster file reloaded")
+    })
+    .unwrap();
+    // With n2 gone, n3 is n1's only possible secondary: it receives the full copy.
+    c.kill("n2");
+    let id = u.get(&c.node_url("n1")).unwrap().json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(
+        Duration::from_secs(10),
+        "the copy on the added node",
+        || {
+            reqwest::blocking::get(format!("{}/_node/sessions/{id}", c.node_url(&added)))
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        },
+    )
+    .unwrap();
+    c.kill("n1");
+    let r = u.get(&c.node_url(&added)).unwrap();
+    assert_eq!(r.json()["data"]["n"], 3, "{}", r.body);
+}
+
+#[test]
+fn an_invalid_file_on_reload_is_refused_and_the_node_keeps_serving() {
+    let c = Cluster::start(ClusterSpec {
+        nodes: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut u = User::new();
+    u.incr(&c.node_url("n1"), "n").unwrap();
+    let good = std::fs::read_to_string(&c.config_path).unwrap();
+    c.write_config(&good.replace("[replication]", "[replication]\nbogus_key = 1"))
+        .unwrap();
+    c.signal("n1", libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the refusal in the log", || {
+        c.log("n1").contains("reload refused")
+    })
+    .unwrap();
+    assert!(c.log("n1").contains("bogus_key"), "the error names the key");
+    assert_eq!(counter(&u.incr(&c.node_url("n1"), "n").unwrap()), 2);
+}
