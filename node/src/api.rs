@@ -240,7 +240,7 @@ async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
             (Some(_), Role::Primary) => {}
             (Some(s), Role::Replica) => {
                 let owner = s.primary;
-                let reachable = node.members.is_alive(owner) && !unreachable.contains(&owner);
+                let reachable = !unreachable.contains(&owner) && responsive(node, owner).await;
                 if owner != node.id() && reachable && call.hops < MAX_HOPS {
                     drop(slot);
                     match forward(node, &mut call, owner).await {
@@ -253,7 +253,7 @@ async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
             }
             (None, _) => {
                 let owner = pair.primary;
-                let reachable = node.members.is_alive(owner) && !unreachable.contains(&owner);
+                let reachable = !unreachable.contains(&owner) && responsive(node, owner).await;
                 if owner != node.id() && reachable && call.hops < MAX_HOPS {
                     drop(slot);
                     drop_if_empty(node, &entry).await;
@@ -316,6 +316,14 @@ async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
     r
 }
 
+/// Whether `owner` is worth forwarding to: alive and answering heartbeats, or answering a probe right now.
+async fn responsive(node: &Arc<Node>, owner: NodeId) -> bool {
+    if owner == node.id() || !node.members.is_alive(owner) {
+        return false;
+    }
+    node.members.answered_lately(owner) || node.members.probe(owner, node.store.len() as u64).await
+}
+
 async fn drop_if_empty(node: &Node, entry: &Arc<Entry>) {
     if let Ok(slot) = entry.slot.try_lock() {
         if slot.session.is_none() && slot.removed.is_none() {
@@ -330,9 +338,7 @@ async fn create(node: &Arc<Node>, call: &Call) -> Resp {
     let mut secondary = node.members.choose_secondary(sid, &[]);
     if secondary.is_none() {
         // Heartbeat on request: peers may have come up since the last beat.
-        for change in node.members.probe_all(node.store.len() as u64).await {
-            node.on_change(change);
-        }
+        node.members.probe_all(node.store.len() as u64).await;
         secondary = node.members.choose_secondary(sid, &[]);
     }
     let (entry, _) = node.store.get_or_insert(sid);
@@ -685,9 +691,7 @@ async fn forward(node: &Arc<Node>, call: &mut Call, owner: NodeId) -> Result<Res
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             if e.is_connect() {
-                if let Some(ch) = node.members.mark_dead(owner) {
-                    node.on_change(ch);
-                }
+                node.members.mark_dead(owner);
             }
             warn!(to = %peer.cfg.name, error = %e, "forward failed");
             return Err(());

@@ -21,6 +21,8 @@ pub struct Peer {
     load: AtomicU64,
     /// Sessions this node gave it since that report: keeps a burst of new sessions from all picking one peer.
     assigned: AtomicU64,
+    /// When it last answered a heartbeat, in ms since the membership started.
+    last_seen_ms: AtomicU64,
 }
 
 impl Peer {
@@ -48,20 +50,30 @@ pub struct Membership {
     key: [u8; 32],
     heartbeat: Duration,
     peer_timeout: Duration,
+    started: std::time::Instant,
+    /// Every liveness transition, whoever noticed it (heartbeat, probe, failed call), goes here once.
+    changes: tokio::sync::mpsc::UnboundedSender<Change>,
 }
 
 impl Membership {
     /// Peers start as dead until a heartbeat answers; `probe_all` asks at once when a secondary is needed.
-    pub fn new(cfg: &ClusterConfig, me: &NodeConfig) -> Membership {
+    /// The membership and the receiver of its liveness changes.
+    pub fn new(
+        cfg: &ClusterConfig,
+        me: &NodeConfig,
+    ) -> (Membership, tokio::sync::mpsc::UnboundedReceiver<Change>) {
+        let (changes, rx) = tokio::sync::mpsc::unbounded_channel();
         let m = Membership {
+            changes,
             me: me.clone(),
             peers: RwLock::new(HashMap::new()),
             key: auth_key(&cfg.secret),
             heartbeat: cfg.replication.heartbeat,
             peer_timeout: cfg.replication.peer_timeout,
+            started: std::time::Instant::now(),
         };
         m.update(cfg);
-        m
+        (m, rx)
     }
 
     fn new_peer(&self, n: &NodeConfig) -> Arc<Peer> {
@@ -72,6 +84,7 @@ impl Membership {
             misses: AtomicU32::new(0),
             load: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
+            last_seen_ms: AtomicU64::new(0),
         })
     }
 
@@ -129,24 +142,46 @@ impl Membership {
         self.read().get(&id).map(|p| p.cfg.name.clone())
     }
 
-    /// Marks a peer dead (connection refused, timeouts); returns the change if it was alive.
-    pub fn mark_dead(&self, id: NodeId) -> Option<Change> {
-        let p = self.peer(id)?;
-        p.alive
-            .swap(false, Ordering::AcqRel)
-            .then_some(Change::Down(id))
+    /// Marks a peer dead (connection refused, timeouts); the change is reported if it was alive.
+    pub fn mark_dead(&self, id: NodeId) {
+        if let Some(p) = self.peer(id) {
+            if p.alive.swap(false, Ordering::AcqRel) {
+                let _ = self.changes.send(Change::Down(id));
+            }
+        }
     }
 
-    fn mark_alive(&self, p: &Peer, sessions: u64) -> Option<Change> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether `id` is alive and answered a heartbeat within the last two intervals. A paused process
+    /// (SIGSTOP) still accepts connections but stops answering: this notices it long before `peer_timeout`.
+    pub fn answered_lately(&self, id: NodeId) -> bool {
+        let Some(p) = self.peer(id) else {
+            return id == self.me.id;
+        };
+        let recent = 2 * self.heartbeat.as_millis() as u64;
+        p.is_alive()
+            && self
+                .now_ms()
+                .saturating_sub(p.last_seen_ms.load(Ordering::Relaxed))
+                <= recent
+    }
+
+    fn mark_alive(&self, p: &Peer, sessions: u64) {
+        p.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
         p.misses.store(0, Ordering::Relaxed);
         p.load.store(sessions, Ordering::Relaxed);
         p.assigned.store(0, Ordering::Relaxed);
-        (!p.alive.swap(true, Ordering::AcqRel)).then_some(Change::Up(p.cfg.id))
+        if !p.alive.swap(true, Ordering::AcqRel) {
+            let _ = self.changes.send(Change::Up(p.cfg.id));
+        }
     }
 
-    /// One heartbeat to `id` carrying our session count; updates liveness and returns any change.
-    pub async fn heartbeat(&self, id: NodeId, our_sessions: u64) -> Option<Change> {
-        let p = self.peer(id)?;
+    /// One heartbeat to `id` carrying our session count; updates liveness.
+    pub async fn heartbeat(&self, id: NodeId, our_sessions: u64) {
+        let Some(p) = self.peer(id) else { return };
         match p
             .link
             .call(
@@ -158,15 +193,13 @@ impl Membership {
             .await
         {
             Ok(Body::Pong { sessions }) => self.mark_alive(&p, sessions),
-            Ok(_) => None,
+            Ok(_) => {}
             Err(e) if e.is_refused() => self.mark_dead(id),
             Err(e) => {
                 let misses = p.misses.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(peer = %p.cfg.name, misses, error = %e, "heartbeat missed");
                 if self.heartbeat * misses >= self.peer_timeout {
-                    self.mark_dead(id)
-                } else {
-                    None
+                    self.mark_dead(id);
                 }
             }
         }
@@ -174,9 +207,7 @@ impl Membership {
 
     /// Asks one peer right now whether it is alive (heartbeat on request), with a short timeout.
     pub async fn probe(&self, id: NodeId, our_sessions: u64) -> bool {
-        let Some(p) = self.peer(id) else {
-            return false;
-        };
+        let Some(p) = self.peer(id) else { return false };
         match p
             .link
             .call(
@@ -198,27 +229,10 @@ impl Membership {
         }
     }
 
-    /// Probes every peer at once; returns the changes.
-    pub async fn probe_all(&self, our_sessions: u64) -> Vec<Change> {
-        let before: Vec<(NodeId, bool)> = self
-            .read()
-            .values()
-            .map(|p| (p.cfg.id, p.is_alive()))
-            .collect();
-        let probes = before.iter().map(|(id, _)| self.probe(*id, our_sessions));
-        let after = futures_util::future::join_all(probes).await;
-        before
-            .into_iter()
-            .zip(after)
-            .filter(|((_, was), now)| was != now)
-            .map(|((id, _), now)| {
-                if now {
-                    Change::Up(id)
-                } else {
-                    Change::Down(id)
-                }
-            })
-            .collect()
+    /// Probes every peer at once.
+    pub async fn probe_all(&self, our_sessions: u64) {
+        let ids = self.peer_ids();
+        futures_util::future::join_all(ids.iter().map(|id| self.probe(*id, our_sessions))).await;
     }
 
     /// The secondary for a new or re-homed session: see [`pick_secondary`]. Counts the assignment.

@@ -109,9 +109,9 @@ impl Node {
         }
     }
 
-    /// Records a liveness change and acts on it: a dead peer's sessions get new secondaries; a peer coming up
-    /// takes copies of sessions that had none.
-    pub fn on_change(self: &Arc<Self>, change: Change) {
+    /// Acts on a liveness change: a dead peer's sessions get new secondaries; a peer coming up takes copies of
+    /// sessions that had none.
+    fn on_change(self: &Arc<Self>, change: Change) {
         let node = self.clone();
         match change {
             Change::Down(peer) => {
@@ -252,7 +252,7 @@ pub async fn start(cfg: ClusterConfig, name: &str) -> anyhow::Result<Arc<Node>> 
     let repl = TcpListener::bind(me.repl)
         .await
         .map_err(|e| anyhow::anyhow!("bind repl {}: {e}", me.repl))?;
-    let members = Membership::new(&cfg, &me);
+    let (members, changes) = Membership::new(&cfg, &me);
     let node = Arc::new(Node {
         codec: CookieCodec::new(&cfg.cookie),
         forwarder: crate::api::Forwarder::new(cfg.replication.peer_timeout),
@@ -267,6 +267,7 @@ pub async fn start(cfg: ClusterConfig, name: &str) -> anyhow::Result<Arc<Node>> 
     for peer in node.members.peer_ids() {
         node.spawn_replicator(peer);
     }
+    tokio::spawn(watch_changes(node.clone(), changes));
     tokio::spawn(serve_replication(node.clone(), repl));
     tokio::spawn(crate::api::serve_http(node.clone(), http));
     tokio::spawn(heartbeats(node.clone()));
@@ -341,6 +342,12 @@ async fn serve_peer(
     result
 }
 
+async fn watch_changes(node: Arc<Node>, mut changes: mpsc::UnboundedReceiver<Change>) {
+    while let Some(change) = changes.recv().await {
+        node.on_change(change);
+    }
+}
+
 async fn heartbeats(node: Arc<Node>) {
     let mut tick = tokio::time::interval(node.cfg.replication.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,13 +356,7 @@ async fn heartbeats(node: Arc<Node>) {
         let sessions = node.store.len() as u64;
         let ids = node.members.peer_ids();
         let beats = ids.iter().map(|id| node.members.heartbeat(*id, sessions));
-        for change in futures_util::future::join_all(beats)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            node.on_change(change);
-        }
+        futures_util::future::join_all(beats).await;
     }
 }
 

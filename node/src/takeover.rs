@@ -177,9 +177,7 @@ pub async fn recover(
                 Ok(_) => {}
                 Err(e) => {
                     if e.is_refused() {
-                        if let Some(ch) = node.members.mark_dead(c) {
-                            node.on_change(ch);
-                        }
+                        node.members.mark_dead(c);
                     }
                 }
             }

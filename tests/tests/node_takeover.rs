@@ -243,3 +243,36 @@ fn idle_expiry_removes_every_copy() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_paused_primary_never_serves_or_acknowledges_stale_state_after_it_wakes() {
+    let c = cluster();
+    let mut u = User::new();
+    for _ in 0..3 {
+        u.incr(&c.node_url("n1"), "n").unwrap();
+    }
+    let old_cookie = u.cookie.clone().unwrap();
+    c.signal("n1", libc::SIGSTOP);
+    // Another node takes the session over while n1 sleeps.
+    assert_eq!(counter(&u.incr(&c.node_url("n2"), "n").unwrap()), 4);
+    assert_eq!(counter(&u.incr(&c.node_url("n3"), "n").unwrap()), 5);
+    c.signal("n1", libc::SIGCONT);
+    let mut old = User::new();
+    old.cookie = Some(old_cookie.clone());
+    let r = old.get(&c.node_url("n1")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["data"]["n"],
+        5,
+        "the woken primary must not answer from its stale copy"
+    );
+    let mut old = User::new();
+    old.cookie = Some(old_cookie.clone());
+    let w = old.incr(&c.node_url("n1"), "n").unwrap();
+    assert_eq!(
+        counter(&w),
+        6,
+        "a write with the old cookie through the woken node lands once, on the owner"
+    );
+    assert_eq!(u.get(&c.node_url("n2")).unwrap().json()["data"]["n"], 6);
+}

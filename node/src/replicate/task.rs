@@ -95,9 +95,7 @@ async fn send_batch(node: &Arc<Node>, peer: NodeId, queued: Vec<Arc<Entry>>) {
                 Ok(b) => format!("unexpected answer {b:?}"),
             };
             warn!(sessions = sent.len(), error = %why, "replication batch failed: peer marked down");
-            if let Some(change) = node.members.mark_dead(peer) {
-                node.on_change(change);
-            }
+            node.members.mark_dead(peer);
             for (entry, _) in sent {
                 let mut slot = entry.slot.lock().await;
                 if slot
