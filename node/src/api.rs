@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE, RETRY_AFTER, SET_COOKIE};
 use hyper::service::service_fn;
@@ -146,14 +146,11 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Resp {
 async fn session_request(node: &Arc<Node>, req: Request<Incoming>, op: Op) -> Resp {
     let (parts, body) = req.into_parts();
     let limit = node.cfg.node.max_body_bytes;
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body over {limit} bytes"),
-            )
-        }
+    let Some(body) = read_body(body, limit).await else {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body over {limit} bytes"),
+        );
     };
     let op = match op {
         Op::Patch(_) => match serde_json::from_slice::<Value>(&body) {
@@ -221,6 +218,26 @@ async fn session_request(node: &Arc<Node>, req: Request<Incoming>, op: Op) -> Re
         .with_label_values(&[op_name, outcome])
         .inc();
     resp
+}
+
+/// The body, or `None` when it is over `limit`. An oversize body is still read (up to 8× the limit) and
+/// dropped, so the client gets its 413 instead of a reset in mid-upload.
+async fn read_body(mut body: Incoming, limit: usize) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return None };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit.saturating_mul(8) {
+                return None;
+            }
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    (seen <= limit).then(|| buf.freeze())
 }
 
 /// Finds the session and runs the operation; see the module docs.
@@ -685,8 +702,25 @@ async fn forward(node: &Arc<Node>, call: &mut Call, owner: NodeId) -> Result<Res
     }
     let req = req.body(Full::new(call.body.clone())).map_err(|_| ())?;
     node.metrics.forwards.inc();
-    let res =
-        tokio::time::timeout(node.forwarder.timeout, node.forwarder.client.request(req)).await;
+    // A paused owner keeps the connection open and never answers: give up as soon as it also stops answering
+    // heartbeats, rather than after the whole timeout. A slow but live owner is waited for.
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(node.cfg.replication.heartbeat).await;
+            if !node.members.answered_lately(owner)
+                && !node.members.probe(owner, node.store.len() as u64).await
+            {
+                return;
+            }
+        }
+    };
+    let res = tokio::select! {
+        r = tokio::time::timeout(node.forwarder.timeout, node.forwarder.client.request(req)) => r,
+        _ = watchdog => {
+            warn!(to = %peer.cfg.name, "owner stopped answering during a forward");
+            return Err(());
+        }
+    };
     let resp = match res {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
