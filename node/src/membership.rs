@@ -7,9 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::{ClusterConfig, NodeConfig};
-use crate::connection::{auth_key, PeerLink};
+use crate::connection::{auth_key, LinkError, PeerLink};
 use crate::ids::{NodeId, SessionId};
-use crate::wire::Body;
+use crate::wire::{Body, Item, ItemResult};
 
 /// One other node.
 pub struct Peer {
@@ -28,6 +28,43 @@ pub struct Peer {
 impl Peer {
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// One heartbeat; returns the session count the peer reports.
+    ///
+    /// # Errors
+    /// The link's error, or [`LinkError::Unexpected`] for an answer that is not a `Pong`.
+    pub async fn ping(&self, our_sessions: u64, timeout: Duration) -> Result<u64, LinkError> {
+        match self
+            .link
+            .call(
+                Body::Ping {
+                    sessions: our_sessions,
+                },
+                timeout,
+            )
+            .await?
+        {
+            Body::Pong { sessions } => Ok(sessions),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends items for sessions to this peer as their secondary; returns its per-item answers, in order.
+    ///
+    /// # Errors
+    /// The link's error, or [`LinkError::Unexpected`] for an answer that does not match the batch.
+    pub async fn batch(
+        &self,
+        from: NodeId,
+        items: Vec<Item>,
+        timeout: Duration,
+    ) -> Result<Vec<ItemResult>, LinkError> {
+        let n = items.len();
+        match self.link.call(Body::Batch { from, items }, timeout).await? {
+            Body::BatchReply { results } if results.len() == n => Ok(results),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     fn load(&self) -> u64 {
@@ -182,18 +219,8 @@ impl Membership {
     /// One heartbeat to `id` carrying our session count; updates liveness.
     pub async fn heartbeat(&self, id: NodeId, our_sessions: u64) {
         let Some(p) = self.peer(id) else { return };
-        match p
-            .link
-            .call(
-                Body::Ping {
-                    sessions: our_sessions,
-                },
-                self.heartbeat,
-            )
-            .await
-        {
-            Ok(Body::Pong { sessions }) => self.mark_alive(&p, sessions),
-            Ok(_) => {}
+        match p.ping(our_sessions, self.heartbeat).await {
+            Ok(sessions) => self.mark_alive(&p, sessions),
             Err(e) if e.is_refused() => self.mark_dead(id),
             Err(e) => {
                 let misses = p.misses.fetch_add(1, Ordering::Relaxed) + 1;
@@ -208,21 +235,12 @@ impl Membership {
     /// Asks one peer right now whether it is alive (heartbeat on request), with a short timeout.
     pub async fn probe(&self, id: NodeId, our_sessions: u64) -> bool {
         let Some(p) = self.peer(id) else { return false };
-        match p
-            .link
-            .call(
-                Body::Ping {
-                    sessions: our_sessions,
-                },
-                self.heartbeat,
-            )
-            .await
-        {
-            Ok(Body::Pong { sessions }) => {
+        match p.ping(our_sessions, self.heartbeat).await {
+            Ok(sessions) => {
                 self.mark_alive(&p, sessions);
                 true
             }
-            _ => {
+            Err(_) => {
                 self.mark_dead(id);
                 false
             }

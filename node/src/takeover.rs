@@ -84,14 +84,7 @@ pub async fn serve_pull(
                 if let Some(p) = node.members.peer(old) {
                     let items = vec![Item::Remove { sid, epoch }];
                     let _ = p
-                        .link
-                        .call(
-                            Body::Batch {
-                                from: node.id(),
-                                items,
-                            },
-                            node.cfg.replication.peer_timeout,
-                        )
+                        .batch(node.id(), items, node.cfg.replication.peer_timeout)
                         .await;
                 }
             });

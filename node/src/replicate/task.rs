@@ -14,7 +14,7 @@ use super::{on_reply, outgoing, AfterReply};
 use crate::ids::NodeId;
 use crate::server::Node;
 use crate::store::Entry;
-use crate::wire::{Body, Item};
+use crate::wire::Item;
 
 /// Most sessions in one batch.
 const MAX_BATCH: usize = 1024;
@@ -74,27 +74,16 @@ async fn send_batch(node: &Arc<Node>, peer: NodeId, queued: Vec<Arc<Entry>>) {
     };
     let sent_at = Instant::now();
     let reply = p
-        .link
-        .call(
-            Body::Batch {
-                from: node.id(),
-                items,
-            },
-            node.cfg.replication.peer_timeout,
-        )
+        .batch(node.id(), items, node.cfg.replication.peer_timeout)
         .await;
     node.metrics
         .repl_rtt
         .observe(sent_at.elapsed().as_secs_f64());
     let results = match reply {
-        Ok(Body::BatchReply { results }) if results.len() == sent.len() => results,
-        other => {
+        Ok(results) => results,
+        Err(e) => {
             node.metrics.repl_errors.inc();
-            let why = match other {
-                Err(e) => e.to_string(),
-                Ok(b) => format!("unexpected answer {b:?}"),
-            };
-            warn!(sessions = sent.len(), error = %why, "replication batch failed: peer marked down");
+            warn!(sessions = sent.len(), error = %e, "replication batch failed: peer marked down");
             node.members.mark_dead(peer);
             for (entry, _) in sent {
                 let mut slot = entry.slot.lock().await;
