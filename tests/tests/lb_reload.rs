@@ -112,6 +112,13 @@ fn rewrite(c: &Cluster) {
     .unwrap();
 }
 
+/// Has the running nodes re-read the cluster file (they reload on SIGHUP too).
+fn reload_nodes(c: &Cluster, names: &[&str]) {
+    for n in names {
+        c.signal(n, libc::SIGHUP);
+    }
+}
+
 fn generation(c: &Cluster) -> u64 {
     status(&c.admin_url())["generation"].as_u64().unwrap()
 }
@@ -134,6 +141,7 @@ fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails
     c.nodes.push(n4);
     rewrite(&c);
     c.start_node("n4").unwrap();
+    reload_nodes(&c, &["n1", "n2", "n3"]);
     c.signal("lb", libc::SIGHUP);
     wait_until(Duration::from_secs(10), "the reload to apply", || {
         generation(&c) == 2
@@ -148,6 +156,7 @@ fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails
     // n2 drains (POST /reload this time): no new session lands on it afterwards.
     c.spec.node_extra.insert(1, "drain = true".into());
     rewrite(&c);
+    reload_nodes(&c, &["n1", "n2", "n3", "n4"]);
     let (code, body) = reload(&c.admin_url());
     assert_eq!(code, 200, "{body}");
     let drained = Instant::now();
