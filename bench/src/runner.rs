@@ -73,7 +73,8 @@ pub async fn execute(
         let _ = p.await;
     }
     let bench_cpu = cpu::own().saturating_sub(cpu0);
-    let secs = result.elapsed.as_secs_f64().ceil() as usize;
+    // A last second only partly run would draw as a collapse in throughput.
+    let secs = result.elapsed.as_secs_f64().round().max(1.0) as usize;
     Summary {
         target: title.to_string(),
         timeline: live.seconds(secs),
