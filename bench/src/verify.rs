@@ -181,7 +181,9 @@ impl SessionModel {
             ..Verdict::default()
         };
         if let Op::Delete = op {
-            *self = SessionModel::default();
+            // The slot's history (did it ever move, its longest gap) outlives the session it held.
+            self.start_over();
+            self.last_ok_ms = Some(at_ms);
             return v;
         }
         if self.replaced_by(op, reply) {
@@ -601,8 +603,12 @@ mod tests {
             0,
             json!({}),
         ));
-        let (t, _) = run(&ev);
+        let (t, m) = run(&ev);
         assert_eq!(t.session_resets, 0);
+        assert!(
+            !m.failed_over(),
+            "a new session on another node is not a failover"
+        );
 
         // A DELETE whose outcome is unknown explains a new session as well.
         let mut ev = warm_up();
@@ -636,6 +642,16 @@ mod tests {
             (0, 0, 0, 0)
         );
         assert_eq!(t.errors.get("connect"), Some(&2));
+        assert!(m.failed_over());
+        assert_eq!(m.max_gap_ms(), 1200);
+
+        // Deleting the session afterwards does not erase that it moved.
+        ev.push(Event {
+            at_ms: 1250,
+            op: Op::Delete,
+            outcome: Ok(Reply::default()),
+        });
+        let (_, m) = run(&ev);
         assert!(m.failed_over());
         assert_eq!(m.max_gap_ms(), 1200);
     }
