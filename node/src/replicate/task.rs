@@ -93,6 +93,11 @@ async fn send_batch(node: &Arc<Node>, peer: NodeId, queued: Vec<Arc<Entry>>) {
                     .is_some_and(|s| s.secondary == Some(peer))
                 {
                     node.rehome(&entry, &mut slot, &[peer]);
+                } else if slot.session.is_none() {
+                    // A removal whose copy went down with the peer: nothing is left to tell; release the waiter.
+                    slot.removed = None;
+                    entry.mark.send_modify(|m| m.lease_seq += 1);
+                    node.store.remove(&entry);
                 }
             }
             return;
