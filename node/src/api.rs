@@ -657,6 +657,20 @@ async fn local_copy(node: &Node, id: &str) -> Resp {
     json_response(StatusCode::OK, &v)
 }
 
+/// Whether an error comes from a refused connection (the process is not running).
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// HTTP client for forwarding a request to the session's live owner.
 pub struct Forwarder {
     client: hyper_util::client::legacy::Client<
@@ -724,7 +738,9 @@ async fn forward(node: &Arc<Node>, call: &mut Call, owner: NodeId) -> Result<Res
     let resp = match res {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            if e.is_connect() {
+            if refused(&e) {
+                node.members.mark_gone(owner);
+            } else if e.is_connect() {
                 node.members.mark_dead(owner);
             }
             warn!(to = %peer.cfg.name, error = %e, "forward failed");

@@ -23,6 +23,9 @@ pub struct Peer {
     assigned: AtomicU64,
     /// When it last answered a heartbeat, in ms since the membership started.
     last_seen_ms: AtomicU64,
+    /// Its port refused a connection since it last answered: the process is not running, so it cannot be
+    /// serving anything (a paused process still accepts connections).
+    gone: AtomicBool,
 }
 
 impl Peer {
@@ -122,6 +125,7 @@ impl Membership {
             load: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
         })
     }
 
@@ -206,7 +210,31 @@ impl Membership {
                 <= recent
     }
 
+    /// Marks a peer dead after a call to it failed; a refused connection also marks it gone.
+    pub fn mark_failed(&self, id: NodeId, e: &LinkError) {
+        if e.is_refused() {
+            self.mark_gone(id);
+        } else {
+            self.mark_dead(id);
+        }
+    }
+
+    /// Marks a peer dead and certainly not running (its port refused a connection).
+    pub fn mark_gone(&self, id: NodeId) {
+        if let Some(p) = self.peer(id) {
+            p.gone.store(true, Ordering::Release);
+        }
+        self.mark_dead(id);
+    }
+
+    /// Whether `id` is known not to be running, so no lease it held needs waiting out.
+    pub fn is_gone(&self, id: NodeId) -> bool {
+        self.peer(id)
+            .is_some_and(|p| p.gone.load(Ordering::Acquire))
+    }
+
     fn mark_alive(&self, p: &Peer, sessions: u64) {
+        p.gone.store(false, Ordering::Release);
         p.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
         p.misses.store(0, Ordering::Relaxed);
         p.load.store(sessions, Ordering::Relaxed);
@@ -221,7 +249,7 @@ impl Membership {
         let Some(p) = self.peer(id) else { return };
         match p.ping(our_sessions, self.heartbeat).await {
             Ok(sessions) => self.mark_alive(&p, sessions),
-            Err(e) if e.is_refused() => self.mark_dead(id),
+            Err(e) if e.is_refused() => self.mark_gone(id),
             Err(e) => {
                 let misses = p.misses.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(peer = %p.cfg.name, misses, error = %e, "heartbeat missed");
@@ -240,8 +268,8 @@ impl Membership {
                 self.mark_alive(&p, sessions);
                 true
             }
-            Err(_) => {
-                self.mark_dead(id);
+            Err(e) => {
+                self.mark_failed(id, &e);
                 false
             }
         }

@@ -56,8 +56,10 @@ pub async fn serve_pull(
                     return PullResult::Redirect { owner };
                 }
             }
-            let until = slot.granted_until;
-            tokio::time::sleep_until(until.into()).await;
+            // A paused owner may still serve reads until its lease ends; one that is not running cannot.
+            if !node.members.is_gone(owner) {
+                tokio::time::sleep_until(slot.granted_until.into()).await;
+            }
         }
     }
     let old_secondary = s.secondary;
@@ -170,7 +172,7 @@ pub async fn recover(
                 Ok(_) => {}
                 Err(e) => {
                     if e.is_refused() {
-                        node.members.mark_dead(c);
+                        node.members.mark_gone(c);
                     }
                 }
             }
@@ -192,7 +194,10 @@ pub async fn promote(
     slot: &mut Slot,
     cookie_version: u64,
 ) -> bool {
-    tokio::time::sleep_until(slot.granted_until.into()).await;
+    let owner = slot.session.as_ref().map(|s| s.primary);
+    if !owner.is_some_and(|o| node.members.is_gone(o)) {
+        tokio::time::sleep_until(slot.granted_until.into()).await;
+    }
     let Some(s) = slot.session.as_mut() else {
         return false;
     };

@@ -84,7 +84,7 @@ async fn send_batch(node: &Arc<Node>, peer: NodeId, queued: Vec<Arc<Entry>>) {
         Err(e) => {
             node.metrics.repl_errors.inc();
             warn!(sessions = sent.len(), error = %e, "replication batch failed: peer marked down");
-            node.members.mark_dead(peer);
+            node.members.mark_failed(peer, &e);
             for (entry, _) in sent {
                 let mut slot = entry.slot.lock().await;
                 if slot
