@@ -54,6 +54,20 @@ pub enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Increments/s through one node unreplicated, sync and async (as ratios), and memory per 100 000 sessions.
+    Node {
+        /// Cluster file: its secret and batch settings are used; the nodes run on free loopback ports.
+        #[arg(long)]
+        config: PathBuf,
+        /// Sessions created for the memory measurement.
+        #[arg(long, default_value_t = 100_000)]
+        memory_sessions: usize,
+        /// Approximate size of each of those sessions.
+        #[arg(long, default_value_t = 1024)]
+        session_bytes: usize,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Start the lb and every node of a cluster file in the foreground; Ctrl-C stops all of it.
     Up {
         #[arg(long)]
@@ -199,6 +213,12 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             Ok(!s.failed())
         }
         Cmd::Compare { config, load } => crate::compare::compare(&config, &load).await,
+        Cmd::Node {
+            config,
+            memory_sessions,
+            session_bytes,
+            load,
+        } => crate::nodeperf::node_perf(&config, &load, memory_sessions, session_bytes).await,
         Cmd::Up { config } => crate::up::up(&config).await.map(|()| true),
         Cmd::MinimalProxy { .. } => unreachable!("served before the runtime starts"),
     }

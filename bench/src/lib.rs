@@ -14,6 +14,7 @@
 //! - [`cpu`]: the generator's own CPU (getrusage) and a child's (/proc).
 //! - [`compare`]: direct vs `lb` vs minimal Pingora vs HAProxy, as ratios.
 //! - [`minimal_proxy`]: the minimal Pingora proxy `compare` measures against.
+//! - [`nodeperf`]: `bench node`, one node's increments/s unreplicated, sync and async, and memory per session.
 //! - [`up`]: `bench up`, the local cluster in the foreground for `make run`.
 //! - [`cli`]: subcommands and flags.
 
@@ -26,6 +27,7 @@ pub mod faults;
 pub mod live;
 pub mod load;
 pub mod minimal_proxy;
+pub mod nodeperf;
 pub mod plot;
 pub mod report;
 pub mod runner;

@@ -431,16 +431,13 @@ async fn run_op(
         },
         Op::Delete => {
             let (sid, epoch, secondary) = (s.id, s.epoch, s.secondary);
-            let seq = entry.mark.borrow().lease_seq;
+            let seq = entry.mark().lease_seq;
             remove_session(node, entry, &mut slot, sid, epoch, secondary);
             drop(slot);
             if node.sync() && secondary.is_some() {
-                let mut rx = entry.mark.subscribe();
-                let _ = tokio::time::timeout(
-                    node.cfg.replication.peer_timeout * 3,
-                    rx.wait_for(|m| m.lease_seq > seq || m.fenced),
-                )
-                .await;
+                entry
+                    .wait_mark(wait_limit(node), |m| m.lease_seq > seq)
+                    .await;
             }
             let mut r = Response::builder()
                 .status(StatusCode::NO_CONTENT)
@@ -467,9 +464,7 @@ async fn run_op(
         if let Some(peer) = pair.secondary {
             node.enqueue(peer, entry);
         } else {
-            entry
-                .mark
-                .send_modify(|m| m.copied = m.copied.max(version + 1));
+            entry.update_mark(|m| m.copied = m.copied.max(version + 1));
         }
         drop(slot);
         if node.sync() && has_secondary {
@@ -478,7 +473,7 @@ async fn run_op(
     } else {
         // A read: served only while this node certainly still owns the session (lease), and in sync mode only
         // once the copy holds what is shown.
-        let m = *entry.mark.borrow();
+        let m = entry.mark();
         let need_copy = node.sync() && !m.covers(version);
         let need_lease = has_secondary && m.lease_until <= Instant::now();
         if need_copy || need_lease {
@@ -489,19 +484,11 @@ async fn run_op(
                 }
             }
             drop(slot);
-            let mut rx = entry.mark.subscribe();
-            let ok = tokio::time::timeout(node.cfg.replication.peer_timeout * 3, async {
-                rx.wait_for(|x| {
-                    x.fenced
-                        || ((!need_copy || x.covers(version))
-                            && (!need_lease || x.lease_seq > m.lease_seq))
+            let ok = entry
+                .wait_mark(wait_limit(node), |x| {
+                    (!need_copy || x.covers(version)) && (!need_lease || x.lease_seq > m.lease_seq)
                 })
-                .await
-                .map(|x| !x.fenced)
-                .unwrap_or(false)
-            })
-            .await
-            .unwrap_or(false);
+                .await;
             if !ok {
                 return None;
             }
@@ -514,17 +501,16 @@ async fn run_op(
 
 /// Waits until the secondary holds `version`; `None` when ownership was lost (or no copy in time).
 async fn wait_copied(node: &Node, entry: &Entry, version: u64) -> Option<()> {
-    let mut rx = entry.mark.subscribe();
-    let wait = async move {
-        rx.wait_for(|m| m.fenced || m.covers(version))
-            .await
-            .map(|m| !m.fenced)
-            .unwrap_or(false)
-    };
-    match tokio::time::timeout(node.cfg.replication.peer_timeout * 3, wait).await {
-        Ok(true) => Some(()),
-        _ => None,
-    }
+    entry
+        .wait_mark(wait_limit(node), |m| m.covers(version))
+        .await
+        .then_some(())
+}
+
+/// How long a request waits for its copy before answering 503 (the write stays applied; a retry with the
+/// same request id returns its outcome).
+fn wait_limit(node: &Node) -> Duration {
+    node.cfg.replication.peer_timeout * 3
 }
 
 /// Ends a primary session here and queues the removal of its copy.

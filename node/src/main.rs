@@ -6,6 +6,11 @@ use anyhow::Context;
 use clap::Parser;
 use node::config::ClusterConfig;
 
+// Many small, short-lived allocations (JSON, deltas, frames) across threads: mimalloc keeps them fast and
+// returns memory the system allocator's per-thread arenas would hold on to.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     version,

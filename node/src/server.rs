@@ -163,7 +163,7 @@ impl Node {
             None => {
                 let v = s.version;
                 slot.needs_full = false;
-                entry.mark.send_modify(|m| {
+                entry.update_mark(|m| {
                     m.copied = m.copied.max(v + 1);
                     m.lease_seq += 1;
                     m.lease_until = Instant::now() + Duration::from_secs(3600);
@@ -213,7 +213,7 @@ impl Node {
         );
         if was_primary && slot.role == Role::Replica {
             // A newer owner reached us through replication: anything waiting here must go there.
-            entry.mark.send_modify(|m| m.fenced = true);
+            entry.update_mark(|m| m.fenced = true);
         }
         if slot.session.is_none() {
             self.store.remove(&entry);

@@ -1,14 +1,16 @@
 //! The in-memory session table: sharded maps of [`Entry`], one per session this node hosts (as primary or copy).
 //!
 //! An entry's `slot` is a FIFO tokio mutex: requests on one session are applied one at a time, in arrival
-//! order (seed 000 claims 23-25). Its `mark` is a watch of replication progress that requests wait on after
-//! releasing the slot, so one copy to the secondary covers every update pending at that moment.
+//! order (seed 000 claims 23-25). Its mark is the replication progress that requests wait on after releasing
+//! the slot, so one copy to the secondary covers every update pending at that moment.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::watch;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::ids::SessionId;
 use crate::session::{Delta, Session};
@@ -84,7 +86,9 @@ pub struct Mark {
 pub struct Entry {
     pub id: SessionId,
     pub slot: tokio::sync::Mutex<Slot>,
-    pub mark: watch::Sender<Mark>,
+    // A plain mutex and one Notify rather than a watch channel: a few dozen bytes per session, not hundreds.
+    mark: Mutex<Mark>,
+    changed: Notify,
 }
 
 impl Mark {
@@ -95,9 +99,35 @@ impl Mark {
 }
 
 impl Entry {
-    /// Starts a new tenure as primary: nothing copied yet, no lease, not fenced.
+    fn new(id: SessionId, now: Instant) -> Entry {
+        let mark = Mark {
+            copied: 0,
+            lease_until: now,
+            lease_seq: 0,
+            fenced: false,
+        };
+        Entry {
+            id,
+            slot: tokio::sync::Mutex::new(Slot::empty(now)),
+            mark: Mutex::new(mark),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The replication progress now.
+    pub fn mark(&self) -> Mark {
+        *self.mark.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the progress and wakes every waiter.
+    pub fn update_mark(&self, f: impl FnOnce(&mut Mark)) {
+        f(&mut self.mark.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_waiters();
+    }
+
+    /// Starts a new tenure as primary: `copied` as given, no lease before `lease_until`, not fenced.
     pub fn reset_mark(&self, copied: u64, lease_until: Instant) {
-        self.mark.send_modify(|m| {
+        self.update_mark(|m| {
             m.copied = copied;
             m.lease_until = lease_until;
             m.fenced = false;
@@ -105,18 +135,27 @@ impl Entry {
         });
     }
 
-    fn new(id: SessionId, now: Instant) -> Entry {
-        let (mark, _) = watch::channel(Mark {
-            copied: 0,
-            lease_until: now,
-            lease_seq: 0,
-            fenced: false,
-        });
-        Entry {
-            id,
-            slot: tokio::sync::Mutex::new(Slot::empty(now)),
-            mark,
-        }
+    /// Waits up to `limit` until `done` holds for the progress.
+    ///
+    /// Returns `false` when the session was fenced (a newer owner exists) or time ran out.
+    pub async fn wait_mark(&self, limit: Duration, done: impl Fn(&Mark) -> bool) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so an update between the check and the await is not missed.
+                notified.as_mut().enable();
+                let m = self.mark();
+                if m.fenced {
+                    return false;
+                }
+                if done(&m) {
+                    return true;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 }
 

@@ -44,7 +44,7 @@ pub async fn serve_pull(
     match slot.role {
         Role::Primary => {
             // Writes still waiting for their copy would be acknowledged by nobody: let them finish first.
-            if s.secondary.is_some() && !entry.mark.borrow().covers(s.version) {
+            if s.secondary.is_some() && !entry.mark().covers(s.version) {
                 return PullResult::Busy;
             }
         }
@@ -77,7 +77,7 @@ pub async fn serve_pull(
     slot.granted_until = Instant::now() + node.cfg.replication.lease;
     drop(slot);
     if was_primary {
-        entry.mark.send_modify(|m| m.fenced = true);
+        entry.update_mark(|m| m.fenced = true);
         // Our old secondary's copy is an orphan now; tell it to drop it (best effort: expiry covers a miss).
         if let Some(old) = old_secondary.filter(|o| *o != requester) {
             let node = node.clone();

@@ -96,7 +96,7 @@ async fn send_batch(node: &Arc<Node>, peer: NodeId, queued: Vec<Arc<Entry>>) {
                 } else if slot.session.is_none() {
                     // A removal whose copy went down with the peer: nothing is left to tell; release the waiter.
                     slot.removed = None;
-                    entry.mark.send_modify(|m| m.lease_seq += 1);
+                    entry.update_mark(|m| m.lease_seq += 1);
                     node.store.remove(&entry);
                 }
             }
@@ -107,7 +107,7 @@ async fn send_batch(node: &Arc<Node>, peer: NodeId, queued: Vec<Arc<Entry>>) {
     for ((entry, version), result) in sent.into_iter().zip(results) {
         let mut slot = entry.slot.lock().await;
         match on_reply(&mut slot, version, &result) {
-            AfterReply::Acked(v) => entry.mark.send_modify(|m| {
+            AfterReply::Acked(v) => entry.update_mark(|m| {
                 m.copied = m.copied.max(v + 1);
                 m.lease_until = m.lease_until.max(lease_until);
                 m.lease_seq += 1;
@@ -119,7 +119,7 @@ async fn send_batch(node: &Arc<Node>, peer: NodeId, queued: Vec<Arc<Entry>>) {
             AfterReply::Fenced => {
                 warn!(session = %entry.id.log_hash(), ?result, "a newer owner exists: local copy dropped");
                 node.metrics.fenced.inc();
-                entry.mark.send_modify(|m| m.fenced = true);
+                entry.update_mark(|m| m.fenced = true);
             }
         }
         if slot.session.is_none() && slot.removed.is_none() {

@@ -1,0 +1,213 @@
+//! `bench node`: what replication costs one node, and what sessions cost in memory.
+//!
+//! Three throwaway clusters on free loopback ports, in one run so the numbers compare: one node alone
+//! (unreplicated), two nodes `sync`, two nodes `async`; the same increment load straight at the first node of
+//! each. Then, on a fresh `sync` pair, N sessions of about `session_bytes` each are created and the resident
+//! memory of the primary and the replica is read from /proc before and after.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use node::config::ClusterConfig;
+use serde_json::json;
+
+use crate::cli::{write_file, LoadArgs};
+use crate::client::{Conn, Jar};
+use crate::cluster::{free_port, Procs};
+use crate::runner;
+use crate::verify::Op;
+
+/// One throughput measurement.
+struct Row {
+    name: &'static str,
+    rps: f64,
+    p99_ms: f64,
+    failed: bool,
+}
+
+/// Runs the three throughput clusters and the memory measurement; prints ratios; `false` if any run failed.
+pub async fn node_perf(
+    config: &Path,
+    load: &LoadArgs,
+    memory_sessions: usize,
+    session_bytes: usize,
+) -> Result<bool> {
+    let base = ClusterConfig::load(config)?;
+    let dir = std::env::temp_dir().join(format!("bench-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut load = load.clone();
+    load.mix = "incr=1".into();
+    let mut rows = Vec::new();
+    for (name, nodes, mode) in [
+        ("unreplicated", 1, "sync"),
+        ("sync", 2, "sync"),
+        ("async", 2, "async"),
+    ] {
+        let mut procs = start(&dir, &base, name, nodes, mode).await?;
+        let target = procs.config.nodes[0].http;
+        let spec = load.spec(target, Some(&procs.config))?;
+        eprintln!(
+            "\n== {name}: increments straight to {}",
+            procs.config.nodes[0].name
+        );
+        let s = runner::execute(&spec, name, None, vec![], load.quiet).await;
+        procs.kill_all();
+        rows.push(Row {
+            name,
+            rps: s.rps(),
+            p99_ms: s.ms(0.99),
+            failed: s.failed(),
+        });
+    }
+    let mem = memory(&dir, &base, memory_sessions, session_bytes).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let unrep = rows[0].rps.max(f64::MIN_POSITIVE);
+    let mut t = String::from("\nincrements/s through one node (same run, same load)\n");
+    let _ = writeln!(
+        t,
+        "{:<14} {:>10} {:>9} {:>16}",
+        "replication", "req/s", "p99 ms", "vs unreplicated"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            t,
+            "{:<14} {:>10.0} {:>9.2} {:>15.2}x",
+            r.name,
+            r.rps,
+            r.p99_ms,
+            r.rps / unrep
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nresident memory per 100 000 sessions of ~{session_bytes} B ({memory_sessions} created): \
+         primary {:.1} MiB, replica {:.1} MiB",
+        mem.primary_mib_per_100k, mem.replica_mib_per_100k
+    );
+    println!("{t}");
+    if let Some(p) = &load.json {
+        let v = json!({
+            "throughput": rows.iter().map(|r| json!({"replication": r.name, "rps": r.rps, "p99_ms": r.p99_ms,
+                "ratio_to_unreplicated": r.rps / unrep})).collect::<Vec<_>>(),
+            "memory": {"sessions": memory_sessions, "session_bytes": session_bytes,
+                "primary_mib_per_100k": mem.primary_mib_per_100k, "replica_mib_per_100k": mem.replica_mib_per_100k},
+        });
+        write_file(p, &serde_json::to_string_pretty(&v)?)?;
+    }
+    Ok(rows.iter().all(|r| !r.failed))
+}
+
+/// Writes a cluster file of `nodes` nodes on free ports of 127.0.0.1 and starts its nodes (no lb).
+async fn start(
+    dir: &Path,
+    base: &ClusterConfig,
+    name: &str,
+    nodes: usize,
+    mode: &str,
+) -> Result<Procs> {
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = || free_port(ip).map(|p| SocketAddr::new(ip, p));
+    let mut text = format!(
+        "[cluster]\nsecret = {:?}\n[lb]\nlisten = \"{}\"\nadmin = \"{}\"\n[replication]\nmode = \"{mode}\"\n\
+         [replication.batch]\nmax_updates = {}\nmax_delay_ms = {}\n[session]\nidle_timeout_s = 3600\n\
+         max_session_bytes = 1048576\n",
+        base.secret,
+        port()?,
+        port()?,
+        base.replication.max_updates,
+        base.replication.max_delay.as_millis(),
+    );
+    for i in 1..=nodes {
+        let _ = write!(
+            text,
+            "[[nodes]]\nname = \"n{i}\"\nhttp = \"{}\"\nrepl = \"{}\"\nmachine = \"m{i}\"\n",
+            port()?,
+            port()?
+        );
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    let mut procs = Procs::new(&path)?;
+    procs.start_all(false).await?;
+    Ok(procs)
+}
+
+struct Memory {
+    primary_mib_per_100k: f64,
+    replica_mib_per_100k: f64,
+}
+
+/// Creates `n` sessions of about `bytes` each on n1 of a fresh sync pair; RSS growth of both, per 100 000.
+async fn memory(dir: &Path, base: &ClusterConfig, n: usize, bytes: usize) -> Result<Memory> {
+    let mut procs = start(dir, base, "memory", 2, "sync").await?;
+    let target = procs.config.nodes[0].http;
+    let pids = [
+        procs.pid("n1").context("n1 pid")?,
+        procs.pid("n2").context("n2 pid")?,
+    ];
+    // Let both settle (heartbeats, first connections) before the baseline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = [rss_kib(pids[0])?, rss_kib(pids[1])?];
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let value = "x".repeat(bytes.saturating_sub(24).max(1));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (next, failures, value) = (next.clone(), failures.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(target, Duration::from_secs(10));
+            // Bounded by count: each task takes indices until all n are handed out.
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let mut jar = Jar::default();
+                let op = Op::Patch {
+                    key: "blob".into(),
+                    value: value.clone(),
+                };
+                match conn.send(&op, &mut jar).await {
+                    Ok(r) if r.status.is_success() => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} of {n} session creations failed");
+    }
+    eprintln!(
+        "created {n} sessions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = [rss_kib(pids[0])?, rss_kib(pids[1])?];
+    procs.kill_all();
+    let per_100k = |i: usize| {
+        (after[i].saturating_sub(before[i])) as f64 / 1024.0 * 100_000.0 / n.max(1) as f64
+    };
+    Ok(Memory {
+        primary_mib_per_100k: per_100k(0),
+        replica_mib_per_100k: per_100k(1),
+    })
+}
+
+/// VmRSS of a process, KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc status")
+}
