@@ -392,11 +392,9 @@ async fn run_op(
     slot.last_access = Instant::now();
     let limit = node.cfg.session.max_session_bytes;
     let s = slot.session.as_mut().expect("primary slot holds a session");
-    if let Some(mut o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)).cloned() {
+    if let Some(o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)) {
         node.metrics.dedup_hits.inc();
-        if o.body.is_empty() {
-            o.body = s.to_json(|id| node.members.name_of(id)).to_string();
-        }
+        let body = render(node, s, o);
         let (sid, version, pair) = (s.id, s.version, pair_of(s));
         let secondary = s.secondary;
         drop(slot);
@@ -404,29 +402,26 @@ async fn run_op(
             wait_copied(node, entry, version).await?;
         }
         return Some(session_response(
-            node, o.status, o.body, sid, cookie, pair, version, stale,
+            node, 200, body, sid, cookie, pair, version, stale,
         ));
     }
-    let (status, body, delta) = match &call.op {
-        Op::Get => (
-            200,
-            s.to_json(|id| node.members.name_of(id)).to_string(),
-            None,
-        ),
+    let (body, delta) = match &call.op {
+        Op::Get => (render(node, s, Outcome::Patched), None),
         Op::Patch(p) => match s.patch(p, limit) {
             Ok(d) => (
-                200,
-                s.to_json(|id| node.members.name_of(id)).to_string(),
-                Some(d),
+                render(node, s, Outcome::Patched),
+                Some((d, Outcome::Patched)),
             ),
             Err(e) => return Some(session_error(e)),
         },
         Op::Incr(key) => match s.incr(key) {
-            Ok((value, d)) => (
-                200,
-                json!({"value": value, "version": s.version}).to_string(),
-                Some(d),
-            ),
+            Ok((value, d)) => {
+                let o = Outcome::Incremented {
+                    value,
+                    version: s.version,
+                };
+                (render(node, s, o), Some((d, o)))
+            }
             Err(e) => return Some(session_error(e)),
         },
         Op::Delete => {
@@ -449,16 +444,9 @@ async fn run_op(
     };
     let (sid, version, pair) = (s.id, s.version, pair_of(s));
     let has_secondary = s.secondary.is_some();
-    if let Some(mut d) = delta {
+    if let Some((mut d, outcome)) = delta {
         if let Some(rid) = &call.rid {
-            // A patch answers with the whole session: its record stays empty and a retry gets the session as
-            // it is then, so records stay small however large sessions grow.
-            let kept = if matches!(call.op, Op::Patch(_)) {
-                String::new()
-            } else {
-                body.clone()
-            };
-            s.record(&mut d, rid, Outcome { status, body: kept });
+            s.record(&mut d, rid, outcome);
         }
         slot.pending.push(d);
         if let Some(peer) = pair.secondary {
@@ -495,8 +483,18 @@ async fn run_op(
         }
     }
     Some(session_response(
-        node, status, body, sid, cookie, pair, version, stale,
+        node, 200, body, sid, cookie, pair, version, stale,
     ))
+}
+
+/// The answer body for an outcome: an increment's value and version, else the whole session as it is now.
+fn render(node: &Node, s: &Session, o: Outcome) -> String {
+    match o {
+        Outcome::Incremented { value, version } => {
+            json!({"value": value, "version": version}).to_string()
+        }
+        Outcome::Patched => s.to_json(|id| node.members.name_of(id)).to_string(),
+    }
 }
 
 /// Waits until the secondary holds `version`; `None` when ownership was lost (or no copy in time).

@@ -91,6 +91,7 @@ pub struct Membership {
     heartbeat: Duration,
     peer_timeout: Duration,
     started: std::time::Instant,
+    last_probe_all_ms: AtomicU64,
     /// Every liveness transition, whoever noticed it (heartbeat, probe, failed call), goes here once.
     changes: tokio::sync::mpsc::UnboundedSender<Change>,
 }
@@ -111,6 +112,7 @@ impl Membership {
             heartbeat: cfg.replication.heartbeat,
             peer_timeout: cfg.replication.peer_timeout,
             started: std::time::Instant::now(),
+            last_probe_all_ms: AtomicU64::new(0),
         };
         m.update(cfg);
         (m, rx)
@@ -275,8 +277,16 @@ impl Membership {
         }
     }
 
-    /// Probes every peer at once.
+    /// Probes every peer at once, at most once per heartbeat interval (callers on the request path would
+    /// otherwise each wait a probe timeout while peers are paused).
     pub async fn probe_all(&self, our_sessions: u64) {
+        // +1: zero means "never probed".
+        let now = self.now_ms() + 1;
+        let last = self.last_probe_all_ms.load(Ordering::Acquire);
+        if last != 0 && now.saturating_sub(last) < self.heartbeat.as_millis() as u64 {
+            return;
+        }
+        self.last_probe_all_ms.store(now, Ordering::Release);
         let ids = self.peer_ids();
         futures_util::future::join_all(ids.iter().map(|id| self.probe(*id, our_sessions))).await;
     }

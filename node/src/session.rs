@@ -16,11 +16,22 @@ pub const OUTCOMES_KEPT: usize = 32;
 /// Longest request id accepted from the balancer's header.
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
-/// The response a request got, kept so that a retry of it gets the same answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    pub status: u16,
-    pub body: String,
+/// What a write did, kept so that a retry of it gets the same answer. Compact on purpose: every session keeps
+/// [`OUTCOMES_KEPT`] of them, and they travel with every copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// `POST /session/incr/{key}` answered `{"value": value, "version": version}`.
+    Incremented { value: i64, version: u64 },
+    /// `PATCH /session` was applied; a retry is answered with the session as it is then.
+    Patched,
+}
+
+/// A request id as kept in the session: the 64-bit FNV-1a hash of the balancer's id. Deterministic, so every
+/// node maps one id to one key; two ids of one session colliding is a 2^-64 event.
+pub fn request_key(rid: &str) -> u64 {
+    rid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// One applied update.
@@ -30,7 +41,7 @@ pub struct Delta {
     pub version: u64,
     /// JSON merge patch text (RFC 7396).
     pub patch: String,
-    pub outcome: Option<(String, Outcome)>,
+    pub outcome: Option<(u64, Outcome)>,
 }
 
 /// Why an operation was refused. The session is unchanged.
@@ -62,7 +73,7 @@ pub struct Session {
     pub data: Map<String, Value>,
     pub primary: NodeId,
     pub secondary: Option<NodeId>,
-    pub outcomes: VecDeque<(String, Outcome)>,
+    pub outcomes: VecDeque<(u64, Outcome)>,
 }
 
 mod json_text {
@@ -94,8 +105,12 @@ impl Session {
     }
 
     /// The recorded outcome of request `rid`, if this session applied it.
-    pub fn outcome_of(&self, rid: &str) -> Option<&Outcome> {
-        self.outcomes.iter().find(|(r, _)| r == rid).map(|(_, o)| o)
+    pub fn outcome_of(&self, rid: &str) -> Option<Outcome> {
+        let key = request_key(rid);
+        self.outcomes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, o)| *o)
     }
 
     /// Applies a merge patch as one update.
@@ -152,15 +167,16 @@ impl Session {
 
     /// Remembers the outcome of request `rid` in the session and in its delta.
     pub fn record(&mut self, delta: &mut Delta, rid: &str, outcome: Outcome) {
-        self.remember(rid.to_string(), outcome.clone());
-        delta.outcome = Some((rid.to_string(), outcome));
+        let key = request_key(rid);
+        self.remember(key, outcome);
+        delta.outcome = Some((key, outcome));
     }
 
-    fn remember(&mut self, rid: String, outcome: Outcome) {
+    fn remember(&mut self, key: u64, outcome: Outcome) {
         if self.outcomes.len() >= OUTCOMES_KEPT {
             self.outcomes.pop_front();
         }
-        self.outcomes.push_back((rid, outcome));
+        self.outcomes.push_back((key, outcome));
     }
 
     /// Applies a delta received from the primary.
@@ -179,8 +195,8 @@ impl Session {
         };
         merge_patch(&mut self.data, &p);
         self.version = d.version;
-        if let Some((rid, o)) = &d.outcome {
-            self.remember(rid.clone(), o.clone());
+        if let Some((key, o)) = d.outcome {
+            self.remember(key, o);
         }
         Ok(())
     }
@@ -270,9 +286,9 @@ mod tests {
         primary.record(
             &mut d,
             "req-1",
-            Outcome {
-                status: 200,
-                body: "x".into(),
+            Outcome::Incremented {
+                value: 2,
+                version: 3,
             },
         );
         deltas.push(d);
@@ -281,7 +297,14 @@ mod tests {
             copy.apply(d).unwrap();
         }
         assert_eq!(copy, primary);
-        assert_eq!(copy.outcome_of("req-1").unwrap().body, "x");
+        assert_eq!(
+            copy.outcome_of("req-1"),
+            Some(Outcome::Incremented {
+                value: 2,
+                version: 3
+            })
+        );
+        assert_eq!(copy.outcome_of("req-2"), None);
     }
 
     #[test]
@@ -326,14 +349,7 @@ mod tests {
         let mut s = Session::new(SessionId(1), node(1), None);
         for i in 0..OUTCOMES_KEPT + 5 {
             let (_, mut d) = s.incr("n").unwrap();
-            s.record(
-                &mut d,
-                &format!("r{i}"),
-                Outcome {
-                    status: 200,
-                    body: String::new(),
-                },
-            );
+            s.record(&mut d, &format!("r{i}"), Outcome::Patched);
         }
         assert_eq!(s.outcomes.len(), OUTCOMES_KEPT);
         assert!(s.outcome_of("r0").is_none());

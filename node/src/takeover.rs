@@ -44,7 +44,8 @@ pub async fn serve_pull(
     match slot.role {
         Role::Primary => {
             // Writes still waiting for their copy would be acknowledged by nobody: let them finish first.
-            if s.secondary.is_some() && !entry.mark().covers(s.version) {
+            // (In async mode nothing waits: the snapshot carries every update, acknowledged or not.)
+            if node.sync() && s.secondary.is_some() && !entry.mark().covers(s.version) {
                 return PullResult::Busy;
             }
         }
