@@ -198,6 +198,7 @@ async fn session_request(node: &Arc<Node>, req: Request<Incoming>, op: Op) -> Re
     };
     let span = tracing::info_span!(
         "request",
+        node = %node.me.name,
         op = call.op.name(),
         session = tracing::field::Empty,
         outcome = tracing::field::Empty
