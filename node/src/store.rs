@@ -234,6 +234,43 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn entry() -> Arc<Entry> {
+        Arc::new(Entry::new(SessionId(1), Instant::now()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_wakes_when_its_copy_is_acknowledged() {
+        let e = entry();
+        let waiter = tokio::spawn({
+            let e = e.clone();
+            async move { e.wait_mark(Duration::from_secs(5), |m| m.covers(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        e.update_mark(|m| m.copied = 2); // version 1 only: not yet
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        e.update_mark(|m| m.copied = 4);
+        assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_limit_and_on_fencing() {
+        let e = entry();
+        let started = tokio::time::Instant::now();
+        assert!(!e.wait_mark(Duration::from_secs(2), |m| m.covers(0)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        let waiter = tokio::spawn({
+            let e = e.clone();
+            async move { e.wait_mark(Duration::from_secs(60), |m| m.covers(0)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        e.update_mark(|m| m.fenced = true);
+        assert!(
+            !waiter.await.unwrap(),
+            "a fenced session acknowledges nothing"
+        );
+    }
+
     #[test]
     fn remove_leaves_a_newer_entry_for_the_same_id_alone() {
         let store = Store::default();
