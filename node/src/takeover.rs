@@ -41,28 +41,37 @@ pub async fn serve_pull(
         return PullResult::NotFound;
     };
     let owner = s.primary;
-    match slot.role {
-        Role::Primary => {
-            // Writes still waiting for their copy would be acknowledged by nobody: let them finish first.
-            // (In async mode nothing waits: the snapshot carries every update, acknowledged or not.)
-            if node.sync() && s.secondary.is_some() && !entry.mark().covers(s.version) {
-                return PullResult::Busy;
+    let view = PullView {
+        role: slot.role,
+        owner,
+        requester,
+        me: node.id(),
+        waiting_writes: node.sync() && s.secondary.is_some() && !entry.mark().covers(s.version),
+        owner_alive: node.members.is_alive(owner),
+        owner_unreachable,
+        owner_gone: node.members.is_gone(owner),
+    };
+    let decision = match decide(&view) {
+        Grant::CheckOwner => {
+            if node.members.probe(owner, node.store.len() as u64).await {
+                Grant::Redirect
+            } else {
+                decide(&PullView {
+                    owner_alive: false,
+                    owner_gone: node.members.is_gone(owner),
+                    ..view
+                })
             }
         }
-        Role::Replica => {
-            if owner != requester && owner != node.id() && node.members.is_alive(owner) {
-                let alive =
-                    !owner_unreachable || node.members.probe(owner, node.store.len() as u64).await;
-                if alive {
-                    return PullResult::Redirect { owner };
-                }
-            }
-            // A paused owner may still serve reads until its lease ends; one that is not running cannot.
-            if !node.members.is_gone(owner) {
-                tokio::time::sleep_until(slot.granted_until.into()).await;
-            }
-        }
+        d => d,
+    };
+    match decision {
+        Grant::Busy => return PullResult::Busy,
+        Grant::Redirect => return PullResult::Redirect { owner },
+        Grant::AfterLease => tokio::time::sleep_until(slot.granted_until.into()).await,
+        Grant::Now | Grant::CheckOwner => {}
     }
+    let s = slot.session.as_ref().expect("checked above");
     let old_secondary = s.secondary;
     let was_primary = slot.role == Role::Primary;
     let s = slot.session.as_mut().expect("checked above");
@@ -96,6 +105,62 @@ pub async fn serve_pull(
     node.metrics.pulls_granted.inc();
     info!(session = %sid.log_hash(), to = %node.members.name_of(requester).unwrap_or_default(), epoch = granted.epoch, "session handed over");
     PullResult::Granted { session: granted }
+}
+
+/// What the holder of a session knows when another node asks for it.
+#[derive(Clone, Copy, Debug)]
+pub struct PullView {
+    pub role: Role,
+    /// The owner its copy names.
+    pub owner: NodeId,
+    pub requester: NodeId,
+    pub me: NodeId,
+    /// Primary in sync mode: writes applied here still wait for their copy.
+    pub waiting_writes: bool,
+    pub owner_alive: bool,
+    /// The requester could not reach the owner.
+    pub owner_unreachable: bool,
+    /// The owner's port refuses connections: it is not running.
+    pub owner_gone: bool,
+}
+
+/// The answer to a pull, before any I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// Ask again shortly.
+    Busy,
+    /// Send the requester to the live owner.
+    Redirect,
+    /// The requester says the owner does not answer while we think it alive: probe it, then decide again.
+    CheckOwner,
+    /// Hand the session over now.
+    Now,
+    /// Hand it over once the read lease this copy granted the owner has run out.
+    AfterLease,
+}
+
+/// Pure decision of [`serve_pull`]: an owner hands over at once unless sync writes still wait for their copy;
+/// a copy redirects to a live owner, and hands over only after the owner's lease unless the owner is gone.
+pub fn decide(v: &PullView) -> Grant {
+    match v.role {
+        Role::Primary if v.waiting_writes => Grant::Busy,
+        Role::Primary => Grant::Now,
+        Role::Replica => {
+            let other_owner = v.owner != v.requester && v.owner != v.me;
+            if other_owner && v.owner_alive {
+                return if v.owner_unreachable {
+                    Grant::CheckOwner
+                } else {
+                    Grant::Redirect
+                };
+            }
+            if v.owner_gone {
+                Grant::Now
+            } else {
+                Grant::AfterLease
+            }
+        }
+    }
 }
 
 /// The result of looking for a session elsewhere.
@@ -218,4 +283,88 @@ pub async fn promote(
     }
     info!(session = %sid.log_hash(), epoch, "copy promoted to primary");
     stale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> NodeId {
+        NodeId::new((1 << 50) + n).unwrap()
+    }
+
+    /// A copy on node 2 of a session owned by node 1, asked for by node 3, owner alive and answering.
+    fn copy() -> PullView {
+        PullView {
+            role: Role::Replica,
+            owner: id(1),
+            requester: id(3),
+            me: id(2),
+            waiting_writes: false,
+            owner_alive: true,
+            owner_unreachable: false,
+            owner_gone: false,
+        }
+    }
+
+    #[test]
+    fn pull_decisions_follow_ownership_liveness_and_leases() {
+        let owner = PullView {
+            role: Role::Primary,
+            owner: id(2),
+            ..copy()
+        };
+        let table: Vec<(&str, PullView, Grant)> = vec![
+            ("an owner hands over", owner, Grant::Now),
+            (
+                "an owner with writes awaiting their copy says busy",
+                PullView {
+                    waiting_writes: true,
+                    ..owner
+                },
+                Grant::Busy,
+            ),
+            (
+                "a copy sends the requester to a live owner",
+                copy(),
+                Grant::Redirect,
+            ),
+            (
+                "a copy checks an owner the requester cannot reach",
+                PullView {
+                    owner_unreachable: true,
+                    ..copy()
+                },
+                Grant::CheckOwner,
+            ),
+            (
+                "a copy waits out a dead owner's lease",
+                PullView {
+                    owner_alive: false,
+                    ..copy()
+                },
+                Grant::AfterLease,
+            ),
+            (
+                "a copy hands over at once when the owner is not running",
+                PullView {
+                    owner_alive: false,
+                    owner_gone: true,
+                    ..copy()
+                },
+                Grant::Now,
+            ),
+            (
+                "a copy gives the session back to its owner",
+                PullView {
+                    requester: id(1),
+                    ..copy()
+                },
+                Grant::AfterLease,
+            ),
+        ];
+        for (what, view, want) in table {
+            assert_eq!(decide(&view), want, "{what}");
+        }
+    }
 }
