@@ -271,26 +271,33 @@ async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
             }
             (None, _) => {
                 let owner = pair.primary;
-                let reachable = !unreachable.contains(&owner) && responsive(node, owner).await;
-                if owner != node.id() && reachable && call.hops < MAX_HOPS {
-                    drop(slot);
-                    drop_if_empty(node, &entry).await;
-                    match forward(node, &mut call, owner).await {
-                        Ok(r) => return r,
-                        Err(()) => unreachable.push(owner),
+                let ended = node.store.has_ended(cookie.session);
+                if !ended && owner != node.id() && call.hops < MAX_HOPS {
+                    let reachable = !unreachable.contains(&owner) && responsive(node, owner).await;
+                    if reachable {
+                        drop(slot);
+                        drop_if_empty(node, &entry).await;
+                        match forward(node, &mut call, owner).await {
+                            Ok(r) => return r,
+                            Err(()) => unreachable.push(owner),
+                        }
+                        continue;
                     }
-                    continue;
                 }
-                match takeover::recover(
-                    node,
-                    &entry,
-                    &mut slot,
-                    &cookie,
-                    pair,
-                    !unreachable.is_empty(),
-                )
-                .await
-                {
+                let found = if ended {
+                    Recovered::Ended
+                } else {
+                    takeover::recover(
+                        node,
+                        &entry,
+                        &mut slot,
+                        &cookie,
+                        pair,
+                        !unreachable.is_empty(),
+                    )
+                    .await
+                };
+                match found {
                     Recovered::Installed { stale: s } => stale = s,
                     Recovered::Forward(owner) => {
                         drop(slot);
@@ -304,14 +311,16 @@ async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
                         }
                         continue;
                     }
-                    Recovered::Lost => {
+                    Recovered::Ended | Recovered::Lost => {
                         drop(slot);
                         drop_if_empty(node, &entry).await;
                         if matches!(call.op, Op::Delete) {
                             return no_session_deleted(node);
                         }
-                        node.metrics.lost.inc();
-                        warn!(session = %cookie.session.log_hash(), version = cookie.version, "session lost: every copy is gone; starting a fresh one");
+                        if matches!(found, Recovered::Lost) {
+                            node.metrics.lost.inc();
+                            warn!(session = %cookie.session.log_hash(), version = cookie.version, "session lost: every copy is gone; starting a fresh one");
+                        }
                         return create(node, &call).await;
                     }
                 }
@@ -525,6 +534,7 @@ pub fn remove_session(
     slot.pending.clear();
     slot.needs_full = false;
     slot.validate = false;
+    node.store.mark_ended(sid);
     match secondary {
         Some(peer) => {
             slot.removed = Some((sid, epoch, peer));

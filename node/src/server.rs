@@ -201,6 +201,7 @@ impl Node {
     }
 
     async fn receive(&self, from: NodeId, item: crate::wire::Item) -> ItemResult {
+        let ends = matches!(item, crate::wire::Item::Remove { .. });
         let (entry, _) = self.store.get_or_insert(item.sid());
         let mut slot = entry.slot.lock().await;
         let was_primary = slot.role == Role::Primary && slot.session.is_some();
@@ -216,6 +217,9 @@ impl Node {
             entry.update_mark(|m| m.fenced = true);
         }
         if slot.session.is_none() {
+            if ends && result == ItemResult::Applied {
+                self.store.mark_ended(entry.id);
+            }
             self.store.remove(&entry);
         }
         result
@@ -369,6 +373,7 @@ async fn housekeeping(node: Arc<Node>) {
         tick.tick().await;
         let now = Instant::now();
         let (mut primaries, mut replicas) = (0i64, 0i64);
+        node.store.prune_ended(now);
         for entry in node.store.entries() {
             let Ok(mut slot) = entry.slot.try_lock() else {
                 continue;
@@ -391,6 +396,7 @@ async fn housekeeping(node: Arc<Node>) {
                     // A copy expires on its own only when its primary is gone; otherwise the primary says when.
                     if idle_for > idle && !node.members.is_alive(s.primary) {
                         slot.session = None;
+                        node.store.mark_ended(entry.id);
                         node.store.remove(&entry);
                         node.metrics.expired.inc();
                     }

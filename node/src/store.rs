@@ -161,15 +161,22 @@ impl Entry {
 
 type Shard = HashMap<SessionId, Arc<Entry>, ahash::RandomState>;
 
+/// How long a node remembers that a session ended here (deleted or expired), so that its cookie coming back
+/// starts a fresh session without being counted as lost.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
 /// Sharded session table.
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
+    /// Sessions that ended here, and when.
+    ended: Mutex<HashMap<SessionId, Instant, ahash::RandomState>>,
 }
 
 impl Default for Store {
     fn default() -> Self {
         Store {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            ended: Mutex::default(),
         }
     }
 }
@@ -202,6 +209,30 @@ impl Store {
         if shard.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             shard.remove(&entry.id);
         }
+    }
+
+    /// Remembers that session `id` ended here (deleted or expired).
+    pub fn mark_ended(&self, id: SessionId) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    /// Whether session `id` ended here within [`TOMBSTONE_TTL`].
+    pub fn has_ended(&self, id: SessionId) -> bool {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+
+    /// Forgets sessions that ended before `now - TOMBSTONE_TTL`.
+    pub fn prune_ended(&self, now: Instant) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
     }
 
     /// Every entry at this moment (the maps are not held while the caller works on them).

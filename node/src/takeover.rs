@@ -32,7 +32,11 @@ pub async fn serve_pull(
     owner_unreachable: bool,
 ) -> PullResult {
     let Some(entry) = node.store.get(sid) else {
-        return PullResult::NotFound;
+        return if node.store.has_ended(sid) {
+            PullResult::Ended
+        } else {
+            PullResult::NotFound
+        };
     };
     let Ok(mut slot) = tokio::time::timeout(PULL_LOCK_WAIT, entry.slot.lock()).await else {
         return PullResult::Busy;
@@ -171,6 +175,8 @@ pub enum Recovered {
     Forward(NodeId),
     /// No member of the pair has it.
     Lost,
+    /// It ended (deleted or expired): a fresh session, nothing lost.
+    Ended,
 }
 
 /// Pulls the session named by `cookie` from the pair `pair` into `slot` (held locked by the caller, empty).
@@ -235,6 +241,9 @@ pub async fn recover(
                 Ok(Body::PullReply {
                     result: PullResult::Busy,
                 }) => busy = true,
+                Ok(Body::PullReply {
+                    result: PullResult::Ended,
+                }) => return Recovered::Ended,
                 Ok(_) => {}
                 Err(e) => {
                     if e.is_refused() {

@@ -135,6 +135,8 @@ pub enum PullResult {
         owner: NodeId,
     },
     NotFound,
+    /// The session ended here (deleted or expired): not lost, start a fresh one.
+    Ended,
     /// The session is mid-update here; ask again shortly.
     Busy,
 }

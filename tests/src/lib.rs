@@ -518,6 +518,18 @@ impl User {
     }
 }
 
+/// The value of an unlabelled metric on a node's `/_node/metrics` (0 when absent).
+pub fn metric(node_url: &str, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{node_url}/_node/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The node name a routing cookie value's segment names as primary, decoded with `config`.
 pub fn cookie_pair(
     cfg: &node::config::ClusterConfig,

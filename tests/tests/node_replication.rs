@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use cluster_tests::{cookie_pair, wait_until, Cluster, ClusterSpec, Reply, User};
+use cluster_tests::{cookie_pair, metric, wait_until, Cluster, ClusterSpec, Reply, User};
 
 fn counter(r: &Reply) -> i64 {
     r.json()["value"]
@@ -190,18 +190,6 @@ fn a_secondary_that_restarted_empty_gets_the_full_state_back() {
     c.kill("n1");
     let r = u.get(&c.node_url("n2")).unwrap();
     assert_eq!(r.json()["data"]["n"], 5, "{}", r.body);
-}
-
-fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("{base}/_node/metrics"))
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]

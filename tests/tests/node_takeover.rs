@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cluster_tests::{cookie_pair, wait_until, Cluster, ClusterSpec, User};
+use cluster_tests::{cookie_pair, metric, wait_until, Cluster, ClusterSpec, User};
 
 fn cluster() -> Cluster {
     Cluster::start(ClusterSpec::default()).expect("cluster starts")
@@ -206,12 +206,29 @@ fn a_deleted_session_is_gone_from_both_copies() {
     let secondary = j["secondary"].as_str().unwrap().to_string();
     let copy_url = format!("{}/_node/sessions/{id}", c.node_url(&secondary));
     assert_eq!(reqwest::blocking::get(&copy_url).unwrap().status(), 200);
+    let deleted_cookie = u.cookie.clone().unwrap();
     let r = u
         .send(&c.node_url("n1"), "DELETE", "/session", None)
         .unwrap();
     assert_eq!(r.status, 204);
     assert!(u.cookie.is_none(), "the cookie is cleared");
     assert_eq!(reqwest::blocking::get(&copy_url).unwrap().status(), 404);
+    // A client replaying the deleted session's cookie, on any node, gets a fresh session; nothing is lost.
+    for n in ["n1", "n2", "n3"] {
+        let mut replay = User::new();
+        replay.cookie = Some(deleted_cookie.clone());
+        let r = replay.get(&c.node_url(n)).unwrap();
+        assert_eq!(r.status, 200);
+        assert_ne!(r.json()["id"], id.as_str());
+    }
+    assert_eq!(lost_total(&c), 0.0);
+}
+
+fn lost_total(c: &Cluster) -> f64 {
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| metric(&c.node_url(n), "sessions_lost_total"))
+        .sum()
 }
 
 #[test]
@@ -242,6 +259,11 @@ fn idle_expiry_removes_every_copy() {
         })
     })
     .unwrap();
+    // The expired session's cookie comes back: a fresh session, not a lost one.
+    let r = u.get(&c.node_url("n1")).unwrap();
+    assert_eq!(r.status, 200);
+    assert_ne!(r.json()["id"], id.as_str());
+    assert_eq!(lost_total(&c), 0.0);
 }
 
 #[test]
