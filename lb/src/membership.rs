@@ -3,6 +3,7 @@
 //! with and in-flight requests are never disturbed. Per-node runtime state ([`NodeState`]: health, in-flight,
 //! weight, drain) is shared between generations for every node whose name and address did not change.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use prometheus::IntGauge;
 use crate::balance::NodeView;
 use crate::health::HealthTracker;
 use crate::metrics::{Metrics, NodeMetrics};
-use crate::routing::{self, Route};
+use crate::routing::{self, Route, RouteCache};
 
 /// Upstream connections idle longer than this are not reused: shorter than any sane node keep-alive, so the
 /// pool rarely hands out a connection the node is closing.
@@ -166,6 +167,12 @@ pub struct Topology {
     by_id: HashMap<NodeId, usize, ahash::RandomState>,
     /// 1 for the file read at start, +1 per accepted reload.
     pub generation: u64,
+    /// Unique among every topology of the process: keys the thread-local route cache.
+    cache_generation: u64,
+}
+
+thread_local! {
+    static ROUTES: RefCell<RouteCache> = RefCell::new(RouteCache::new());
 }
 
 impl Topology {
@@ -213,17 +220,33 @@ impl Topology {
             peers,
             by_id,
             generation,
+            cache_generation: routing::next_generation(),
         }
     }
 
-    /// Routes a request by its `Cookie` headers.
+    /// Routes a request by its `Cookie` headers. The usual single header is looked up in this thread's
+    /// [`RouteCache`] first.
     pub fn route<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> Route {
-        routing::route(
-            &self.codec,
-            &self.cfg.pairs,
-            |id| self.by_id.get(&id).copied(),
-            cookie_headers,
-        )
+        let mut headers = cookie_headers.into_iter();
+        let first = headers.next();
+        let second = headers.next();
+        let uncached = |hs: &mut dyn Iterator<Item = &'a [u8]>| {
+            routing::route(
+                &self.codec,
+                &self.cfg.pairs,
+                |id| self.by_id.get(&id).copied(),
+                hs,
+            )
+        };
+        match (first, second) {
+            (Some(h), None) => ROUTES.with(|c| {
+                c.borrow_mut().get_or_route(self.cache_generation, h, || {
+                    uncached(&mut std::iter::once(h))
+                })
+            }),
+            (None, _) => Route::FRESH,
+            (Some(a), Some(b)) => uncached(&mut [a, b].into_iter().chain(headers)),
+        }
     }
 
     /// Every node's state as the chooser sees it, in node order.

@@ -47,6 +47,83 @@ pub fn route<'a>(
     }
 }
 
+/// Remembered routes of whole `Cookie` header values, per thread: verifying a routing cookie (parse, base64, an
+/// HMAC-SHA-256) is most of what the balancer adds to a request, and a client sends the same header until its
+/// session changes version. Exact: an entry is the result [`route`] gave for exactly these bytes under exactly
+/// this config generation, so a hit returns what a fresh verification would, and a forged cookie can only ever
+/// be cached as the invalid cookie it is.
+///
+/// Direct-mapped, [`RouteCache::SLOTS`] entries of at most [`RouteCache::MAX_HEADER`] bytes each (under 1.5 MB
+/// per proxy thread when full); a miss costs one allocation more than no cache (the copy of the header kept).
+pub struct RouteCache {
+    hasher: ahash::RandomState,
+    slots: Vec<Option<Entry>>,
+}
+
+struct Entry {
+    generation: u64,
+    hash: u64,
+    header: Box<[u8]>,
+    route: Route,
+}
+
+impl RouteCache {
+    /// Entries per thread.
+    pub const SLOTS: usize = 4096;
+    /// Longer headers are routed without the cache.
+    pub const MAX_HEADER: usize = 256;
+
+    pub fn new() -> RouteCache {
+        RouteCache {
+            hasher: ahash::RandomState::new(),
+            slots: Vec::new(),
+        }
+    }
+
+    /// The route of the single `Cookie` header `header` under config `generation` (unique per process, see
+    /// [`next_generation`]), computed by `compute` when it is not remembered.
+    pub fn get_or_route(
+        &mut self,
+        generation: u64,
+        header: &[u8],
+        compute: impl FnOnce() -> Route,
+    ) -> Route {
+        if header.len() > Self::MAX_HEADER {
+            return compute();
+        }
+        if self.slots.is_empty() {
+            self.slots.resize_with(Self::SLOTS, || None);
+        }
+        let hash = self.hasher.hash_one(header);
+        let slot = &mut self.slots[hash as usize % Self::SLOTS];
+        if let Some(e) = slot {
+            if e.hash == hash && e.generation == generation && *e.header == *header {
+                return e.route;
+            }
+        }
+        let route = compute();
+        *slot = Some(Entry {
+            generation,
+            hash,
+            header: header.into(),
+            route,
+        });
+        route
+    }
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache::new()
+    }
+}
+
+/// A number no other config generation of this process has had, to key [`RouteCache`] entries with.
+pub fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +244,47 @@ mod tests {
                 secondary: None
             })
         );
+    }
+
+    #[test]
+    fn the_route_cache_answers_as_verification_does_and_never_across_generations() {
+        let (codec, pairs, ids) = setup();
+        let good = header(
+            &codec,
+            Pair {
+                primary: ids[1],
+                secondary: Some(ids[2]),
+            }
+            .segment(),
+        );
+        let mut cache = RouteCache::new();
+        let computed = std::cell::Cell::new(0);
+        let mut routed = |generation: u64, h: &str| {
+            cache.get_or_route(generation, h.as_bytes(), || {
+                computed.set(computed.get() + 1);
+                run(&codec, &pairs, &ids, &[h])
+            })
+        };
+        let first = routed(1, &good);
+        assert_eq!(first, run(&codec, &pairs, &ids, &[&good]));
+        assert_eq!(routed(1, &good), first);
+        assert_eq!(computed.get(), 1, "the second lookup is a hit");
+        // The same bytes under another generation are verified again.
+        assert_eq!(routed(2, &good), first);
+        assert_eq!(computed.get(), 2);
+        // A one-byte change is a different header: verified, and found invalid.
+        let mut forged = good.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(routed(2, &forged), Route::FRESH);
+        assert_eq!(routed(2, &forged), Route::FRESH);
+        assert_eq!(computed.get(), 3);
+        // Too long to keep: always computed.
+        let long = format!("{good}; pad={}", "x".repeat(RouteCache::MAX_HEADER));
+        assert_eq!(routed(2, &long), first);
+        assert_eq!(routed(2, &long), first);
+        assert_eq!(computed.get(), 5);
     }
 
     #[test]
