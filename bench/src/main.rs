@@ -4,6 +4,11 @@ use clap::Parser;
 
 use bench::cli::{dispatch, Cli, Cmd};
 
+// The same allocator as `lb`: `bench minimal-proxy` must differ from it only in routing logic, and the load
+// generator itself gains from it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Pingora builds its own runtimes and must not be started inside ours.

@@ -1,12 +1,14 @@
 //! The reference point for the balancer's cost: the least a Pingora 0.9 proxy can be, forwarding every request
-//! to one upstream. Built with the same profile and Pingora features as `lb`, so the difference between the two
-//! is the balancer's own logic. Runs as its own process (`bench minimal-proxy`) so its CPU can be read apart
-//! from the generator's.
+//! to one upstream. Built with the same profile and Pingora features as `lb`, and with lb's process-level
+//! choices (mimalloc, set in the bench's `main.rs`; no work stealing; no downstream compression module), so the
+//! difference between the two is the balancer's own logic. Runs as its own process (`bench minimal-proxy`) so
+//! its CPU can be read apart from the generator's; `lb/perf/callgrind.sh minimal` counts its instructions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -21,6 +23,8 @@ impl ProxyHttp for Forward {
     type CTX = ();
 
     fn new_ctx(&self) -> Self::CTX {}
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn upstream_peer(
         &self,
@@ -38,7 +42,8 @@ pub fn serve(listen: SocketAddr, upstream: SocketAddr, threads: usize) -> anyhow
         "loopback addresses only"
     );
     let conf = ServerConf {
-        threads: threads.max(1),
+        threads: 1,
+        work_stealing: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
@@ -47,6 +52,7 @@ pub fn serve(listen: SocketAddr, upstream: SocketAddr, threads: usize) -> anyhow
     server.bootstrap();
     let mut svc = http_proxy_service(&Arc::clone(&server.configuration), Forward { upstream });
     svc.add_tcp(&listen.to_string());
+    svc.threads = Some(threads.max(1));
     server.add_service(svc);
     server.run_forever()
 }

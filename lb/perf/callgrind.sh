@@ -3,16 +3,15 @@
 # a shared machine). Starts 3 nodes of a private copy of config/local.toml on ports 28xxx/29xxx, makes one session,
 # then runs PROXY under callgrind: warm-up, counters zeroed, wrk for DURATION, counters dumped.
 #
-#   lb/perf/callgrind.sh lb|minimal|bench-minimal [DURATION=10s] [CONNECTIONS=8]
+#   lb/perf/callgrind.sh lb|minimal [DURATION=10s] [CONNECTIONS=8]
 #
 # VARY=1: every request's Cookie header is new (a counter cookie after the routing cookie), as after every
 # write, so lb's route cache never hits.
-# lb: target/release/lb (RUST_LOG as given, default warn like `bench compare`); minimal: the example
-# minimal_pingora (lb's allocator and knobs); bench-minimal: `bench minimal-proxy` (Pingora defaults).
-# Needs release builds of node, lb, bench and the example. Output: target/perf/<proxy>[-$TAG].callgrind and
+# lb: target/release/lb (RUST_LOG as given, default warn like `bench compare`); minimal: `bench minimal-proxy`
+# (Pingora forwarding to one node with lb's allocator and knobs). Needs release builds of node, lb and bench. Output: target/perf/<proxy>[-$TAG].callgrind and
 # .requests, and a summary line. lb/perf/cgdiff.py A B shows where A spends more per request than B.
 set -euo pipefail
-which=${1:?lb|minimal|bench-minimal}
+which=${1:?lb|minimal}
 duration=${2:-10s}
 conns=${3:-8}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,8 +39,7 @@ cookie=$(curl -si -X POST http://127.0.0.1:29001/session/incr/a | tr -d '\r' | s
 
 case $which in
     lb) port=28080; export RUST_LOG="${RUST_LOG:-warn}"; cmd=("$rel/lb" --config "$dir/cluster.toml") ;;
-    minimal) port=28082; cmd=("$rel/examples/minimal_pingora" 127.0.0.1:28082 127.0.0.1:29001) ;;
-    bench-minimal) port=28082; cmd=("$rel/bench" minimal-proxy --listen 127.0.0.1:28082 --upstream 127.0.0.1:29001) ;;
+    minimal) port=28082; cmd=("$rel/bench" minimal-proxy --listen 127.0.0.1:28082 --upstream 127.0.0.1:29001) ;;
     *) echo "unknown proxy $which" >&2; exit 1 ;;
 esac
 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "${cmd[@]}" >"$dir/proxy.log" 2>&1 &
