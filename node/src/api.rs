@@ -71,14 +71,7 @@ struct Call {
 /// Serves HTTP on `listener` until the process ends.
 pub async fn serve_http(node: Arc<Node>, listener: TcpListener) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "http accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, _) = crate::server::accept(&listener, "http").await;
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {

@@ -280,17 +280,27 @@ pub async fn start(cfg: ClusterConfig, name: &str) -> anyhow::Result<Arc<Node>> 
     Ok(node)
 }
 
+/// The next connection on `listener`. Accept errors (out of file descriptors, aborted handshakes) are logged and
+/// retried after a short pause instead of ending the listener.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn serve_replication(node: Arc<Node>, listener: TcpListener) {
     let key = auth_key(&node.cfg.secret);
     loop {
-        let (stream, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "replication accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, addr) = accept(&listener, "replication").await;
         let node = node.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_peer(node.clone(), stream, addr, key).await {
