@@ -14,12 +14,13 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE, RETRY_AFTER, SET_COOKIE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::{warn, Instrument};
 
 use crate::cookie::RoutingCookie;
+use crate::forward::{Outbound, HOP_HEADER};
 use crate::ids::{NodeId, Pair, SessionId};
 use crate::server::Node;
 use crate::session::{Outcome, Session, SessionError, MAX_REQUEST_ID_LEN};
@@ -27,8 +28,6 @@ use crate::store::{Entry, Role, Slot};
 use crate::takeover::{self, Recovered};
 use crate::{HEALTH_PATH, REQUEST_ID_HEADER, SERVED_BY_HEADER, STALE_HEADER};
 
-/// Internal header counting node-to-node forwards of one request, so a stale view cannot loop it.
-pub const HOP_HEADER: &str = "x-node-hop";
 const MAX_HOPS: u8 = 2;
 /// Rounds of locating a session before the request is answered 503.
 const ATTEMPTS: usize = 5;
@@ -645,116 +644,20 @@ async fn local_copy(node: &Node, id: &str) -> Resp {
     json_response(StatusCode::OK, &v)
 }
 
-/// Whether an error comes from a refused connection (the process is not running).
-fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// HTTP client for forwarding a request to the session's live owner.
-pub struct Forwarder {
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-    timeout: Duration,
-}
-
-impl Forwarder {
-    pub fn new(peer_timeout: Duration) -> Forwarder {
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(peer_timeout));
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Forwarder {
-            client,
-            timeout: peer_timeout * 3,
-        }
-    }
-}
-
-/// Sends the request to `owner`'s HTTP port and relays its answer. `Err` when the owner could not answer (the
-/// caller then treats it as unreachable; the request id makes a retry elsewhere exactly-once).
+/// Forwards the request to `owner`, stamping a request id first when it has none, so that a retry elsewhere
+/// after a failed forward stays exactly-once. `Err` when the owner could not answer.
 async fn forward(node: &Arc<Node>, call: &mut Call, owner: NodeId) -> Result<Resp, ()> {
-    let Some(peer) = node.members.peer(owner) else {
-        return Err(());
-    };
     let rid = call
         .rid
         .get_or_insert_with(|| format!("fw-{:032x}", SessionId::random().0))
         .clone();
-    let mut req = Request::builder()
-        .method(call.method.clone())
-        .uri(format!("http://{}{}", peer.cfg.http, call.path))
-        .header(REQUEST_ID_HEADER, rid)
-        .header(HOP_HEADER, (call.hops + 1).to_string())
-        .header(CONTENT_TYPE, "application/json");
-    if let Some(c) = &call.cookie_header {
-        req = req.header(COOKIE, c.clone());
-    }
-    let req = req.body(Full::new(call.body.clone())).map_err(|_| ())?;
-    node.metrics.forwards.inc();
-    // A paused owner keeps the connection open and never answers: give up as soon as it also stops answering
-    // heartbeats, rather than after the whole timeout. A slow but live owner is waited for.
-    let watchdog = async {
-        loop {
-            tokio::time::sleep(node.cfg.replication.heartbeat).await;
-            if !node.members.answered_lately(owner)
-                && !node.members.probe(owner, node.store.len() as u64).await
-            {
-                return;
-            }
-        }
+    let out = Outbound {
+        method: &call.method,
+        path: &call.path,
+        cookie: call.cookie_header.as_ref(),
+        body: &call.body,
+        rid: &rid,
+        hops: call.hops,
     };
-    let res = tokio::select! {
-        r = tokio::time::timeout(node.forwarder.timeout, node.forwarder.client.request(req)) => r,
-        _ = watchdog => {
-            warn!(to = %peer.cfg.name, "owner stopped answering during a forward");
-            return Err(());
-        }
-    };
-    let resp = match res {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            if refused(&e) {
-                node.members.mark_gone(owner);
-            } else if e.is_connect() {
-                node.members.mark_dead(owner);
-            }
-            warn!(to = %peer.cfg.name, error = %e, "forward failed");
-            return Err(());
-        }
-        Err(_) => {
-            warn!(to = %peer.cfg.name, "forward timed out");
-            return Err(());
-        }
-    };
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|_| ())?.to_bytes();
-    let mut out = Response::builder()
-        .status(parts.status)
-        .body(Full::new(body))
-        .expect("valid");
-    for (k, v) in parts.headers.iter() {
-        if k == CONTENT_TYPE
-            || k == SET_COOKIE
-            || k == SERVED_BY_HEADER
-            || k == STALE_HEADER
-            || k == RETRY_AFTER
-            || k == hyper::header::ALLOW
-        {
-            out.headers_mut().append(k.clone(), v.clone());
-        }
-    }
-    Ok(out)
+    node.forwarder.send(node, owner, out).await
 }

@@ -14,6 +14,7 @@
 //! - `replicate`: the per-secondary replication state machine (deltas, full copies, batching), no sockets inside.
 //! - `takeover`: recovering a session this node does not host from the pair named in its cookie.
 //! - `api`: the built-in session HTTP API and node-reserved `/_node/` paths.
+//! - `forward`: relaying a request to the session's live owner.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `server`: wiring it together: listeners, background tasks.
 
@@ -25,6 +26,8 @@ pub mod ids;
 pub mod api;
 #[cfg(feature = "server")]
 pub mod connection;
+#[cfg(feature = "server")]
+pub mod forward;
 #[cfg(feature = "server")]
 pub mod membership;
 #[cfg(feature = "server")]

@@ -28,7 +28,7 @@ pub struct Node {
     pub store: Store,
     pub members: Membership,
     pub metrics: Metrics,
-    pub forwarder: crate::api::Forwarder,
+    pub forwarder: crate::forward::Forwarder,
     replicators: RwLock<HashMap<NodeId, mpsc::UnboundedSender<Arc<Entry>>>>,
     /// The pair table of the current node list (replaced on reload).
     pairs: RwLock<Arc<PairTable>>,
@@ -259,7 +259,7 @@ pub async fn start(cfg: ClusterConfig, name: &str) -> anyhow::Result<Arc<Node>> 
     let (members, changes) = Membership::new(&cfg, &me);
     let node = Arc::new(Node {
         codec: CookieCodec::new(&cfg.cookie),
-        forwarder: crate::api::Forwarder::new(cfg.replication.peer_timeout),
+        forwarder: crate::forward::Forwarder::new(cfg.replication.peer_timeout),
         store: Store::default(),
         metrics: Metrics::new(),
         pairs: RwLock::new(Arc::new(cfg.pairs.clone())),
