@@ -80,25 +80,34 @@ fn sync_replication_loses_no_acknowledged_increment_when_a_node_is_killed_mid_wa
 
 #[test]
 fn async_replication_loss_after_a_kill_is_bounded_by_the_batch_and_flagged_stale() {
-    let mut spec = ClusterSpec {
+    // Long batches: updates made just before the kill are certainly still queued.
+    let spec = ClusterSpec {
         mode: "async",
+        max_delay_ms: 1500,
         ..Default::default()
     };
-    spec.replication_extra = String::new();
     let mut c = Cluster::start(spec).unwrap();
-    // Long batches: updates made just before the kill are certainly still queued.
-    let text = std::fs::read_to_string(&c.config_path)
-        .unwrap()
-        .replace("max_delay_ms = 5", "max_delay_ms = 1500");
-    c.write_config(&text).unwrap();
-    for n in ["n1", "n2", "n3"] {
-        c.kill(n);
-        c.start_node(n).unwrap();
-    }
     let mut u = User::new();
     let base = counter(&u.incr(&c.node_url("n1"), "n").unwrap());
     assert_eq!(base, 1);
-    std::thread::sleep(Duration::from_millis(1800)); // the first batch is out
+    let j = u.get(&c.node_url("n1")).unwrap().json();
+    let copy = format!(
+        "{}/_node/sessions/{}",
+        c.node_url(j["secondary"].as_str().unwrap()),
+        j["id"].as_str().unwrap()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the first batch to reach the copy",
+        || {
+            reqwest::blocking::get(&copy)
+                .ok()
+                .filter(|r| r.status() == 200)
+                .and_then(|r| r.json::<serde_json::Value>().ok())
+                .is_some_and(|v| v["version"] == 1)
+        },
+    )
+    .unwrap();
     let mut acked = base;
     for _ in 0..10 {
         acked = counter(&u.incr(&c.node_url("n1"), "n").unwrap());
