@@ -238,85 +238,64 @@ async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
     let mut unreachable: Vec<NodeId> = Vec::new();
     for _ in 0..ATTEMPTS {
         let Some((cookie, pair)) = call.cookie else {
-            if matches!(call.op, Op::Delete) {
-                return no_session_deleted(node);
-            }
-            return create(node, &call).await;
+            return fresh(node, &call).await;
         };
         let (entry, _) = node.store.get_or_insert(cookie.session);
         let mut slot = entry.slot.lock().await;
         let mut stale = false;
+        // Where to send the request when a live owner elsewhere should serve it.
+        let mut owner_elsewhere = None;
         match (slot.session.as_ref(), slot.role) {
             (Some(_), Role::Primary) => {}
             (Some(s), Role::Replica) => {
                 let owner = s.primary;
-                let reachable = !unreachable.contains(&owner) && responsive(node, owner).await;
-                if owner != node.id() && reachable && call.hops < MAX_HOPS {
-                    drop(slot);
-                    match forward(node, &mut call, owner).await {
-                        Ok(r) => return r,
-                        Err(()) => unreachable.push(owner),
-                    }
-                    continue;
+                if call.hops < MAX_HOPS
+                    && !unreachable.contains(&owner)
+                    && responsive(node, owner).await
+                {
+                    owner_elsewhere = Some(owner);
+                } else {
+                    stale = takeover::promote(node, &entry, &mut slot, cookie.version).await;
                 }
-                stale = takeover::promote(node, &entry, &mut slot, cookie.version).await;
             }
             (None, _) => {
                 let owner = pair.primary;
                 let ended = node.store.has_ended(cookie.session);
-                if !ended && owner != node.id() && call.hops < MAX_HOPS {
-                    let reachable = !unreachable.contains(&owner) && responsive(node, owner).await;
-                    if reachable {
-                        drop(slot);
-                        drop_if_empty(node, &entry).await;
-                        match forward(node, &mut call, owner).await {
-                            Ok(r) => return r,
-                            Err(()) => unreachable.push(owner),
-                        }
-                        continue;
-                    }
-                }
+                let forwardable = call.hops < MAX_HOPS && !unreachable.contains(&owner);
                 let found = if ended {
                     Recovered::Ended
+                } else if forwardable && responsive(node, owner).await {
+                    Recovered::Forward(owner)
                 } else {
-                    takeover::recover(
-                        node,
-                        &entry,
-                        &mut slot,
-                        &cookie,
-                        pair,
-                        !unreachable.is_empty(),
-                    )
-                    .await
+                    let owner_unreachable = !unreachable.is_empty();
+                    takeover::recover(node, &entry, &mut slot, &cookie, pair, owner_unreachable)
+                        .await
                 };
                 match found {
                     Recovered::Installed { stale: s } => stale = s,
-                    Recovered::Forward(owner) => {
-                        drop(slot);
-                        drop_if_empty(node, &entry).await;
-                        if call.hops >= MAX_HOPS || unreachable.contains(&owner) {
-                            continue;
-                        }
-                        match forward(node, &mut call, owner).await {
-                            Ok(r) => return r,
-                            Err(()) => unreachable.push(owner),
-                        }
-                        continue;
-                    }
+                    Recovered::Forward(owner) => owner_elsewhere = Some(owner),
                     Recovered::Ended | Recovered::Lost => {
                         drop(slot);
                         drop_if_empty(node, &entry).await;
-                        if matches!(call.op, Op::Delete) {
-                            return no_session_deleted(node);
-                        }
-                        if matches!(found, Recovered::Lost) {
+                        if matches!(found, Recovered::Lost) && !matches!(call.op, Op::Delete) {
                             node.metrics.lost.inc();
                             warn!(session = %cookie.session.log_hash(), version = cookie.version, "session lost: every copy is gone; starting a fresh one");
                         }
-                        return create(node, &call).await;
+                        return fresh(node, &call).await;
                     }
                 }
             }
+        }
+        if let Some(owner) = owner_elsewhere {
+            drop(slot);
+            drop_if_empty(node, &entry).await;
+            if call.hops < MAX_HOPS && !unreachable.contains(&owner) {
+                match forward(node, &mut call, owner).await {
+                    Ok(r) => return r,
+                    Err(()) => unreachable.push(owner),
+                }
+            }
+            continue;
         }
         if stale {
             node.metrics.stale.inc();
@@ -333,6 +312,16 @@ async fn execute(node: &Arc<Node>, mut call: Call) -> Resp {
     r.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// No session to serve (no valid cookie, or it ended or was lost): a DELETE has nothing to do, anything else
+/// starts a fresh session.
+async fn fresh(node: &Arc<Node>, call: &Call) -> Resp {
+    if matches!(call.op, Op::Delete) {
+        deleted(node)
+    } else {
+        create(node, call).await
+    }
 }
 
 /// Whether `owner` is worth forwarding to: alive and answering heartbeats, or answering a probe right now.
@@ -371,7 +360,8 @@ async fn create(node: &Arc<Node>, call: &Call) -> Resp {
             entry.reset_mark(0, Instant::now());
             node.enqueue(peer, &entry);
         }
-        None => entry.reset_mark(1, Instant::now() + Duration::from_secs(3600)),
+        // No copy to wait for; reads never need a lease without a secondary.
+        None => entry.reset_mark(1, Instant::now()),
     }
     match run_op(node, &entry, slot, call, None, false).await {
         Some(r) => r,
@@ -404,7 +394,7 @@ async fn run_op(
             wait_copied(node, entry, version).await?;
         }
         return Some(session_response(
-            node, 200, body, sid, cookie, pair, version, stale,
+            node, body, sid, cookie, pair, version, stale,
         ));
     }
     let (body, delta) = match &call.op {
@@ -427,21 +417,16 @@ async fn run_op(
             Err(e) => return Some(session_error(e)),
         },
         Op::Delete => {
-            let (sid, epoch, secondary) = (s.id, s.epoch, s.secondary);
+            let copied_elsewhere = s.secondary.is_some();
             let seq = entry.mark().lease_seq;
-            remove_session(node, entry, &mut slot, sid, epoch, secondary);
+            remove_session(node, entry, &mut slot);
             drop(slot);
-            if node.sync() && secondary.is_some() {
+            if node.sync() && copied_elsewhere {
                 entry
                     .wait_mark(wait_limit(node), |m| m.lease_seq > seq)
                     .await;
             }
-            let mut r = Response::builder()
-                .status(StatusCode::NO_CONTENT)
-                .body(Full::new(Bytes::new()))
-                .expect("valid");
-            set_header(&mut r, SET_COOKIE, &node.codec.clear_cookie(false));
-            return Some(r);
+            return Some(deleted(node));
         }
     };
     let (sid, version, pair) = (s.id, s.version, pair_of(s));
@@ -485,7 +470,7 @@ async fn run_op(
         }
     }
     Some(session_response(
-        node, 200, body, sid, cookie, pair, version, stale,
+        node, body, sid, cookie, pair, version, stale,
     ))
 }
 
@@ -513,23 +498,16 @@ fn wait_limit(node: &Node) -> Duration {
     node.cfg.replication.peer_timeout * 3
 }
 
-/// Ends a primary session here and queues the removal of its copy.
-pub fn remove_session(
-    node: &Node,
-    entry: &Arc<Entry>,
-    slot: &mut Slot,
-    sid: SessionId,
-    epoch: u64,
-    secondary: Option<NodeId>,
-) {
-    slot.session = None;
+/// Ends the primary session in `slot` here and queues the removal of its copy.
+pub fn remove_session(node: &Node, entry: &Arc<Entry>, slot: &mut Slot) {
+    let Some(s) = slot.session.take() else { return };
     slot.pending.clear();
     slot.needs_full = false;
     slot.validate = false;
-    node.store.mark_ended(sid);
-    match secondary {
+    node.store.mark_ended(s.id);
+    match s.secondary {
         Some(peer) => {
-            slot.removed = Some((sid, epoch, peer));
+            slot.removed = Some((s.id, s.epoch, peer));
             node.enqueue(peer, entry);
         }
         None => node.store.remove(entry),
@@ -543,11 +521,9 @@ fn pair_of(s: &Session) -> Pair {
     }
 }
 
-/// The answer to a session operation, with a fresh cookie when the client's is missing or out of date.
-#[allow(clippy::too_many_arguments)]
+/// The 200 answer to a session operation, with a fresh cookie when the client's is missing or out of date.
 fn session_response(
     node: &Node,
-    status: u16,
     body: String,
     sid: SessionId,
     cookie: Option<RoutingCookie>,
@@ -555,12 +531,7 @@ fn session_response(
     version: u64,
     stale: bool,
 ) -> Resp {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let mut r = Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid response");
+    let mut r = json_text_response(StatusCode::OK, body);
     let current = RoutingCookie {
         session: sid,
         segment: pair.segment(),
@@ -594,7 +565,8 @@ fn session_error(e: SessionError) -> Resp {
     error_response(status, &e.to_string())
 }
 
-fn no_session_deleted(node: &Node) -> Resp {
+/// 204 with the routing cookie cleared: the answer to every DELETE, whether a session existed or not.
+fn deleted(node: &Node) -> Resp {
     let mut r = Response::builder()
         .status(StatusCode::NO_CONTENT)
         .body(Full::new(Bytes::new()))
@@ -604,10 +576,14 @@ fn no_session_deleted(node: &Node) -> Resp {
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Resp {
+    json_text_response(status, v.to_string())
+}
+
+fn json_text_response(status: StatusCode, body: String) -> Resp {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(v.to_string())))
+        .body(Full::new(Bytes::from(body)))
         .expect("valid response")
 }
 

@@ -52,7 +52,7 @@ async fn reload_on_sighup(node: std::sync::Arc<node::server::Node>, path: PathBu
     while hup.recv().await.is_some() {
         match ClusterConfig::load(&path)
             .map_err(anyhow::Error::from)
-            .and_then(|cfg| node.reload(cfg))
+            .and_then(|cfg| node.reload(cfg).map_err(anyhow::Error::from))
         {
             Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),

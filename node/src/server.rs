@@ -53,15 +53,12 @@ impl Node {
     ///
     /// # Errors
     /// When this node's own entry is gone or moved: that needs a restart, so the old config stays.
-    pub fn reload(self: &Arc<Self>, cfg: ClusterConfig) -> anyhow::Result<()> {
+    pub fn reload(self: &Arc<Self>, cfg: ClusterConfig) -> Result<(), ServerError> {
         let Some(me) = cfg.node(&self.me.name) else {
-            anyhow::bail!(
-                "`{}` is not in the new file: stop this node instead",
-                self.me.name
-            );
+            return Err(ServerError::Removed(self.me.name.clone()));
         };
         if me.id != self.me.id || me.http != self.me.http || me.repl != self.me.repl {
-            anyhow::bail!("this node's id or addresses changed: restart it to apply that");
+            return Err(ServerError::Moved);
         }
         let (added, removed) = self.members.update(&cfg);
         *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.pairs.clone());
@@ -155,20 +152,17 @@ impl Node {
         };
         let new = self.members.choose_secondary(s.id, exclude);
         s.secondary = new;
-        slot.needs_full = true;
+        let version = s.version;
         slot.pending.clear();
+        slot.needs_full = new.is_some();
         self.metrics.rehomed.inc();
         match new {
             Some(peer) => self.enqueue(peer, entry),
-            None => {
-                let v = s.version;
-                slot.needs_full = false;
-                entry.update_mark(|m| {
-                    m.copied = m.copied.max(v + 1);
-                    m.lease_seq += 1;
-                    m.lease_until = Instant::now() + Duration::from_secs(3600);
-                });
-            }
+            // Nobody to copy to: waiting writes and reads are released (reads need no lease without a copy).
+            None => entry.update_mark(|m| {
+                m.copied = m.copied.max(version + 1);
+                m.lease_seq += 1;
+            }),
         }
     }
 
@@ -194,8 +188,8 @@ impl Node {
                     crate::takeover::serve_pull(self, sid, requester, owner_unreachable).await;
                 Body::PullReply { result }
             }
-            other => Body::Error {
-                message: format!("not a request: {}", variant(&other)),
+            _ => Body::Error {
+                message: "not a request".into(),
             },
         }
     }
@@ -226,36 +220,41 @@ impl Node {
     }
 }
 
-fn variant(b: &Body) -> &'static str {
-    match b {
-        Body::Hello { .. } => "Hello",
-        Body::Challenge { .. } => "Challenge",
-        Body::Proof { .. } => "Proof",
-        Body::Welcome => "Welcome",
-        Body::Refused { .. } => "Refused",
-        Body::Pong { .. } => "Pong",
-        Body::BatchReply { .. } => "BatchReply",
-        Body::PullReply { .. } => "PullReply",
-        Body::Error { .. } => "Error",
-        Body::Ping { .. } | Body::Batch { .. } | Body::Pull { .. } => "request",
-    }
+/// Why a node could not start, or refused a reloaded file.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no node named `{0}` in the config")]
+    UnknownNode(String),
+    #[error("bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{0}` is not in the new file: stop this node instead")]
+    Removed(String),
+    #[error("this node's id or addresses changed: restart it to apply that")]
+    Moved,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
 /// Builds the node `name` of `cfg` and starts every listener and task; returns once listening.
 ///
 /// # Errors
 /// When `name` is not in the config or an address cannot be bound.
-pub async fn start(cfg: ClusterConfig, name: &str) -> anyhow::Result<Arc<Node>> {
+pub async fn start(cfg: ClusterConfig, name: &str) -> Result<Arc<Node>, ServerError> {
     let me = cfg
         .node(name)
-        .ok_or_else(|| anyhow::anyhow!("no node named `{name}` in the config"))?
+        .ok_or_else(|| ServerError::UnknownNode(name.to_string()))?
         .clone();
-    let http = TcpListener::bind(me.http)
-        .await
-        .map_err(|e| anyhow::anyhow!("bind http {}: {e}", me.http))?;
-    let repl = TcpListener::bind(me.repl)
-        .await
-        .map_err(|e| anyhow::anyhow!("bind repl {}: {e}", me.repl))?;
+    let http = bind("http", me.http).await?;
+    let repl = bind("repl", me.repl).await?;
     let (members, changes) = Membership::new(&cfg, &me);
     let node = Arc::new(Node {
         codec: CookieCodec::new(&cfg.cookie),
@@ -396,8 +395,7 @@ async fn housekeeping(node: Arc<Node>) {
                 Role::Primary => {
                     primaries += 1;
                     if idle_for > idle {
-                        let (sid, epoch, secondary) = (s.id, s.epoch, s.secondary);
-                        crate::api::remove_session(&node, &entry, &mut slot, sid, epoch, secondary);
+                        crate::api::remove_session(&node, &entry, &mut slot);
                         node.metrics.expired.inc();
                     }
                 }
