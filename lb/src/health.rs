@@ -65,6 +65,7 @@ impl Default for HealthTracker {
     }
 }
 
+// The path is node::HEALTH_PATH (a test keeps the two together): a literal, so it is built at compile time.
 const PROBE: &[u8] = b"GET /_node/health HTTP/1.1\r\nHost: lb-health\r\nConnection: close\r\n\r\n";
 const MAX_PROBE_RESPONSE: usize = 16 * 1024;
 
@@ -131,6 +132,11 @@ pub async fn run(membership: Arc<Membership>, mut shutdown: watch::Receiver<bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_asks_the_nodes_health_path() {
+        assert!(PROBE.starts_with(format!("GET {} HTTP/1.1\r\n", node::HEALTH_PATH).as_bytes()));
+    }
 
     #[test]
     fn a_node_falls_after_fall_failures_in_a_row_and_rises_after_rise_successes() {

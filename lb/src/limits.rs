@@ -25,15 +25,6 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => 413,
         }
     }
-
-    /// A label for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Rejection::TooManyHeaders { .. } => "too_many_headers",
-            Rejection::HeadTooLarge { .. } => "head_too_large",
-            Rejection::BodyTooLarge { .. } => "body_too_large",
-        }
-    }
 }
 
 /// Checks the request head: header count, head size (target plus every `name: value\r\n`), and a declared

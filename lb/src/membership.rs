@@ -391,6 +391,9 @@ fn diff(old: &Topology, new: &Topology) -> ReloadReport {
     if a.threads != b.threads {
         r.ignored.push("lb.threads".into());
     }
+    if a.grace_period != b.grace_period {
+        r.ignored.push("lb.grace_period_s".into());
+    }
     r
 }
 

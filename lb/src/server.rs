@@ -24,14 +24,16 @@ use crate::proxy::{Lb, LbApp};
 pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
     let lb = cfg.lb.clone();
     let membership = Arc::new(Membership::from_config(path, cfg, Arc::new(Metrics::new())));
-    let mut conf = ServerConf::default();
-    // Services set their own thread counts; this one is for the control service.
-    conf.threads = 1;
-    // One runtime per thread without stealing: measured cheaper per request for a proxy (notes/pingora-0.9).
-    conf.work_stealing = false;
-    // Our control service exits as soon as in-flight requests are done; this is only the upper bound.
-    conf.grace_period_seconds = Some(lb.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf = ServerConf {
+        // Services set their own thread counts; this one is for the control service.
+        threads: 1,
+        // One runtime per thread without stealing: measured cheaper per request for a proxy (notes/pingora-0.9).
+        work_stealing: false,
+        // Our control service exits as soon as in-flight requests are done; this is only the upper bound.
+        grace_period_seconds: Some(lb.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -53,6 +55,7 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
         Control {
             membership,
             in_flight,
+            grace: lb.grace_period,
         },
     );
     server.add_service(service);
@@ -65,6 +68,8 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
 struct Control {
     membership: Arc<Membership>,
     in_flight: Arc<AtomicUsize>,
+    /// The grace period Pingora was started with: a reload cannot change it (it says so), so it is not re-read.
+    grace: Duration,
 }
 
 #[async_trait]
@@ -91,7 +96,7 @@ impl BackgroundService for Control {
         }
         // Pingora has stopped accepting; it would sleep the whole grace period. Leave as soon as the requests
         // already accepted are answered.
-        let grace = self.membership.topology().cfg.lb.grace_period;
+        let grace = self.grace;
         let deadline = Instant::now() + grace;
         tracing::info!(
             in_flight = self.in_flight.load(Ordering::Relaxed),
