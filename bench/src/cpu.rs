@@ -50,6 +50,5 @@ mod tests {
             Some(Duration::from_millis(300 * 1000 / hz))
         );
         assert!(of_pid(std::process::id()).is_some());
-        assert!(own() > Duration::ZERO || own() == Duration::ZERO);
     }
 }

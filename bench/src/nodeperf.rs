@@ -114,10 +114,10 @@ async fn start(
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = || free_port(ip).map(|p| SocketAddr::new(ip, p));
     let mut text = format!(
-        "[cluster]\nsecret = {:?}\n[lb]\nlisten = \"{}\"\nadmin = \"{}\"\n[replication]\nmode = \"{mode}\"\n\
+        "[cluster]\nsecret = {}\n[lb]\nlisten = \"{}\"\nadmin = \"{}\"\n[replication]\nmode = \"{mode}\"\n\
          [replication.batch]\nmax_updates = {}\nmax_delay_ms = {}\n[session]\nidle_timeout_s = 3600\n\
          max_session_bytes = 1048576\n",
-        base.secret,
+        toml::Value::String(base.secret.clone()),
         port()?,
         port()?,
         base.replication.max_updates,

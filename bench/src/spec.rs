@@ -34,7 +34,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, SpecError> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(err());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| err())
 }
 
 /// Relative weights of the operations a virtual user sends.
@@ -166,6 +166,10 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("10x").is_err());
+        assert!(
+            parse_duration("99999999999999999999h").is_err(),
+            "overflow is an error, not a panic"
+        );
     }
 
     #[test]

@@ -191,7 +191,11 @@ impl SessionModel {
             v.reset = !self.maybe_deleted;
             self.start_over();
         }
-        self.maybe_deleted = false;
+        // Only an answer that names its session proves the DELETE did not land (increments without a decodable
+        // cookie do not).
+        if reply.session_id.is_some() {
+            self.maybe_deleted = false;
+        }
         if self.id.is_none() {
             self.id = reply.session_id.clone();
         }
@@ -614,6 +618,37 @@ mod tests {
         let mut ev = warm_up();
         ev.push(failed(40, Op::Delete, ErrorKind::Io));
         ev.push(incr(50, "n2", 1, 1));
+        let (t, _) = run(&ev);
+        assert_eq!((t.session_resets, t.lost_updates), (0, 0));
+    }
+
+    #[test]
+    fn an_anonymous_answer_after_an_unknown_delete_does_not_turn_the_new_session_into_a_reset() {
+        // The DELETE landed; an increment of another counter answers without naming its session (no cookie
+        // decoding), and only the next read shows the new id.
+        let mut ev = warm_up();
+        ev.push(failed(40, Op::Delete, ErrorKind::Io));
+        ev.push(Event {
+            at_ms: 50,
+            op: Op::Incr { key: "d".into() },
+            outcome: Ok(Reply {
+                served_by: Some("n1".into()),
+                stale_flag: false,
+                session_id: None,
+                body: Body::Incr {
+                    value: 1,
+                    version: 1,
+                },
+            }),
+        });
+        ev.push(session(
+            60,
+            Op::Get,
+            "n1",
+            "another-session",
+            1,
+            json!({"d": 1}),
+        ));
         let (t, _) = run(&ev);
         assert_eq!((t.session_resets, t.lost_updates), (0, 0));
     }

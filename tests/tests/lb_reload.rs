@@ -126,9 +126,10 @@ fn generation(c: &Cluster) -> u64 {
 #[test]
 fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails() {
     let mut c = cluster(3, "");
+    let started = Instant::now();
     let load = Load::start(&c.lb_url(), 4);
     wait_until(Duration::from_secs(20), "load to run", || {
-        load.sessions_since(Instant::now() - Duration::from_secs(60)) >= 10
+        load.sessions_since(started) >= 10
     })
     .unwrap();
 
@@ -185,6 +186,17 @@ fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails
         "the error names file and line: {body}"
     );
     c.signal("lb", libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        "the SIGHUP reload to be refused too",
+        || {
+            sample(
+                &metrics(&c.admin_url()),
+                "lb_reloads_total{result=\"refused\"}",
+            ) == 2.0
+        },
+    )
+    .unwrap();
     let refused = Instant::now();
     wait_until(
         Duration::from_secs(30),
