@@ -195,16 +195,20 @@ impl Cluster {
             repl: SocketAddr::from((self.ip, free_port(self.ip))),
         });
         self.spec.nodes = self.nodes.len();
-        let text = render_config(
+        self.rewrite_config()?;
+        self.start_node(&name)?;
+        Ok(name)
+    }
+
+    /// Writes the cluster file again from `spec` and `nodes` (after changing them, before a reload).
+    pub fn rewrite_config(&self) -> Result<()> {
+        self.write_config(&render_config(
             &self.spec,
             self.ip,
             &self.nodes,
             self.lb_listen,
             self.lb_admin,
-        );
-        self.write_config(&text)?;
-        self.start_node(&name)?;
-        Ok(name)
+        ))
     }
 
     /// Rewrites the cluster file (e.g. before a reload).
@@ -257,19 +261,23 @@ impl Cluster {
 
     /// Starts the lb and waits until its admin status answers.
     pub fn start_lb(&mut self) -> Result<()> {
-        self.start_lb_as("lb")
+        let (config, admin) = (self.config_path.clone(), self.lb_admin);
+        self.start_lb_as("lb", &config, admin)
     }
 
-    /// Starts an lb process under the key `key` (a second lb can share the config).
-    pub fn start_lb_as(&mut self, key: &str) -> Result<()> {
+    /// Starts an lb process under the key `key` reading `config` (whose admin address is `admin`), and waits
+    /// until its admin status answers. A second lb gets its own file with other listen and admin ports.
+    pub fn start_lb_as(
+        &mut self,
+        key: &str,
+        config: &std::path::Path,
+        admin: SocketAddr,
+    ) -> Result<()> {
         let mut cmd = Command::new(bin("lb"));
-        cmd.arg("--config").arg(&self.config_path);
+        cmd.arg("--config").arg(config);
         self.spawn(key, cmd)?;
-        wait_http_ok(
-            &format!("http://{}/status", self.lb_admin),
-            Duration::from_secs(20),
-        )
-        .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))
+        wait_http_ok(&format!("http://{admin}/status"), Duration::from_secs(20))
+            .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))
     }
 
     /// A node's addresses by name.
@@ -521,16 +529,22 @@ impl User {
     }
 }
 
+/// One sample of a Prometheus text page (0 when absent), e.g. `lb_retries_total{node="n1",reason="connect"}`.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// The value of an unlabelled metric on a node's `/_node/metrics` (0 when absent).
 pub fn metric(node_url: &str, name: &str) -> f64 {
     let text = reqwest::blocking::get(format!("{node_url}/_node/metrics"))
         .and_then(|r| r.text())
         .unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    sample(&text, name)
 }
 
 /// The node name a routing cookie value's segment names as primary, decoded with `config`.

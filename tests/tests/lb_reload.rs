@@ -2,13 +2,12 @@
 
 mod lb_support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{bin, free_port, render_config, wait_until, Cluster, NodeAddrs, User};
+use cluster_tests::{bin, wait_until, Cluster, User};
 use lb_support::*;
 
 /// Users that each open a new session and increment it twice, over and over, until stopped.
@@ -101,17 +100,6 @@ impl Load {
     }
 }
 
-fn rewrite(c: &Cluster) {
-    c.write_config(&render_config(
-        &c.spec,
-        c.ip,
-        &c.nodes,
-        c.lb_listen,
-        c.lb_admin,
-    ))
-    .unwrap();
-}
-
 /// Has the running nodes re-read the cluster file (they reload on SIGHUP too).
 fn reload_nodes(c: &Cluster, names: &[&str]) {
     for n in names {
@@ -134,14 +122,7 @@ fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails
     .unwrap();
 
     // A fourth node joins: it starts from the new file, then the balancer reloads (SIGHUP).
-    let n4 = NodeAddrs {
-        name: "n4".into(),
-        http: SocketAddr::from((c.ip, free_port(c.ip))),
-        repl: SocketAddr::from((c.ip, free_port(c.ip))),
-    };
-    c.nodes.push(n4);
-    rewrite(&c);
-    c.start_node("n4").unwrap();
+    c.add_node().unwrap();
     reload_nodes(&c, &["n1", "n2", "n3"]);
     c.signal("lb", libc::SIGHUP);
     wait_until(Duration::from_secs(10), "the reload to apply", || {
@@ -156,7 +137,7 @@ fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails
 
     // n2 drains (POST /reload this time): no new session lands on it afterwards.
     c.spec.node_extra.insert(1, "drain = true".into());
-    rewrite(&c);
+    c.rewrite_config().unwrap();
     reload_nodes(&c, &["n1", "n2", "n3", "n4"]);
     let (code, body) = reload(&c.admin_url());
     assert_eq!(code, 200, "{body}");
@@ -211,7 +192,6 @@ fn a_reload_adds_a_node_drains_one_and_refuses_a_bad_file_while_no_request_fails
         "the refusal is logged"
     );
 
-    rewrite(&c);
     let errors = load.finish();
     assert!(
         errors.is_empty(),

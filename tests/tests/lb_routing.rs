@@ -110,8 +110,8 @@ fn a_client_supplied_request_id_never_reaches_a_node() {
 
 #[test]
 fn two_balancers_with_one_config_route_every_cookie_alike() {
-    let c = cluster(3, "");
-    let lb2 = SecondLb::start(&c).unwrap();
+    let mut c = cluster(3, "");
+    let lb2 = SecondLb::start(&mut c).unwrap();
     let mut users: Vec<User> = (0..30).map(|_| User::new()).collect();
     for u in &mut users {
         assert_eq!(u.incr(&c.lb_url(), "n").unwrap().status, 200);

@@ -2,15 +2,12 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use cluster_tests::{
-    bin, free_port, render_config, wait_http_ok, Cluster, ClusterSpec, Reply, User,
-};
+use anyhow::Result;
+#[allow(unused_imports)] // not every lb_*.rs reads metrics
+pub use cluster_tests::sample;
+use cluster_tests::{free_port, render_config, Cluster, ClusterSpec, Reply, User};
 
 /// A cluster of `nodes` nodes behind one lb, `lb_extra` appended to `[lb]`.
 pub fn cluster(nodes: usize, lb_extra: &str) -> Cluster {
@@ -49,16 +46,6 @@ pub fn metrics(admin_url: &str) -> String {
         .expect("metrics answer")
 }
 
-/// One sample of `/metrics` (0 when absent), e.g. `lb_retries_total{node="n1",reason="connect"}`.
-pub fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 /// `POST /reload` on the admin listener: (status, body).
 pub fn reload(admin_url: &str) -> (u16, String) {
     let r = reqwest::blocking::Client::new()
@@ -90,16 +77,15 @@ pub fn user_with_cookie(cookie: &str) -> User {
     u
 }
 
-/// A second lb process reading its own copy of the cluster file with other listen and admin ports.
+/// A second lb process reading its own copy of the cluster file with other listen and admin ports; the
+/// cluster owns (and cleans up) the process, as `lb2`.
 pub struct SecondLb {
-    child: Child,
     pub url: String,
     pub admin_url: String,
-    pub config_path: PathBuf,
 }
 
 impl SecondLb {
-    pub fn start(c: &Cluster) -> Result<SecondLb> {
+    pub fn start(c: &mut Cluster) -> Result<SecondLb> {
         let listen = SocketAddr::from((c.ip, free_port(c.ip)));
         let admin = SocketAddr::from((c.ip, free_port(c.ip)));
         let config_path = c.dir.join("cluster-lb2.toml");
@@ -107,35 +93,10 @@ impl SecondLb {
             &config_path,
             render_config(&c.spec, c.ip, &c.nodes, listen, admin),
         )?;
-        let log = std::fs::File::create(c.dir.join("lb2.log"))?;
-        let mut cmd = Command::new(bin("lb"));
-        cmd.arg("--config")
-            .arg(&config_path)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with its parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().context("spawn the second lb")?;
-        let me = SecondLb {
-            child,
+        c.start_lb_as("lb2", &config_path, admin)?;
+        Ok(SecondLb {
             url: format!("http://{listen}"),
             admin_url: format!("http://{admin}"),
-            config_path,
-        };
-        wait_http_ok(&format!("{}/status", me.admin_url), Duration::from_secs(20))?;
-        Ok(me)
-    }
-}
-
-impl Drop for SecondLb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        })
     }
 }
