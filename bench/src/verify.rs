@@ -292,7 +292,12 @@ impl SessionModel {
             } else if seen > r.hi {
                 v.duplicates += (seen - r.hi) as u64;
             }
-            *r = Range { lo: seen, hi: seen };
+            // Failed increments not visible yet may still land later (e.g. queued behind a paused node):
+            // the upper bound keeps room for them.
+            *r = Range {
+                lo: seen,
+                hi: seen.max(r.hi),
+            };
         }
         for (key, f) in self.fields.iter_mut() {
             let seen = data.get(key).and_then(Value::as_str);
@@ -303,9 +308,12 @@ impl SessionModel {
             if !explained && f.acked.is_some() {
                 v.lost_updates += 1;
             }
+            // Failed patches not seen yet may still land later; they stay possible until a patch is acknowledged.
+            let mut maybe = std::mem::take(&mut f.maybe);
+            maybe.retain(|m| Some(m.as_str()) != seen);
             *f = Field {
                 acked: seen.map(str::to_string),
-                maybe: vec![],
+                maybe,
             };
         }
     }
@@ -620,6 +628,43 @@ mod tests {
         ev.push(incr(50, "n2", 1, 1));
         let (t, _) = run(&ev);
         assert_eq!((t.session_resets, t.lost_updates), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_patch_landing_after_a_read_is_not_a_lost_update() {
+        let mut ev = warm_up();
+        let first = Op::Patch {
+            key: "p".into(),
+            value: "x".into(),
+        };
+        ev.push(session(35, first, "n1", ID, 4, json!({"c": 3, "p": "x"})));
+        let late = Op::Patch {
+            key: "p".into(),
+            value: "late".into(),
+        };
+        ev.push(failed(40, late, ErrorKind::Timeout));
+        ev.push(session(50, Op::Get, "n1", ID, 4, json!({"c": 3, "p": "x"})));
+        // The timed-out patch lands only now (it was queued behind a paused node).
+        ev.push(session(
+            60,
+            Op::Get,
+            "n1",
+            ID,
+            5,
+            json!({"c": 3, "p": "late"}),
+        ));
+        let (t, _) = run(&ev);
+        assert_eq!((t.lost_updates, t.duplicates), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_increment_landing_after_a_read_is_not_a_duplicate() {
+        let mut ev = warm_up();
+        ev.push(failed(40, Op::Incr { key: "c".into() }, ErrorKind::Timeout));
+        ev.push(session(50, Op::Get, "n1", ID, 3, json!({"c": 3})));
+        ev.push(incr(60, "n1", 5, 5));
+        let (t, _) = run(&ev);
+        assert_eq!((t.lost_updates, t.duplicates), (0, 0));
     }
 
     #[test]
