@@ -48,7 +48,6 @@ pub struct NodeState {
 impl NodeState {
     fn new(cfg: &node::config::NodeConfig, metrics: &Arc<Metrics>) -> NodeState {
         let (healthy_gauge, in_flight_gauge) = metrics.gauges(&cfg.name);
-        healthy_gauge.set(1);
         NodeState {
             name: cfg.name.clone(),
             id: cfg.id,
@@ -118,7 +117,6 @@ impl NodeState {
 
     fn set_healthy(&self, up: bool, why: &str) {
         self.healthy.store(up, Ordering::Relaxed);
-        self.healthy_gauge.set(i64::from(up));
         self.all_metrics
             .health_changes
             .with_label_values(&[self.name.as_str(), if up { "up" } else { "down" }])
@@ -136,7 +134,7 @@ impl NodeState {
         InFlight(self.clone())
     }
 
-    /// Copies the in-flight count into its gauge (done at scrape time, not per request).
+    /// Copies the in-flight count and health into their gauges: done at scrape time only, the one place.
     pub fn publish(&self) {
         self.in_flight_gauge.set(self.in_flight() as i64);
         self.healthy_gauge.set(i64::from(self.healthy()));
