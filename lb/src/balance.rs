@@ -49,11 +49,10 @@ pub fn choose(
     random: u64,
 ) -> Option<(usize, Target)> {
     let usable = |i: usize| nodes.get(i).is_some_and(|n| n.healthy) && !tried.contains(&i);
+    if let Some(hit) = pinned_primary(pinned, tried, |i| nodes.get(i).is_some_and(|n| n.healthy)) {
+        return Some(hit);
+    }
     if let Some(p) = pinned {
-        // A drained primary still serves its own sessions: the node itself hands them to their secondaries.
-        if usable(p.primary) {
-            return Some((p.primary, Target::Primary));
-        }
         if failover == Failover::Secondary {
             if let Some(s) = p.secondary.filter(|&s| usable(s)) {
                 return Some((s, Target::Secondary));
@@ -73,6 +72,18 @@ pub fn choose(
     pick(false)
         .or_else(|| pick(true))
         .map(|i| (i, Target::Balanced))
+}
+
+/// The pinned primary when it is healthy and not yet tried this request: the common case, which needs no view
+/// of the other nodes. A drained primary still serves its own sessions (the node hands them to their
+/// secondaries itself).
+pub fn pinned_primary(
+    pinned: Option<Pinned>,
+    tried: &[usize],
+    healthy: impl Fn(usize) -> bool,
+) -> Option<(usize, Target)> {
+    let p = pinned?;
+    (healthy(p.primary) && !tried.contains(&p.primary)).then_some((p.primary, Target::Primary))
 }
 
 /// A balanced pick among the nodes `eligible` accepts.

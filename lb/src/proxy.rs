@@ -215,25 +215,21 @@ impl ProxyHttp for Lb {
             return Error::e_explain(ErrorType::InternalError, "no topology for this request");
         };
         // The common case, a pinned request to a healthy primary, needs no view of the other nodes.
-        let pick = match ctx.route.pinned {
-            Some(p) if topology.nodes[p.primary].healthy() && !ctx.tried.contains(&p.primary) => {
-                Some((p.primary, Target::Primary))
-            }
-            _ => {
-                let lb = &topology.cfg.lb;
-                let views = topology.views();
-                let ticket = self.membership.next_ticket();
-                balance::choose(
-                    lb.algorithm,
-                    lb.failover,
-                    &views,
-                    ctx.route.pinned,
-                    &ctx.tried,
-                    ticket,
-                    rand::random(),
-                )
-            }
-        };
+        let healthy = |i: usize| topology.nodes.get(i).is_some_and(|n| n.healthy());
+        let pick = balance::pinned_primary(ctx.route.pinned, &ctx.tried, healthy).or_else(|| {
+            let lb = &topology.cfg.lb;
+            let views = topology.views();
+            let ticket = self.membership.next_ticket();
+            balance::choose(
+                lb.algorithm,
+                lb.failover,
+                &views,
+                ctx.route.pinned,
+                &ctx.tried,
+                ticket,
+                rand::random(),
+            )
+        });
         let Some((i, target)) = pick else {
             let mut e = Error::explain(ErrorType::HTTPStatus(503), "no healthy node");
             e.set_retry(false);
