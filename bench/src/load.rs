@@ -130,10 +130,15 @@ async fn user(
         let t0 = Instant::now();
         let outcome = match conn.send(&op, &mut slot.jar).await {
             Ok(raw) => {
-                let cookie_id = spec.cookie_codec.as_ref().and_then(|c| {
-                    let v = slot.jar.get(&spec.cookie_name)?;
-                    c.decode(v).ok().map(|rc| rc.session.to_string())
-                });
+                // Only an increment's answer lacks the session id in its body: decode (and verify) the cookie
+                // for those alone.
+                let cookie_id = matches!(op, Op::Incr { .. })
+                    .then(|| spec.cookie_codec.as_ref())
+                    .flatten()
+                    .and_then(|c| {
+                        let v = slot.jar.get(&spec.cookie_name)?;
+                        c.decode(v).ok().map(|rc| rc.session.to_string())
+                    });
                 if let Some(n) = &raw.served_by {
                     live.record_served(n);
                 }

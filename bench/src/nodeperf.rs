@@ -57,6 +57,7 @@ pub async fn node_perf(
         );
         let s = runner::execute(&spec, name, None, vec![], load.quiet).await;
         procs.kill_all();
+        let _ = std::fs::remove_dir_all(&procs.log_dir);
         rows.push(Row {
             name,
             rps: s.rps(),
@@ -152,8 +153,10 @@ async fn memory(dir: &Path, base: &ClusterConfig, n: usize, bytes: usize) -> Res
         procs.pid("n2").context("n2 pid")?,
     ];
     // Let both settle (heartbeats, first connections) before the baseline.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = [rss_kib(pids[0])?, rss_kib(pids[1])?];
+    let before = [
+        settled_rss_kib(pids[0]).await?,
+        settled_rss_kib(pids[1]).await?,
+    ];
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -190,9 +193,12 @@ async fn memory(dir: &Path, base: &ClusterConfig, n: usize, bytes: usize) -> Res
         "created {n} sessions in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = [rss_kib(pids[0])?, rss_kib(pids[1])?];
+    let after = [
+        settled_rss_kib(pids[0]).await?,
+        settled_rss_kib(pids[1]).await?,
+    ];
     procs.kill_all();
+    let _ = std::fs::remove_dir_all(&procs.log_dir);
     let per_100k = |i: usize| {
         (after[i].saturating_sub(before[i])) as f64 / 1024.0 * 100_000.0 / n.max(1) as f64
     };
@@ -200,6 +206,20 @@ async fn memory(dir: &Path, base: &ClusterConfig, n: usize, bytes: usize) -> Res
         primary_mib_per_100k: per_100k(0),
         replica_mib_per_100k: per_100k(1),
     })
+}
+
+/// VmRSS once it has stopped moving (two readings 100 ms apart within 256 KiB; at most 5 s of trying).
+async fn settled_rss_kib(pid: u32) -> Result<u64> {
+    let mut last = rss_kib(pid)?;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(last) <= 256 {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
 /// VmRSS of a process, KiB.
