@@ -115,7 +115,6 @@ pub struct Cluster {
 /// The cluster file for `spec` on `ip` with the given ports.
 pub fn render_config(
     spec: &ClusterSpec,
-    ip: Ipv4Addr,
     nodes: &[NodeAddrs],
     lb: SocketAddr,
     admin: SocketAddr,
@@ -127,7 +126,6 @@ pub fn render_config(
          [replication.batch]\nmax_updates = 64\nmax_delay_ms = {}\n\n[session]\nidle_timeout_s = {}\n{}\n",
         spec.lb_extra, spec.mode, spec.replication_extra, spec.max_delay_ms, spec.idle_timeout_s, spec.session_extra
     );
-    let _ = ip;
     for (i, n) in nodes.iter().enumerate() {
         t += &format!(
             "\n[[nodes]]\nname = \"{}\"\nhttp = \"{}\"\nrepl = \"{}\"\nmachine = \"m{}\"\nzone = \"z{}\"\n{}\n",
@@ -145,43 +143,45 @@ pub fn render_config(
 impl Cluster {
     /// Writes a config for `spec` and starts every process; returns once all answer their health checks.
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
-        let ip = loopback_ip();
-        let nodes: Vec<NodeAddrs> = (0..spec.nodes)
-            .map(|i| NodeAddrs {
-                name: format!("n{}", i + 1),
-                http: SocketAddr::from((ip, free_port(ip))),
-                repl: SocketAddr::from((ip, free_port(ip))),
-            })
-            .collect();
-        let lb_listen = SocketAddr::from((ip, free_port(ip)));
-        let lb_admin = SocketAddr::from((ip, free_port(ip)));
-        let dir = std::env::temp_dir().join(format!(
-            "srv-test-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let config_path = dir.join("cluster.toml");
-        std::fs::write(
-            &config_path,
-            render_config(&spec, ip, &nodes, lb_listen, lb_admin),
-        )?;
-        let mut c = Cluster {
-            dir,
-            config_path,
-            ip,
-            nodes,
-            lb_listen,
-            lb_admin,
-            spec,
-            procs: HashMap::new(),
-        };
+        let mut c = Cluster::prepare(spec)?;
         for n in c.nodes.clone() {
             c.start_node(&n.name)?;
         }
         if c.spec.lb {
             c.start_lb()?;
         }
+        Ok(c)
+    }
+
+    /// Picks an address and free ports, and writes the cluster file for `spec` into a fresh directory, without
+    /// starting anything (for tools such as `bench cluster` that start the processes themselves).
+    pub fn prepare(spec: ClusterSpec) -> Result<Cluster> {
+        let ip = loopback_ip();
+        let addr = || SocketAddr::from((ip, free_port(ip)));
+        let nodes: Vec<NodeAddrs> = (0..spec.nodes)
+            .map(|i| NodeAddrs {
+                name: format!("n{}", i + 1),
+                http: addr(),
+                repl: addr(),
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!(
+            "srv-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let c = Cluster {
+            config_path: dir.join("cluster.toml"),
+            dir,
+            ip,
+            nodes,
+            lb_listen: addr(),
+            lb_admin: addr(),
+            spec,
+            procs: HashMap::new(),
+        };
+        c.rewrite_config()?;
         Ok(c)
     }
 
@@ -204,7 +204,6 @@ impl Cluster {
     pub fn rewrite_config(&self) -> Result<()> {
         self.write_config(&render_config(
             &self.spec,
-            self.ip,
             &self.nodes,
             self.lb_listen,
             self.lb_admin,

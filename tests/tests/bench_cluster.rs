@@ -1,35 +1,19 @@
 //! One short `bench cluster` run against the real binaries, with the busiest node killed mid-way: the bench
 //! must find no acknowledged update lost and no session silently reset.
 
-use std::net::SocketAddr;
 use std::process::Command;
 
-use cluster_tests::{bin, free_port, loopback_ip, render_config, ClusterSpec, NodeAddrs};
+use cluster_tests::{bin, Cluster, ClusterSpec};
 
 #[test]
 fn bench_cluster_kill_primary_loses_nothing() {
-    let ip = loopback_ip();
-    let nodes: Vec<NodeAddrs> = (1..=3)
-        .map(|i| NodeAddrs {
-            name: format!("n{i}"),
-            http: SocketAddr::from((ip, free_port(ip))),
-            repl: SocketAddr::from((ip, free_port(ip))),
-        })
-        .collect();
-    let lb = SocketAddr::from((ip, free_port(ip)));
-    let admin = SocketAddr::from((ip, free_port(ip)));
-    let spec = ClusterSpec {
+    // The bench starts the processes itself: the cluster is only prepared (ports, file, directory).
+    let c = Cluster::prepare(ClusterSpec {
         lb: true,
         ..ClusterSpec::default()
-    };
-    let dir = std::env::temp_dir().join(format!(
-        "bench-test-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("cluster.toml");
-    std::fs::write(&config, render_config(&spec, ip, &nodes, lb, admin)).unwrap();
+    })
+    .unwrap();
+    let (dir, config) = (c.dir.clone(), c.config_path.clone());
     let report = dir.join("report.json");
 
     let out = Command::new(bin("bench"))
@@ -85,5 +69,4 @@ fn bench_cluster_kill_primary_loses_nothing() {
         "bench exited {}:\n{stdout}\n{stderr}",
         out.status
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

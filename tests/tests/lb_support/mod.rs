@@ -91,7 +91,7 @@ impl SecondLb {
         let config_path = c.dir.join("cluster-lb2.toml");
         std::fs::write(
             &config_path,
-            render_config(&c.spec, c.ip, &c.nodes, listen, admin),
+            render_config(&c.spec, &c.nodes, listen, admin),
         )?;
         c.start_lb_as("lb2", &config_path, admin)?;
         Ok(SecondLb {
