@@ -132,17 +132,20 @@ impl Live {
 
     /// Seconds `0..upto` of the timeline.
     pub fn seconds(&self, upto: usize) -> Vec<Second> {
-        self.slots[..upto.min(self.slots.len())]
-            .iter()
-            .map(|s| {
-                let counts: Vec<u64> = s.lat.iter().map(|c| c.load(Relaxed) as u64).collect();
-                Second {
-                    ok: s.ok.load(Relaxed),
-                    errors: s.errors.load(Relaxed),
-                    p99_ms: quantile(&counts, 0.99) as f64 / 1000.0,
-                }
-            })
+        (0..upto.min(self.slots.len()))
+            .filter_map(|i| self.second(i))
             .collect()
+    }
+
+    /// Second `i` of the run alone (the progress line needs only the last one).
+    pub fn second(&self, i: usize) -> Option<Second> {
+        let s = self.slots.get(i)?;
+        let counts: Vec<u64> = s.lat.iter().map(|c| c.load(Relaxed) as u64).collect();
+        Some(Second {
+            ok: s.ok.load(Relaxed),
+            errors: s.errors.load(Relaxed),
+            p99_ms: quantile(&counts, 0.99) as f64 / 1000.0,
+        })
     }
 }
 

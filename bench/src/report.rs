@@ -162,10 +162,7 @@ pub async fn progress(live: Arc<Live>, span: Duration, done: Arc<AtomicBool>) {
     while !done.load(Relaxed) {
         tick.tick().await;
         let secs = live.start().elapsed().as_secs() as usize;
-        let Some(last) = secs
-            .checked_sub(1)
-            .and_then(|i| live.seconds(secs).get(i).cloned())
-        else {
+        let Some(last) = secs.checked_sub(1).and_then(|i| live.second(i)) else {
             continue;
         };
         let line = format!(

@@ -356,17 +356,23 @@ pub struct Tally {
 
 impl Tally {
     pub fn add(&mut self, v: &Verdict) {
-        self.requests += 1;
+        let mut one = Tally {
+            requests: 1,
+            lost_updates: v.lost_updates,
+            duplicates: v.duplicates,
+            stale_versions: v.stale_version as u64,
+            stale_flagged: v.stale_flag as u64,
+            session_resets: v.reset as u64,
+            failovers: v.failover as u64,
+            ..Tally::default()
+        };
         match &v.error {
-            Some(e) => *self.errors.entry(e.label()).or_default() += 1,
-            None => self.ok += 1,
+            Some(e) => {
+                one.errors.insert(e.label(), 1);
+            }
+            None => one.ok = 1,
         }
-        self.lost_updates += v.lost_updates;
-        self.duplicates += v.duplicates;
-        self.stale_versions += v.stale_version as u64;
-        self.stale_flagged += v.stale_flag as u64;
-        self.session_resets += v.reset as u64;
-        self.failovers += v.failover as u64;
+        self.merge(&one);
     }
 
     pub fn merge(&mut self, o: &Tally) {
