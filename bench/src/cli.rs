@@ -82,6 +82,10 @@ pub enum Cmd {
         upstream: std::net::SocketAddr,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Give the upstream the connect and read timeouts this cluster file sets for lb (default: none, as
+        /// Pingora's defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 

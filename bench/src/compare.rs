@@ -64,6 +64,8 @@ pub async fn compare(config: &Path, load: &LoadArgs) -> Result<bool> {
             &u,
             "--threads",
             &threads,
+            "--config",
+            &config.to_string_lossy(),
         ],
     )?;
     procs

@@ -16,9 +16,10 @@ fn main() -> ExitCode {
         listen,
         upstream,
         threads,
+        config,
     } = cli.cmd
     {
-        if let Err(e) = bench::minimal_proxy::serve(listen, upstream, threads) {
+        if let Err(e) = bench::minimal_proxy::serve(listen, upstream, threads, config.as_deref()) {
             eprintln!("bench minimal-proxy: {e:#}");
         }
         return ExitCode::from(2);

@@ -8,7 +8,8 @@
 # VARY=1: every request's Cookie header is new (a counter cookie after the routing cookie), as after every
 # write, so lb's route cache never hits.
 # lb: target/release/lb (RUST_LOG as given, default warn like `bench compare`); minimal: `bench minimal-proxy`
-# (Pingora forwarding to one node with lb's allocator and knobs). Needs release builds of node, lb and bench. Output: target/perf/<proxy>[-$TAG].callgrind and
+# (Pingora forwarding to one node with lb's allocator, knobs and node timeouts; BARE=1: Pingora's defaults,
+# no timeouts). Needs release builds of node, lb and bench. Output: target/perf/<proxy>[-$TAG].callgrind and
 # .requests, and a summary line. lb/perf/cgdiff.py A B shows where A spends more per request than B.
 set -euo pipefail
 which=${1:?lb|minimal}
@@ -39,7 +40,8 @@ cookie=$(curl -si -X POST http://127.0.0.1:29001/session/incr/a | tr -d '\r' | s
 
 case $which in
     lb) port=28080; export RUST_LOG="${RUST_LOG:-warn}"; cmd=("$rel/lb" --config "$dir/cluster.toml") ;;
-    minimal) port=28082; cmd=("$rel/bench" minimal-proxy --listen 127.0.0.1:28082 --upstream 127.0.0.1:29001) ;;
+    minimal) port=28082; cmd=("$rel/bench" minimal-proxy --listen 127.0.0.1:28082 --upstream 127.0.0.1:29001)
+        [ -n "${BARE:-}" ] || cmd+=(--config "$dir/cluster.toml") ;;
     *) echo "unknown proxy $which" >&2; exit 1 ;;
 esac
 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "${cmd[@]}" >"$dir/proxy.log" 2>&1 &

@@ -8,12 +8,14 @@
 //! - [`health`]: fall/rise health state (pure) and the active `/_node/health` checker.
 //! - [`membership`]: the live node table: per-node state, immutable topology snapshots, reload.
 //! - [`metrics`]: Prometheus families, per-node counters resolved once.
+//! - [`deadline`]: coarse per-thread deadlines for reading request heads.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation and the head-deadline wrapper.
 //! - [`admin`]: `/metrics`, `/status`, `POST /reload`.
 //! - [`server`]: wiring the services into a Pingora server; SIGHUP and graceful exit.
 
 pub mod admin;
 pub mod balance;
+pub mod deadline;
 pub mod health;
 pub mod limits;
 pub mod membership;

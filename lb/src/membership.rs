@@ -10,10 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use node::config::{ClusterConfig, ConfigError};
+use node::config::{ClusterConfig, ConfigError, LimitsConfig};
 use node::cookie::CookieCodec;
 use node::ids::NodeId;
 use pingora::upstreams::peer::HttpPeer;
@@ -24,9 +23,19 @@ use crate::health::HealthTracker;
 use crate::metrics::{Metrics, NodeMetrics};
 use crate::routing::{self, Route, RouteCache};
 
-/// Upstream connections idle longer than this are not reused: shorter than any sane node keep-alive, so the
-/// pool rarely hands out a connection the node is closing.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(15);
+/// The upstream peer for a node at `addr`: plain HTTP/1.1 with the connect and read timeouts of `limits`
+/// (writes are held to the read timeout too). Pooled connections get no idle timeout: Pingora would arm a
+/// timer every time one is put back (a tenth of a request's cost); the pool drops a connection as soon as the
+/// node closes it, which nodes do after their own idle time (10 s), and its size caps how many stay open.
+pub fn node_peer(addr: SocketAddr, limits: &LimitsConfig) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(limits.connect_timeout);
+    peer.options.total_connection_timeout = Some(limits.connect_timeout);
+    peer.options.read_timeout = Some(limits.read_timeout);
+    peer.options.write_timeout = Some(limits.read_timeout);
+    peer.options.idle_timeout = None;
+    peer
+}
 
 /// Runtime state of one node, shared by every generation that keeps the node.
 pub struct NodeState {
@@ -199,13 +208,7 @@ impl Topology {
                 }
                 None => Arc::new(NodeState::new(n, metrics)),
             };
-            let mut peer = HttpPeer::new(n.http, false, String::new());
-            let l = &cfg.lb.limits;
-            peer.options.connection_timeout = Some(l.connect_timeout);
-            peer.options.total_connection_timeout = Some(l.connect_timeout);
-            peer.options.read_timeout = Some(l.read_timeout);
-            peer.options.write_timeout = Some(l.read_timeout);
-            peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+            let peer = node_peer(n.http, &cfg.lb.limits);
             by_id.insert(n.id, i);
             nodes.push(state);
             peers.push(peer);

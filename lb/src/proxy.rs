@@ -28,6 +28,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::field::Empty;
 
 use crate::balance::{self, Target};
+use crate::deadline::HeadDeadline;
 use crate::limits;
 use crate::membership::{InFlight, Membership, Topology};
 use crate::metrics::{Metrics, NodeMetrics, Outcome, NO_NODE};
@@ -83,6 +84,17 @@ fn request_id(prefix: u64, n: u64) -> HeaderValue {
         *b = HEX[(n >> (4 * (digits - 1 - i))) as usize & 15];
     }
     HeaderValue::from_bytes(&buf[..16 + digits]).expect("hex is a valid header value")
+}
+
+/// Whether a request gets a request id: only one that may change a session needs it, so that a retry after a
+/// node died mid-request is applied once. A safe method (RFC 9110 §9.2.1) is simply sent again, which spares
+/// most requests the cost of a header (a tenth of the balancer's own work per request).
+fn needs_request_id(method: &http::Method) -> bool {
+    use http::Method;
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// The request's tracing span, built only when something is about to be logged in it: creating a span per
@@ -256,10 +268,19 @@ impl ProxyHttp for Lb {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Only the balancer names requests: a copy the client sent never reaches a node.
+        if !needs_request_id(&upstream_request.method) {
+            if upstream_request
+                .headers
+                .contains_key(node::REQUEST_ID_HEADER)
+            {
+                upstream_request.remove_header(node::REQUEST_ID_HEADER);
+            }
+            return Ok(());
+        }
         let n = *ctx.request_id.get_or_insert_with(|| self.next_request());
-        let id = request_id(self.id_prefix, n);
-        // insert_header replaces any copy the client sent: only the balancer names requests.
-        upstream_request.insert_header(node::REQUEST_ID_HEADER, id)?;
+        // insert_header replaces any copy the client sent.
+        upstream_request.insert_header(node::REQUEST_ID_HEADER, request_id(self.id_prefix, n))?;
         Ok(())
     }
 
@@ -439,28 +460,23 @@ impl HttpServerApp for LbApp {
             deadline += KEEPALIVE_IDLE;
             session.set_connection_user_context(Some(marker));
         }
-        let until = tokio::time::Instant::now() + deadline;
         let proxy = self.proxy.process_new_http(session, shutdown);
         HEAD_READ
             .scope(Cell::new(false), async move {
                 tokio::pin!(proxy);
-                // Armed when the head is not in after the first poll, dropped as soon as it is: most requests
-                // then hold the timer only while they wait for their head, and a head that is already
-                // buffered costs no timer at all.
-                let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+                // Armed when the head is not in after the first poll, dropped as soon as it is: a head that is
+                // already buffered costs nothing, and a waiting one a coarse deadline rather than a timer.
+                let mut armed: Option<HeadDeadline> = None;
                 poll_fn(|cx| {
                     if let Poll::Ready(done) = proxy.as_mut().poll(cx) {
                         return Poll::Ready(done);
                     }
                     if HEAD_READ.with(Cell::get) {
-                        timer.as_mut().set(None);
+                        armed = None;
                         return Poll::Pending;
                     }
-                    if timer.is_none() {
-                        timer.as_mut().set(Some(tokio::time::sleep_until(until)));
-                    }
-                    let t = timer.as_mut().as_pin_mut().expect("armed above");
-                    if t.poll(cx).is_ready() {
+                    let d = armed.get_or_insert_with(|| HeadDeadline::arm(deadline, cx.waker()));
+                    if d.expired(cx.waker()) {
                         tracing::info!(
                             ?deadline,
                             "closing a connection that did not send a request head in time"
