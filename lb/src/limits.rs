@@ -44,24 +44,28 @@ pub fn check_head(
             limit: limits.max_headers,
         });
     }
-    let bytes = target_len
-        + headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>();
+    // One pass over the head: a lookup of Content-Length by name would hash it again.
+    let mut bytes = target_len;
+    let mut declared = None;
+    for (k, v) in headers {
+        bytes += k.as_str().len() + v.len() + 4;
+        // An unparsable length is Pingora's to refuse (400); only a parsed one can break our cap.
+        if k == http::header::CONTENT_LENGTH {
+            if let Some(len) = v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+                declared = declared.max(Some(len));
+            }
+        }
+    }
     if bytes > limits.max_header_bytes {
         return Err(Rejection::HeadTooLarge {
             bytes,
             limit: limits.max_header_bytes,
         });
     }
-    for v in headers.get_all(http::header::CONTENT_LENGTH) {
-        // An unparsable length is Pingora's to refuse (400); only a parsed one can break our cap.
-        if let Some(len) = v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
-            check_body(len, limits)?;
-        }
+    match declared {
+        Some(len) => check_body(len, limits),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks a running body size (streamed or chunked bodies are counted as they pass).

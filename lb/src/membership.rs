@@ -322,6 +322,11 @@ impl Membership {
         self.current.load_full()
     }
 
+    /// Reads the current snapshot without taking a reference to keep (cheaper than [`Self::topology`]).
+    pub fn with_topology<R>(&self, f: impl FnOnce(&Topology) -> R) -> R {
+        f(&self.current.load())
+    }
+
     /// A number that grows by one per call (rotates ties, drives round robin).
     pub fn next_ticket(&self) -> u64 {
         self.ticket.fetch_add(1, Ordering::Relaxed)

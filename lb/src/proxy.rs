@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
@@ -37,6 +37,8 @@ use crate::routing::Route;
 /// Pingora keeps an idle client connection this long between requests; a reused connection's head deadline
 /// adds it, so that only the head itself, not the idle wait, is held to `header_timeout`.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// The request id header, parsed once.
+static REQUEST_ID: HeaderName = HeaderName::from_static(node::REQUEST_ID_HEADER);
 /// Seconds a client is told to wait when no node is up.
 const RETRY_AFTER_S: &str = "1";
 
@@ -270,11 +272,8 @@ impl ProxyHttp for Lb {
     ) -> Result<()> {
         // Only the balancer names requests: a copy the client sent never reaches a node.
         if !needs_request_id(&upstream_request.method) {
-            if upstream_request
-                .headers
-                .contains_key(node::REQUEST_ID_HEADER)
-            {
-                upstream_request.remove_header(node::REQUEST_ID_HEADER);
+            if upstream_request.headers.contains_key(&REQUEST_ID) {
+                upstream_request.remove_header(&REQUEST_ID);
             }
             return Ok(());
         }
@@ -455,7 +454,9 @@ impl HttpServerApp for LbApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let mut deadline = self.membership.topology().cfg.lb.limits.header_timeout;
+        let mut deadline = self
+            .membership
+            .with_topology(|t| t.cfg.lb.limits.header_timeout);
         if let Some(marker) = session.take_connection_user_context() {
             deadline += KEEPALIVE_IDLE;
             session.set_connection_user_context(Some(marker));
@@ -502,6 +503,24 @@ impl HttpServerApp for LbApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_methods_that_may_change_a_session_get_a_request_id() {
+        use http::Method;
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE] {
+            assert!(!needs_request_id(&m), "{m}");
+        }
+        for m in [
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::CONNECT,
+        ] {
+            assert!(needs_request_id(&m), "{m}");
+        }
+        assert!(needs_request_id(&Method::from_bytes(b"PURGE").unwrap()));
+    }
 
     #[test]
     fn request_ids_render_as_the_prefix_then_the_number_in_hex() {
