@@ -50,12 +50,12 @@ pub struct Lb {
     /// Random per process, so request ids of two balancers (or of a restarted one) never meet.
     id_prefix: u64,
     next_id: AtomicU64,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: &'static AtomicUsize,
 }
 
 impl Lb {
     /// A proxy over `membership`; `in_flight` counts every client request of the process (for graceful exit).
-    pub fn new(membership: Arc<Membership>, in_flight: Arc<AtomicUsize>) -> Lb {
+    pub fn new(membership: Arc<Membership>, in_flight: &'static AtomicUsize) -> Lb {
         let metrics = membership.metrics().clone();
         Lb {
             unrouted: metrics.for_node(NO_NODE),
@@ -120,7 +120,7 @@ fn span(ctx: &Ctx, outcome: Option<Outcome>) -> tracing::Span {
 }
 
 /// Counts a client request for the whole of its life.
-pub struct RequestGuard(Arc<AtomicUsize>);
+pub struct RequestGuard(&'static AtomicUsize);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
@@ -173,7 +173,7 @@ impl ProxyHttp for Lb {
             proxied: false,
             body_bytes: 0,
             span_node: None,
-            _request: RequestGuard(self.in_flight.clone()),
+            _request: RequestGuard(self.in_flight),
         }
     }
 
@@ -225,7 +225,7 @@ impl ProxyHttp for Lb {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(topology) = ctx.topology.clone() else {
+        let Some(topology) = ctx.topology.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no topology for this request");
         };
         // The common case, a pinned request to a healthy primary, needs no view of the other nodes.
@@ -257,11 +257,11 @@ impl ProxyHttp for Lb {
                 .inc();
             span(ctx, None).in_scope(|| tracing::info!(from = %primary.name, to = %topology.nodes[i].name, ?target, "failover"));
         }
-        let node = &topology.nodes[i];
+        let peer = topology.peer(i);
+        ctx.current = Some((i, topology.nodes[i].enter()));
         ctx.span_node = Some(i);
-        ctx.current = Some((i, node.enter()));
         ctx.body_bytes = 0;
-        Ok(topology.peer(i))
+        Ok(peer)
     }
 
     async fn upstream_request_filter(

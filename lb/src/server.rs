@@ -37,10 +37,11 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    // One per process, for its whole life: requests count themselves without an Arc's reference count.
+    let in_flight: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        Lb::new(membership.clone(), in_flight.clone()),
+        Lb::new(membership.clone(), in_flight),
     );
     let mut service = Service::new("lb".to_string(), LbApp::new(proxy, membership.clone()));
     service.add_tcp(&lb.listen.to_string());
@@ -67,7 +68,7 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
 /// Health checks, SIGHUP reloads and the graceful exit.
 struct Control {
     membership: Arc<Membership>,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: &'static AtomicUsize,
     /// The grace period Pingora was started with: a reload cannot change it (it says so), so it is not re-read.
     grace: Duration,
 }
