@@ -5,9 +5,15 @@
 //! precision, so each worker thread keeps a table of the heads it waits for, stamped with a tick count, and one
 //! sweeper task per thread advances the tick every [`TICK`] and wakes whoever is past due. Arming is a table
 //! insert under an uncontended lock, with no clock read; a deadline fires up to one tick late.
+//!
+//! [`UntilHead`] puts a request's whole processing under such a deadline until the request's code calls
+//! [`head_read`], which it can only do from inside that same poll: a thread runs one task's poll at a time.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// How often each thread's sweeper runs: the resolution of every head deadline.
@@ -135,6 +141,66 @@ impl Drop for HeadDeadline {
     }
 }
 
+thread_local! {
+    /// Set by [`head_read`] during the poll of an [`UntilHead`] future.
+    static HEAD_SEEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Tells the [`UntilHead`] being polled on this thread that its request head is in; a no-op elsewhere.
+pub fn head_read() {
+    HEAD_SEEN.with(|s| s.set(true));
+}
+
+/// A request's processing, given up (resolving to `None`) if its head is not in within the deadline.
+pub struct UntilHead<F> {
+    inner: F,
+    after: Duration,
+    /// `None` once the head is in; until then the deadline, once the inner future has had to wait.
+    waiting: Option<Option<HeadDeadline>>,
+}
+
+impl<F> UntilHead<F> {
+    /// `inner` must call [`head_read`] (from within its own poll) once the head is complete.
+    pub fn new(inner: F, after: Duration) -> UntilHead<F> {
+        UntilHead {
+            inner,
+            after,
+            waiting: Some(None),
+        }
+    }
+}
+
+impl<F, T> Future for UntilHead<F>
+where
+    F: Future<Output = Option<T>> + Unpin,
+{
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = &mut *self;
+        let Some(armed) = this.waiting.as_mut() else {
+            return Pin::new(&mut this.inner).poll(cx);
+        };
+        HEAD_SEEN.with(|s| s.set(false));
+        if let Poll::Ready(done) = Pin::new(&mut this.inner).poll(cx) {
+            return Poll::Ready(done);
+        }
+        if HEAD_SEEN.with(Cell::get) {
+            this.waiting = None;
+            return Poll::Pending;
+        }
+        let d = armed.get_or_insert_with(|| HeadDeadline::arm(this.after, cx.waker()));
+        if d.expired(cx.waker()) {
+            tracing::info!(
+                deadline = ?this.after,
+                "closing a connection that did not send a request head in time"
+            );
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +259,55 @@ mod tests {
         pass(Duration::from_millis(400)).await;
         assert_eq!(old.0.load(Ordering::SeqCst), 0);
         assert_eq!(new.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// Pending forever; calls `head_read` on its `head_at`-th poll when given one, and until then asks to be
+    /// polled again, as a request whose head trickles in would be.
+    struct Request {
+        polls: usize,
+        head_at: Option<usize>,
+    }
+
+    impl Future for Request {
+        type Output = Option<()>;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+            self.polls += 1;
+            match self.head_at {
+                Some(n) if self.polls == n => head_read(),
+                Some(n) if self.polls < n => cx.waker().wake_by_ref(),
+                _ => {}
+            }
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_head_never_completes_is_given_up_at_its_deadline() {
+        let req = Request {
+            polls: 0,
+            head_at: None,
+        };
+        let started = tokio::time::Instant::now();
+        let out = UntilHead::new(req, Duration::from_millis(500)).await;
+        assert_eq!(out, None);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited <= Duration::from_millis(500) + TICK,
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_head_is_in_is_no_longer_held_to_the_deadline() {
+        let fut = UntilHead::new(
+            Request {
+                polls: 0,
+                head_at: Some(3),
+            },
+            Duration::from_millis(200),
+        );
+        let out = tokio::time::timeout(Duration::from_secs(2), fut).await;
+        assert!(out.is_err(), "still running after the deadline: {out:?}");
     }
 
     #[tokio::test(start_paused = true)]
