@@ -189,7 +189,11 @@ where
             this.waiting = None;
             return Poll::Pending;
         }
-        let d = armed.get_or_insert_with(|| HeadDeadline::arm(this.after, cx.waker()));
+        let Some(d) = armed else {
+            // Just armed: at least a tick away.
+            *armed = Some(HeadDeadline::arm(this.after, cx.waker()));
+            return Poll::Pending;
+        };
         if d.expired(cx.waker()) {
             tracing::info!(
                 deadline = ?this.after,
