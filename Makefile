@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SETUP := .ci/setup
 
-.PHONY: run test bench bench-node soak check fmt setup
+.PHONY: run test bench bench-node bench-lb soak check fmt setup
 
 setup:
 	@bash $(SETUP)
@@ -30,6 +30,14 @@ bench-node: setup
 	mkdir -p target/bench
 	target/release/bench node --config config/local.toml --concurrency 64 --sessions 1000 --duration 10s \
 		--json target/bench/node.json
+
+# Pinned `GET /session` directly to a node, through lb, through a minimal Pingora proxy with lb's node timeouts
+# and through HAProxy (when installed): req/s, p99 and requests per proxy CPU-second, as ratios of one run.
+bench-lb: setup
+	$(CARGO) build --release --bins
+	mkdir -p target/bench
+	target/release/bench compare --config config/local.toml --sessions 1000 --concurrency 64 --duration 10s \
+		--mix get=1 --json target/bench/compare.json
 
 # Long fault-injection runs; not part of `make test`.
 soak: setup

@@ -51,6 +51,9 @@ pub enum Cmd {
     Compare {
         #[arg(long)]
         config: PathBuf,
+        /// Each path is measured this many times, in a rotating order; ratios are reported round by round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -216,7 +219,11 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             }
             Ok(!s.failed())
         }
-        Cmd::Compare { config, load } => crate::compare::compare(&config, &load).await,
+        Cmd::Compare {
+            config,
+            rounds,
+            load,
+        } => crate::compare::compare(&config, &load, rounds).await,
         Cmd::Node {
             config,
             memory_sessions,

@@ -33,7 +33,7 @@ impl Row {
     }
 }
 
-pub async fn compare(config: &Path, load: &LoadArgs) -> Result<bool> {
+pub async fn compare(config: &Path, load: &LoadArgs, rounds_wanted: usize) -> Result<bool> {
     let mut procs = Procs::new(config)?;
     procs.start_all(true).await?;
     let cfg = procs.config.clone();
@@ -92,31 +92,44 @@ pub async fn compare(config: &Path, load: &LoadArgs) -> Result<bool> {
         None => eprintln!("haproxy not installed: skipping it"),
     }
 
-    let mut rows = Vec::new();
+    // Rounds in a rotating order, so that a drift in the machine's load (it is shared) falls on every path alike;
+    // the ratios are then taken round by round.
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
     let mut reports = Vec::new();
-    for (name, addr, proc_key) in &targets {
-        eprintln!("\n== {name} (http://{addr})");
-        let spec = load.spec(*addr, Some(&cfg))?;
-        let pid = proc_key.and_then(|k| procs.pid(k));
-        let before = pid.and_then(cpu::of_pid);
-        let s = runner::execute(&spec, name, None, vec![], load.quiet).await;
-        let used = pid
-            .and_then(cpu::of_pid)
-            .zip(before)
-            .map(|(a, b)| a.saturating_sub(b));
-        println!("{}", s.table());
-        rows.push(Row {
-            name: name.clone(),
-            rps: s.rps(),
-            p99_ms: s.ms(0.99),
-            proxy_cpu: used,
-            requests: s.result.tally.requests,
-            failed: s.failed(),
-        });
-        reports.push(s.json());
+    for round in 0..rounds_wanted.max(1) {
+        let mut this: Vec<Option<Row>> = (0..targets.len()).map(|_| None).collect();
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            let (name, addr, proc_key) = &targets[i];
+            eprintln!(
+                "\n== round {} of {rounds_wanted}: {name} (http://{addr})",
+                round + 1
+            );
+            let spec = load.spec(*addr, Some(&cfg))?;
+            let pid = proc_key.and_then(|k| procs.pid(k));
+            let before = pid.and_then(cpu::of_pid);
+            let s = runner::execute(&spec, name, None, vec![], load.quiet).await;
+            let used = pid
+                .and_then(cpu::of_pid)
+                .zip(before)
+                .map(|(a, b)| a.saturating_sub(b));
+            println!("{}", s.table());
+            this[i] = Some(Row {
+                name: name.clone(),
+                rps: s.rps(),
+                p99_ms: s.ms(0.99),
+                proxy_cpu: used,
+                requests: s.result.tally.requests,
+                failed: s.failed(),
+            });
+            reports.push(s.json());
+        }
+        rounds.push(this.into_iter().flatten().collect());
     }
+    let rows = merge_rounds(&rounds);
     procs.kill_all();
-    let t = table(&rows);
+    let mut t = table(&rows);
+    t.push_str(&round_lines(&rounds));
     println!("{t}");
     if let Some(p) = &load.json {
         write_file(
@@ -165,6 +178,86 @@ pub fn table(rows: &[Row]) -> String {
     t
 }
 
+/// Each path's rounds as one row: requests, time and CPU summed, the median round's p99.
+pub fn merge_rounds(rounds: &[Vec<Row>]) -> Vec<Row> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    (0..first.len())
+        .map(|i| {
+            let runs: Vec<&Row> = rounds.iter().filter_map(|r| r.get(i)).collect();
+            let requests: u64 = runs.iter().map(|r| r.requests).sum();
+            let secs: f64 = runs
+                .iter()
+                .filter(|r| r.rps > 0.0)
+                .map(|r| r.requests as f64 / r.rps)
+                .sum();
+            let cpu = runs.iter().map(|r| r.proxy_cpu).sum::<Option<Duration>>();
+            Row {
+                name: first[i].name.clone(),
+                rps: if secs > 0.0 {
+                    requests as f64 / secs
+                } else {
+                    0.0
+                },
+                p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
+                proxy_cpu: cpu,
+                requests,
+                failed: runs.iter().any(|r| r.failed),
+            }
+        })
+        .collect()
+}
+
+/// One line per proxy: its requests per CPU-second over the minimal proxy's, round by round, and the median.
+pub fn round_lines(rounds: &[Vec<Row>]) -> String {
+    let mut t = String::new();
+    if rounds.len() < 2 {
+        return t;
+    }
+    let Some(first) = rounds.first() else {
+        return t;
+    };
+    let _ = writeln!(t, "\n  req/proxy-cpu-s over minimal, round by round:");
+    for (i, row) in first.iter().enumerate() {
+        if row.proxy_cpu.is_none() || row.name.starts_with("minimal") {
+            continue;
+        }
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| {
+                let m = r
+                    .iter()
+                    .find(|x| x.name.starts_with("minimal"))?
+                    .per_cpu_s()?;
+                Some(r.get(i)?.per_cpu_s()? / m)
+            })
+            .collect();
+        let list: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+        let _ = writeln!(
+            t,
+            "  {:<32} {}  median {:.2}x",
+            row.name,
+            list.join(" "),
+            median(ratios)
+        );
+    }
+    t
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
 /// HAProxy in front of every node, sticky by its own inserted cookie, balanced like our lb's default.
 pub fn haproxy_config(
     listen: SocketAddr,
@@ -197,6 +290,35 @@ fn which(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(name: &str, rps: f64, cpu: Option<u64>) -> Row {
+        Row {
+            name: name.into(),
+            rps,
+            p99_ms: rps / 100.0,
+            proxy_cpu: cpu.map(Duration::from_secs),
+            requests: (rps * 10.0) as u64,
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn rounds_merge_into_sums_and_a_median_p99_and_ratios_are_taken_round_by_round() {
+        let rounds = vec![
+            vec![row("lb", 500.0, Some(5)), row("minimal", 800.0, Some(4))],
+            vec![row("lb", 700.0, Some(5)), row("minimal", 600.0, Some(4))],
+            vec![row("lb", 600.0, Some(5)), row("minimal", 600.0, Some(5))],
+        ];
+        let merged = merge_rounds(&rounds);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].requests, 18_000);
+        assert!((merged[0].rps - 600.0).abs() < 1e-9);
+        assert_eq!(merged[0].p99_ms, 6.0);
+        assert_eq!(merged[0].proxy_cpu, Some(Duration::from_secs(15)));
+        // Per round: 1000/2000, 1400/1500, 1200/1200.
+        let lines = round_lines(&rounds);
+        assert!(lines.contains("0.50 0.93 1.00  median 0.93x"), "{lines}");
+    }
 
     #[test]
     fn ratios() {

@@ -70,3 +70,61 @@ fn bench_cluster_kill_primary_loses_nothing() {
         out.status
     );
 }
+
+#[test]
+fn bench_compare_measures_every_path_and_gives_ratios_round_by_round() {
+    let c = Cluster::prepare(ClusterSpec {
+        lb: true,
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let out = Command::new(bin("bench"))
+        .args(["compare", "--config"])
+        .arg(&c.config_path)
+        .args([
+            "--sessions",
+            "20",
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+            "--rounds",
+            "2",
+            "--mix",
+            "get=1",
+            "--quiet",
+        ])
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && l.contains('x'))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{stdout}"))
+            .to_string()
+    };
+    // Every path carried traffic: a req/s column above zero, and the two Pingora proxies' CPU was read.
+    for name in ["direct", "lb", "minimal pingora"] {
+        let rps: f64 = row(name)
+            .split_whitespace()
+            .rev()
+            .nth(5)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rps > 0.0, "{name}: {stdout}");
+    }
+    assert!(
+        row("minimal pingora").trim_end().ends_with("1.00x"),
+        "{stdout}"
+    );
+    let per_round = stdout
+        .lines()
+        .skip_while(|l| !l.contains("round by round"))
+        .find(|l| l.trim_start().starts_with("lb"))
+        .unwrap_or_else(|| panic!("no per-round line for lb in:\n{stdout}"));
+    assert!(per_round.contains("median"), "{per_round}");
+}
