@@ -30,6 +30,8 @@ pub struct Metrics {
     pub repl_rtt: Histogram,
     pub auth_failures: IntCounter,
     pub frame_errors: IntCounter,
+    /// Cluster files taken on SIGHUP (a refused one is not counted).
+    pub reloads: IntCounter,
 }
 
 impl Default for Metrics {
@@ -91,6 +93,10 @@ impl Metrics {
             repl_queue,
             repl_rtt,
             created: counter("node_sessions_created_total", "Sessions created here"),
+            reloads: counter(
+                "node_reloads_total",
+                "Cluster files taken on SIGHUP (refused ones are not counted)",
+            ),
             takeovers: counter(
                 "node_takeovers_total",
                 "Sessions pulled from another node and now owned here",

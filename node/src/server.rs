@@ -74,6 +74,7 @@ impl Node {
             let gone = *id;
             tokio::spawn(async move { node.rehome_all(move |s| s == Some(gone), gone).await });
         }
+        self.metrics.reloads.inc();
         info!(
             added = added.len(),
             removed = removed.len(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{bin, wait_until, Cluster, User};
+use cluster_tests::{bin, metric, wait_until, Cluster, User};
 use lb_support::*;
 
 /// Users that each open a new session and increment it twice, over and over, until stopped.
@@ -101,9 +101,19 @@ impl Load {
 }
 
 /// Has the running nodes re-read the cluster file (they reload on SIGHUP too).
+/// SIGHUPs the nodes and waits until each has taken the file, so that the balancer (reloaded next) never sends
+/// a node a session whose pair it does not know yet.
 fn reload_nodes(c: &Cluster, names: &[&str]) {
+    let reloads = |n: &str| metric(&c.node_url(n), "node_reloads_total");
+    let before: Vec<f64> = names.iter().map(|n| reloads(n)).collect();
     for n in names {
         c.signal(n, libc::SIGHUP);
+    }
+    for (n, b) in names.iter().zip(before) {
+        wait_until(Duration::from_secs(10), &format!("{n} to reload"), || {
+            reloads(n) > b
+        })
+        .unwrap();
     }
 }
 
