@@ -453,6 +453,13 @@ mod tests {
     }
 
     /// A session with counter c = 3 at version 3, served by n1.
+    fn patch(key: &str, value: &str) -> Op {
+        Op::Patch {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
     fn warm_up() -> Vec<Event> {
         vec![
             session(0, Op::Get, "n1", ID, 0, json!({})),
@@ -467,10 +474,7 @@ mod tests {
         let mut ev = warm_up();
         ev.push(session(
             40,
-            Op::Patch {
-                key: "p".into(),
-                value: "x".into(),
-            },
+            patch("p", "x"),
             "n1",
             ID,
             4,
@@ -505,10 +509,7 @@ mod tests {
         let mut ev = warm_up();
         ev.push(session(
             40,
-            Op::Patch {
-                key: "p".into(),
-                value: "x".into(),
-            },
+            patch("p", "x"),
             "n1",
             ID,
             4,
@@ -639,15 +640,9 @@ mod tests {
     #[test]
     fn a_failed_patch_landing_after_a_read_is_not_a_lost_update() {
         let mut ev = warm_up();
-        let first = Op::Patch {
-            key: "p".into(),
-            value: "x".into(),
-        };
+        let first = patch("p", "x");
         ev.push(session(35, first, "n1", ID, 4, json!({"c": 3, "p": "x"})));
-        let late = Op::Patch {
-            key: "p".into(),
-            value: "late".into(),
-        };
+        let late = patch("p", "late");
         ev.push(failed(40, late, ErrorKind::Timeout));
         ev.push(session(50, Op::Get, "n1", ID, 4, json!({"c": 3, "p": "x"})));
         // The timed-out patch lands only now (it was queued behind a paused node).
@@ -770,23 +765,13 @@ mod tests {
         let mut ev = warm_up();
         ev.push(session(
             40,
-            Op::Patch {
-                key: "p".into(),
-                value: "a".into(),
-            },
+            patch("p", "a"),
             "n1",
             ID,
             4,
             json!({"c": 3, "p": "a"}),
         ));
-        ev.push(failed(
-            50,
-            Op::Patch {
-                key: "p".into(),
-                value: "b".into(),
-            },
-            ErrorKind::Timeout,
-        ));
+        ev.push(failed(50, patch("p", "b"), ErrorKind::Timeout));
         ev.push(session(60, Op::Get, "n1", ID, 5, json!({"c": 3, "p": "b"})));
         ev.push(session(70, Op::Get, "n1", ID, 5, json!({"c": 3, "p": "b"})));
         let (t, _) = run(&ev);

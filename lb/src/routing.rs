@@ -156,6 +156,26 @@ mod tests {
         format!("theme=dark; SRVSESSION={}", codec.encode(&c))
     }
 
+    /// The cookie header of pair (`ids[p]`, `ids[s]`).
+    fn pair_header(codec: &CookieCodec, ids: &[NodeId], p: usize, s: Option<usize>) -> String {
+        let pair = Pair {
+            primary: ids[p],
+            secondary: s.map(|s| ids[s]),
+        };
+        header(codec, pair.segment())
+    }
+
+    fn pinned(primary: usize, secondary: Option<usize>) -> Option<Pinned> {
+        Some(Pinned { primary, secondary })
+    }
+
+    /// `h` with byte `i` changed.
+    fn flip(h: &str, i: usize) -> String {
+        let mut b = h.as_bytes().to_vec();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).unwrap()
+    }
+
     fn run(codec: &CookieCodec, pairs: &PairTable, ids: &[NodeId], headers: &[&str]) -> Route {
         let index_of = |id: NodeId| ids.iter().position(|&x| x == id);
         route(codec, pairs, index_of, headers.iter().map(|h| h.as_bytes()))
@@ -166,19 +186,10 @@ mod tests {
         let (codec, pairs, ids) = setup();
         for p in 0..3 {
             for s in 0..3 {
-                let pair = Pair {
-                    primary: ids[p],
-                    secondary: (p != s).then_some(ids[s]),
-                };
-                let h = header(&codec, pair.segment());
+                let secondary = (p != s).then_some(s);
+                let h = pair_header(&codec, &ids, p, secondary);
                 let r = run(&codec, &pairs, &ids, &[&h]);
-                assert_eq!(
-                    r.pinned,
-                    Some(Pinned {
-                        primary: p,
-                        secondary: (p != s).then_some(s)
-                    })
-                );
+                assert_eq!(r.pinned, pinned(p, secondary));
                 assert_eq!(r.session, Some(SessionId(7)));
             }
         }
@@ -187,18 +198,8 @@ mod tests {
     #[test]
     fn missing_forged_and_garbage_cookies_route_as_new_sessions() {
         let (codec, pairs, ids) = setup();
-        let good = header(
-            &codec,
-            Pair {
-                primary: ids[0],
-                secondary: Some(ids[1]),
-            }
-            .segment(),
-        );
-        let mut forged = good.clone().into_bytes();
-        let i = forged.len() - 10;
-        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
-        let forged = String::from_utf8(forged).unwrap();
+        let good = pair_header(&codec, &ids, 0, Some(1));
+        let forged = flip(&good, good.len() - 10);
         let truncated = &good[..good.len() - 5];
         let oversize = format!("SRVSESSION={}", "x".repeat(10_000));
         for h in [
@@ -227,36 +228,16 @@ mod tests {
     #[test]
     fn a_removed_secondary_leaves_the_primary_pinned() {
         let (codec, pairs, ids) = setup();
-        let h = header(
-            &codec,
-            Pair {
-                primary: ids[2],
-                secondary: Some(ids[0]),
-            }
-            .segment(),
-        );
+        let h = pair_header(&codec, &ids, 2, Some(0));
         let only_n3 = |id: NodeId| (id == ids[2]).then_some(0);
         let r = route(&codec, &pairs, only_n3, [h.as_bytes()]);
-        assert_eq!(
-            r.pinned,
-            Some(Pinned {
-                primary: 0,
-                secondary: None
-            })
-        );
+        assert_eq!(r.pinned, pinned(0, None));
     }
 
     #[test]
     fn the_route_cache_answers_as_verification_does_and_never_across_generations() {
         let (codec, pairs, ids) = setup();
-        let good = header(
-            &codec,
-            Pair {
-                primary: ids[1],
-                secondary: Some(ids[2]),
-            }
-            .segment(),
-        );
+        let good = pair_header(&codec, &ids, 1, Some(2));
         let mut cache = RouteCache::new();
         let computed = std::cell::Cell::new(0);
         let mut routed = |generation: u64, h: &str| {
@@ -273,10 +254,7 @@ mod tests {
         assert_eq!(routed(2, &good), first);
         assert_eq!(computed.get(), 2);
         // A one-byte change is a different header: verified, and found invalid.
-        let mut forged = good.clone().into_bytes();
-        let last = forged.len() - 1;
-        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-        let forged = String::from_utf8(forged).unwrap();
+        let forged = flip(&good, good.len() - 1);
         assert_eq!(routed(2, &forged), Route::FRESH);
         assert_eq!(routed(2, &forged), Route::FRESH);
         assert_eq!(computed.get(), 3);
@@ -290,21 +268,8 @@ mod tests {
     #[test]
     fn the_cookie_may_come_in_any_of_several_headers() {
         let (codec, pairs, ids) = setup();
-        let h = header(
-            &codec,
-            Pair {
-                primary: ids[1],
-                secondary: None,
-            }
-            .segment(),
-        );
+        let h = pair_header(&codec, &ids, 1, None);
         let r = run(&codec, &pairs, &ids, &["a=1", "SRVSESSION=forged", &h]);
-        assert_eq!(
-            r.pinned,
-            Some(Pinned {
-                primary: 1,
-                secondary: None
-            })
-        );
+        assert_eq!(r.pinned, pinned(1, None));
     }
 }
