@@ -35,25 +35,42 @@ pub struct Pinned {
     pub secondary: Option<usize>,
 }
 
-/// Picks the node for the next attempt of a request; `None` when no healthy node is left untried.
-///
-/// `tried` holds the nodes that already failed this request. `ticket` increases by one per call (it rotates
-/// ties and drives round robin); `random` is a uniform draw for `Algorithm::Random`.
+/// How the balancer picks: `[lb] algorithm` and `failover`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub algorithm: Algorithm,
+    pub failover: Failover,
+}
+
+/// One attempt of one request: the session it is pinned to, if any, and the nodes that already failed it.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    pub pinned: Option<Pinned>,
+    pub tried: &'a [usize],
+}
+
+/// What a choice depends on besides the nodes' state, so that it can be replayed: `ticket` grows by one per
+/// choice (it rotates ties and drives round robin), `random` is a uniform draw for `Algorithm::Random`.
+#[derive(Clone, Copy, Debug)]
+pub struct Draw {
+    pub ticket: u64,
+    pub random: u64,
+}
+
+/// Picks the node for `attempt`: the pinned primary, the failover target, or a balanced pick; `None` when no
+/// healthy node is left untried.
 pub fn choose(
-    algorithm: Algorithm,
-    failover: Failover,
+    policy: Policy,
     nodes: &[NodeView],
-    pinned: Option<Pinned>,
-    tried: &[usize],
-    ticket: u64,
-    random: u64,
+    attempt: Attempt<'_>,
+    draw: Draw,
 ) -> Option<(usize, Target)> {
-    let usable = |i: usize| nodes.get(i).is_some_and(|n| n.healthy) && !tried.contains(&i);
-    if let Some(hit) = pinned_primary(pinned, tried, |i| nodes.get(i).is_some_and(|n| n.healthy)) {
+    let usable = |i: usize| nodes.get(i).is_some_and(|n| n.healthy) && !attempt.tried.contains(&i);
+    if let Some(hit) = pinned_primary(attempt, |i| nodes.get(i).is_some_and(|n| n.healthy)) {
         return Some(hit);
     }
-    if let Some(p) = pinned {
-        if failover == Failover::Secondary {
+    if let Some(p) = attempt.pinned {
+        if policy.failover == Failover::Secondary {
             if let Some(s) = p.secondary.filter(|&s| usable(s)) {
                 return Some((s, Target::Secondary));
             }
@@ -61,11 +78,10 @@ pub fn choose(
     }
     let pick = |allow_drained: bool| {
         balanced(
-            algorithm,
+            policy.algorithm,
             nodes,
             |i| usable(i) && (allow_drained || !nodes[i].drain),
-            ticket,
-            random,
+            draw,
         )
     };
     // Drained nodes are a last resort: better a session on a draining node than a 503.
@@ -78,12 +94,12 @@ pub fn choose(
 /// of the other nodes. A drained primary still serves its own sessions (the node hands them to their
 /// secondaries itself).
 pub fn pinned_primary(
-    pinned: Option<Pinned>,
-    tried: &[usize],
+    attempt: Attempt<'_>,
     healthy: impl Fn(usize) -> bool,
 ) -> Option<(usize, Target)> {
-    let p = pinned?;
-    (healthy(p.primary) && !tried.contains(&p.primary)).then_some((p.primary, Target::Primary))
+    let p = attempt.pinned?;
+    (healthy(p.primary) && !attempt.tried.contains(&p.primary))
+        .then_some((p.primary, Target::Primary))
 }
 
 /// A balanced pick among the nodes `eligible` accepts.
@@ -91,9 +107,9 @@ pub fn balanced(
     algorithm: Algorithm,
     nodes: &[NodeView],
     eligible: impl Fn(usize) -> bool,
-    ticket: u64,
-    random: u64,
+    draw: Draw,
 ) -> Option<usize> {
+    let Draw { ticket, random } = draw;
     let n = nodes.len();
     if n == 0 {
         return None;
@@ -157,6 +173,21 @@ fn weighted_slot(
 mod tests {
     use super::*;
 
+    fn policy(algorithm: Algorithm, failover: Failover) -> Policy {
+        Policy {
+            algorithm,
+            failover,
+        }
+    }
+
+    fn attempt(pinned: Option<Pinned>, tried: &[usize]) -> Attempt<'_> {
+        Attempt { pinned, tried }
+    }
+
+    fn draw(ticket: u64, random: u64) -> Draw {
+        Draw { ticket, random }
+    }
+
     fn up(weight: u32, in_flight: usize) -> NodeView {
         NodeView {
             healthy: true,
@@ -170,7 +201,13 @@ mod tests {
         let mut c = vec![0; nodes.len()];
         for t in 0..rounds {
             let r = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7;
-            let (i, _) = choose(alg, Failover::Rebalance, nodes, None, &[], t, r).unwrap();
+            let (i, _) = choose(
+                policy(alg, Failover::Rebalance),
+                nodes,
+                attempt(None, &[]),
+                draw(t, r),
+            )
+            .unwrap();
             c[i] += 1;
         }
         c
@@ -187,13 +224,10 @@ mod tests {
         for t in 0..10 {
             assert_eq!(
                 choose(
-                    Algorithm::LeastConnections,
-                    Failover::Rebalance,
+                    policy(Algorithm::LeastConnections, Failover::Rebalance),
                     &nodes,
-                    Some(p),
-                    &[],
-                    t,
-                    t
+                    attempt(Some(p), &[]),
+                    draw(t, t)
                 ),
                 Some((0, Target::Primary))
             );
@@ -210,16 +244,31 @@ mod tests {
         });
         let alg = Algorithm::LeastConnections;
         assert_eq!(
-            choose(alg, Failover::Secondary, &nodes, p, &[], 0, 0),
+            choose(
+                policy(alg, Failover::Secondary),
+                &nodes,
+                attempt(p, &[]),
+                draw(0, 0)
+            ),
             Some((1, Target::Secondary))
         );
         assert_eq!(
-            choose(alg, Failover::Rebalance, &nodes, p, &[], 0, 0),
+            choose(
+                policy(alg, Failover::Rebalance),
+                &nodes,
+                attempt(p, &[]),
+                draw(0, 0)
+            ),
             Some((2, Target::Balanced))
         );
         // The secondary failed too: the algorithm takes over.
         assert_eq!(
-            choose(alg, Failover::Secondary, &nodes, p, &[1], 0, 0),
+            choose(
+                policy(alg, Failover::Secondary),
+                &nodes,
+                attempt(p, &[1]),
+                draw(0, 0)
+            ),
             Some((2, Target::Balanced))
         );
     }
@@ -233,26 +282,20 @@ mod tests {
         });
         for t in 0..20 {
             let (i, target) = choose(
-                Algorithm::RoundRobin,
-                Failover::Rebalance,
+                policy(Algorithm::RoundRobin, Failover::Rebalance),
                 &nodes,
-                p,
-                &[0, 2],
-                t,
-                t,
+                attempt(p, &[0, 2]),
+                draw(t, t),
             )
             .unwrap();
             assert_eq!((i, target), (1, Target::Balanced));
         }
         assert_eq!(
             choose(
-                Algorithm::RoundRobin,
-                Failover::Rebalance,
+                policy(Algorithm::RoundRobin, Failover::Rebalance),
                 &nodes,
-                p,
-                &[0, 1, 2],
-                0,
-                0
+                attempt(p, &[0, 1, 2]),
+                draw(0, 0)
             ),
             None
         );
@@ -269,18 +312,20 @@ mod tests {
         ];
         assert_eq!(
             choose(
-                Algorithm::Random,
-                Failover::Rebalance,
+                policy(Algorithm::Random, Failover::Rebalance),
                 &nodes,
-                None,
-                &[],
-                1,
-                1
+                attempt(None, &[]),
+                draw(1, 1)
             ),
             None
         );
         assert_eq!(
-            choose(Algorithm::Random, Failover::Rebalance, &[], None, &[], 1, 1),
+            choose(
+                policy(Algorithm::Random, Failover::Rebalance),
+                &[],
+                attempt(None, &[]),
+                draw(1, 1)
+            ),
             None
         );
     }

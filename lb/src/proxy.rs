@@ -27,7 +27,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::field::Empty;
 
-use crate::balance::{self, Target};
+use crate::balance::{self, Attempt, Draw, Policy, Target};
 use crate::deadline::{self, UntilHead};
 use crate::limits;
 use crate::membership::{InFlight, Membership, Topology};
@@ -230,19 +230,21 @@ impl ProxyHttp for Lb {
         };
         // The common case, a pinned request to a healthy primary, needs no view of the other nodes.
         let healthy = |i: usize| topology.nodes.get(i).is_some_and(|n| n.healthy());
-        let pick = balance::pinned_primary(ctx.route.pinned, &ctx.tried, healthy).or_else(|| {
+        let attempt = Attempt {
+            pinned: ctx.route.pinned,
+            tried: &ctx.tried,
+        };
+        let pick = balance::pinned_primary(attempt, healthy).or_else(|| {
             let lb = &topology.cfg.lb;
-            let views = topology.views();
-            let ticket = self.membership.next_ticket();
-            balance::choose(
-                lb.algorithm,
-                lb.failover,
-                &views,
-                ctx.route.pinned,
-                &ctx.tried,
-                ticket,
-                rand::random(),
-            )
+            let policy = Policy {
+                algorithm: lb.algorithm,
+                failover: lb.failover,
+            };
+            let draw = Draw {
+                ticket: self.membership.next_ticket(),
+                random: rand::random(),
+            };
+            balance::choose(policy, &topology.views(), attempt, draw)
         });
         let Some((i, target)) = pick else {
             let mut e = Error::explain(ErrorType::HTTPStatus(503), "no healthy node");
