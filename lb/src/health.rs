@@ -70,7 +70,7 @@ const PROBE: &[u8] = b"GET /_node/health HTTP/1.1\r\nHost: lb-health\r\nConnecti
 const MAX_PROBE_RESPONSE: usize = 16 * 1024;
 
 /// Whether a response head starts with a 200 status line.
-pub fn is_ok_status(head: &[u8]) -> bool {
+fn is_ok_status(head: &[u8]) -> bool {
     let rest = match head
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| head.strip_prefix(b"HTTP/1.0 "))

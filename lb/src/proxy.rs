@@ -120,7 +120,7 @@ fn span(ctx: &Ctx, outcome: Option<Outcome>) -> tracing::Span {
 }
 
 /// Counts a client request for the whole of its life.
-pub struct RequestGuard(&'static AtomicUsize);
+struct RequestGuard(&'static AtomicUsize);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
