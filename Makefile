@@ -44,7 +44,7 @@ soak: setup
 	$(CARGO) build --release --bins
 	mkdir -p target/bench
 	target/release/bench cluster --config config/local.toml --sessions 5000 --concurrency 128 --duration 600s \
-		--fault kill:primary@60s --fault restart:n1@120s --fault stop:n2@240s+5s --json target/bench/soak.json
+		--fault kill:primary@60s --fault restart:n1@120s --fault stop:primary@240s+5s --json target/bench/soak.json
 
 check:
 	$(CARGO) run --release --bin lb -- check config/local.toml
