@@ -119,6 +119,7 @@ pub async fn run(membership: Arc<Membership>, mut shutdown: watch::Receiver<bool
             tokio::spawn(async move {
                 let ok = probe(node.addr, timeout).await;
                 node.observe(ok, fall, rise);
+                node.conns.prune();
             });
         }
         if h.interval != period {

@@ -5,6 +5,7 @@
 //! - [`routing`]: cookie headers → verified cookie → pair → node indices (pure).
 //! - [`balance`]: the pinned primary, the failover target, or a balanced pick for a new session (pure).
 //! - [`limits`]: header count and size, body size caps (pure).
+//! - [`conns`]: the open connections to a node, shut when it is marked down.
 //! - [`health`]: fall/rise health state (pure) and the active `/_node/health` checker.
 //! - [`membership`]: the live node table: per-node state, immutable topology snapshots, reload.
 //! - [`metrics`]: Prometheus families, per-node counters resolved once.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod conns;
 pub mod deadline;
 pub mod health;
 pub mod limits;

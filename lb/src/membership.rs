@@ -19,6 +19,7 @@ use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntGauge;
 
 use crate::balance::NodeView;
+use crate::conns::ConnSet;
 use crate::health::HealthTracker;
 use crate::metrics::{Metrics, NodeMetrics};
 use crate::routing::{self, Route, RouteCache};
@@ -47,6 +48,8 @@ pub struct NodeState {
     healthy: AtomicBool,
     tracker: Mutex<HealthTracker>,
     in_flight: AtomicUsize,
+    /// Open connections to the node, shut when it is marked down.
+    pub conns: ConnSet,
     /// Request counters by outcome.
     pub metrics: NodeMetrics,
     healthy_gauge: IntGauge,
@@ -66,6 +69,7 @@ impl NodeState {
             healthy: AtomicBool::new(true),
             tracker: Mutex::new(HealthTracker::new()),
             in_flight: AtomicUsize::new(0),
+            conns: ConnSet::default(),
             metrics: metrics.for_node(&cfg.name),
             healthy_gauge,
             in_flight_gauge,
@@ -133,7 +137,9 @@ impl NodeState {
         if up {
             tracing::info!(node = %self.name, addr = %self.addr, "node is up: {why}");
         } else {
-            tracing::warn!(node = %self.name, addr = %self.addr, "node is down: {why}");
+            // Requests waiting on the node fail now and are retried elsewhere, rather than at the read timeout.
+            let shut = self.conns.shut_all();
+            tracing::warn!(node = %self.name, addr = %self.addr, shut, "node is down: {why}");
         }
     }
 

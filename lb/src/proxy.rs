@@ -21,6 +21,7 @@ use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::HttpPeer;
@@ -282,6 +283,28 @@ impl ProxyHttp for Lb {
         let n = *ctx.request_id.get_or_insert_with(|| self.next_request());
         // insert_header replaces any copy the client sent.
         upstream_request.insert_header(node::REQUEST_ID_HEADER, request_id(self.id_prefix, n))?;
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::fd::RawFd,
+        digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Tracked once per connection: a marked-down node's connections are shut (see `conns`).
+        if reused {
+            return Ok(());
+        }
+        let addrs = digest
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| Some((*s.local_addr()?.as_inet()?, *s.peer_addr()?.as_inet()?)));
+        if let (Some((local, peer)), Some((_, g))) = (addrs, ctx.current.as_ref()) {
+            g.node().conns.track(fd, local, peer);
+        }
         Ok(())
     }
 

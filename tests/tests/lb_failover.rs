@@ -161,6 +161,50 @@ fn a_stopped_primary_is_bypassed_within_fall_times_interval_and_never_serves_sta
 }
 
 #[test]
+fn a_request_caught_on_a_node_that_stops_moves_as_soon_as_the_node_is_marked_down() {
+    // A read timeout far beyond the test's patience: only the mark-down can free the request.
+    let c = cluster(3, "\n[lb.limits]\nread_timeout_ms = 120000\n");
+    let lb = c.lb_url();
+    let mut u = User::new();
+    for i in 1..=3 {
+        assert_eq!(value(&u.incr(&lb, "n").unwrap()), i);
+    }
+    let primary = u.get(&lb).unwrap().served_by.unwrap();
+    let cookie = u.cookie.clone().unwrap();
+    c.signal(&primary, libc::SIGSTOP);
+    // Sent at once, while the balancer still counts the node healthy: it reaches the stopped node and waits.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lb2 = lb.clone();
+    std::thread::spawn(move || {
+        let mut late = user_with_cookie(&cookie);
+        let r = late.incr(&lb2, "n");
+        let _ = tx.send((late, r));
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(30));
+    // Woken only after the answer (or after giving up on it): the node is still stopped when it comes.
+    c.signal(&primary, libc::SIGCONT);
+    let (mut late, r) = answer.expect("the request was still waiting on the stopped node");
+    let r = r.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(value(&r), 4);
+    assert_ne!(r.served_by.as_deref(), Some(primary.as_str()));
+    let m = metrics(&c.admin_url());
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("lb_retries_total") && l.contains(&format!("node=\"{primary}\""))
+        ),
+        "the attempt on {primary} was cut and retried:\n{m}"
+    );
+    // Applied once: the stopped node, woken, does not add its buffered copy of the request.
+    wait_until(Duration::from_secs(15), "the old primary to rise", || {
+        node_healthy(&c.admin_url(), &primary)
+    })
+    .unwrap();
+    let g = late.get(&lb).unwrap();
+    assert_eq!((g.status, data(&g, "n")), (200, 4), "{}", g.body);
+}
+
+#[test]
 fn with_every_node_down_the_balancer_answers_503_with_retry_after_and_resumes_when_one_returns() {
     let mut c = cluster(2, "");
     let lb = c.lb_url();
