@@ -177,6 +177,8 @@ struct FileNodeDefaults {
     max_body_bytes: usize,
     #[serde(default = "default_log_format")]
     log_format: String,
+    #[serde(default = "default_node_grace_s")]
+    grace_period_s: u64,
 }
 
 impl Default for FileNodeDefaults {
@@ -185,6 +187,7 @@ impl Default for FileNodeDefaults {
             expose_node: false,
             max_body_bytes: default_max_body_bytes(),
             log_format: default_log_format(),
+            grace_period_s: default_node_grace_s(),
         }
     }
 }
@@ -292,6 +295,9 @@ fn default_threads() -> usize {
 }
 fn default_grace_s() -> u64 {
     5
+}
+fn default_node_grace_s() -> u64 {
+    10
 }
 fn default_health_interval_ms() -> u64 {
     500
@@ -441,6 +447,8 @@ pub struct NodeDefaults {
     pub max_body_bytes: usize,
     /// `text` or `json`.
     pub log_json: bool,
+    /// On SIGTERM: how long to finish requests in flight and flush queued copies. Default 10 s.
+    pub grace_period: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -620,6 +628,7 @@ impl FileConfig {
         let node = NodeDefaults {
             expose_node: self.node.expose_node,
             max_body_bytes: self.node.max_body_bytes,
+            grace_period: Duration::from_secs(self.node.grace_period_s),
             log_json: match self.node.log_format.as_str() {
                 "text" => false,
                 "json" => true,

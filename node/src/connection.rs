@@ -382,3 +382,17 @@ async fn run_link(
         let _ = waiter.send(Err(LinkError::Closed));
     }
 }
+
+/// The next connection on `listener`. Accept errors (out of file descriptors, aborted handshakes) are logged and
+/// retried after a short pause instead of ending the listener.
+pub async fn accept(listener: &tokio::net::TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -13,7 +13,9 @@ use hyper_util::rt::TokioExecutor;
 use tracing::warn;
 
 use crate::ids::NodeId;
-use crate::server::Node;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::store::Store;
 use crate::{REQUEST_ID_HEADER, SERVED_BY_HEADER, STALE_HEADER};
 
 /// Internal header counting node-to-node forwards of one request, so a stale view cannot loop it.
@@ -51,10 +53,21 @@ pub struct Forwarder {
         Full<Bytes>,
     >,
     timeout: Duration,
+    heartbeat: Duration,
+    members: Arc<Membership>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    pub fn new(peer_timeout: Duration) -> Forwarder {
+    /// A forwarder giving up on an owner after `3 × peer_timeout`, or as soon as it misses heartbeats.
+    pub fn new(
+        peer_timeout: Duration,
+        heartbeat: Duration,
+        members: Arc<Membership>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Forwarder {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(peer_timeout));
@@ -64,6 +77,10 @@ impl Forwarder {
         Forwarder {
             client,
             timeout: peer_timeout * 3,
+            heartbeat,
+            members,
+            store,
+            metrics,
         }
     }
 }
@@ -73,11 +90,10 @@ impl Forwarder {
     /// then treats it as unreachable (a refused connection also marks it gone).
     pub async fn send(
         &self,
-        node: &Arc<Node>,
         owner: NodeId,
         out: Outbound<'_>,
     ) -> Result<Response<Full<Bytes>>, ()> {
-        let Some(peer) = node.members.peer(owner) else {
+        let Some(peer) = self.members.peer(owner) else {
             return Err(());
         };
         let mut req = Request::builder()
@@ -90,14 +106,14 @@ impl Forwarder {
             req = req.header(COOKIE, c.clone());
         }
         let req = req.body(Full::new(out.body.clone())).map_err(|_| ())?;
-        node.metrics.forwards.inc();
+        self.metrics.forwards.inc();
         // A paused owner keeps the connection open and never answers: give up as soon as it also stops answering
         // heartbeats, rather than after the whole timeout. A slow but live owner is waited for.
         let watchdog = async {
             loop {
-                tokio::time::sleep(node.cfg.replication.heartbeat).await;
-                if !node.members.answered_lately(owner)
-                    && !node.members.probe(owner, node.store.len() as u64).await
+                tokio::time::sleep(self.heartbeat).await;
+                if !self.members.answered_lately(owner)
+                    && !self.members.probe(owner, self.store.len() as u64).await
                 {
                     return;
                 }
@@ -114,9 +130,9 @@ impl Forwarder {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 if refused(&e) {
-                    node.members.mark_gone(owner);
+                    self.members.mark_gone(owner);
                 } else if e.is_connect() {
-                    node.members.mark_dead(owner);
+                    self.members.mark_dead(owner);
                 }
                 warn!(to = %peer.cfg.name, error = %e, "forward failed");
                 return Err(());

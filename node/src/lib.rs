@@ -5,43 +5,59 @@
 //! - [`ids`]: node ids, session ids, and the summed-id routing segment with its lookup table.
 //! - [`cookie`]: the signed routing cookie codec (pure; the balancer uses it too).
 //!
-//! With the default `server` feature, the node itself:
+//! With the default `server` feature, the node itself, in the order a request's data flows:
+//! - `http`: the HTTP front: node-reserved `/_node/` paths; everything else to the session service.
+//! - `app`: the seam to the application that serves requests: parse, run (what changes), answer.
+//! - `builtin`: the built-in session API, the first app.
+//! - `service`: the session service: locate, lock, run the app, apply and record, queue copies, wait.
 //! - `session`: a session's state and the pure operations on it (merge patch, increment, outcomes).
-//! - `store`: the sharded in-memory session table.
+//! - `store`: the sharded in-memory session table; per session a FIFO lock, a slot and copy cursors.
+//! - `topology`: where copies go, how many must confirm a write, where to look on takeover (pure).
+//! - `replicate`: the replication core (pure: cursors, items, answers, grant and promote) and its replicator
+//!   (per-peer queues and tasks, re-homing).
 //! - `wire`: replication frames: pure codec, whole-frame check then parse.
 //! - `connection`: framed, authenticated replication connections over TCP.
+//! - `peer_server`: the replication port: heartbeats, copies and pulls from peers.
 //! - `membership`: peers, heartbeats, liveness and load; secondary choice.
-//! - `replicate`: the per-secondary replication state machine (deltas, full copies, batching), no sockets inside.
-//! - `takeover`: recovering a session this node does not host from the pair named in its cookie.
-//! - `api`: the built-in session HTTP API and node-reserved `/_node/` paths.
+//! - `takeover`: recovering a session this node does not host, and granting one to another node.
 //! - `forward`: relaying a request to the session's live owner.
 //! - `metrics`: Prometheus counters and gauges.
-//! - `server`: wiring it together: listeners, background tasks.
+//! - `server`: wiring only: builds the parts, starts listeners and tasks, reload, graceful shutdown.
 
 pub mod config;
 pub mod cookie;
 pub mod ids;
 
 #[cfg(feature = "server")]
-pub mod api;
+pub mod app;
+#[cfg(feature = "server")]
+pub mod builtin;
 #[cfg(feature = "server")]
 pub mod connection;
 #[cfg(feature = "server")]
 pub mod forward;
 #[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
 pub mod membership;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod peer_server;
+#[cfg(feature = "server")]
 pub mod replicate;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod service;
 #[cfg(feature = "server")]
 pub mod session;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod takeover;
+#[cfg(feature = "server")]
+pub mod topology;
 #[cfg(feature = "server")]
 pub mod wire;
 

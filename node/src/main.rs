@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use node::config::ClusterConfig;
+use tokio::signal::unix::{signal, SignalKind};
 
 // Many small, short-lived allocations (JSON, deltas, frames) across threads: mimalloc keeps them fast and
 // returns memory the system allocator's per-thread arenas would hold on to.
@@ -35,28 +36,33 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let node = node::server::start(cfg, &args.name).await?;
-        tokio::spawn(reload_on_sighup(node, args.config.clone()));
-        shutdown_signal().await;
+        let me = cfg
+            .node(&args.name)
+            .ok_or_else(|| node::server::ServerError::UnknownNode(args.name.clone()))?;
+        let listeners = node::server::Listeners::bind(me).await?;
+        let node = node::server::start(cfg, &args.name, listeners)?;
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => reload(&node, &args.config),
+            }
+        }
         tracing::info!("shutting down");
+        node.shutdown().await;
         Ok(())
     })
 }
 
 /// SIGHUP re-reads the cluster file; an invalid file is refused and the running config stays.
-async fn reload_on_sighup(node: std::sync::Arc<node::server::Node>, path: PathBuf) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match ClusterConfig::load(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|cfg| node.reload(cfg).map_err(anyhow::Error::from))
-        {
-            Ok(()) => {}
-            Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),
-        }
+fn reload(node: &node::server::Running, path: &std::path::Path) {
+    let taken = ClusterConfig::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| node.reload(cfg).map_err(anyhow::Error::from));
+    if let Err(e) = taken {
+        tracing::error!(error = %e, "reload refused; the running config stays");
     }
 }
 
@@ -70,14 +76,5 @@ fn init_logs(json: bool) {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub lost: IntCounter,
     pub stale: IntCounter,
     pub dedup_hits: IntCounter,
+    /// Writes answered 503 because their copies were not confirmed in time (applied here all the same).
+    pub unconfirmed: IntCounter,
     pub rehomed: IntCounter,
     pub fenced: IntCounter,
     pub expired: IntCounter,
@@ -124,6 +126,10 @@ impl Metrics {
             dedup_hits: counter(
                 "node_duplicate_requests_total",
                 "Retried request ids answered from the record",
+            ),
+            unconfirmed: counter(
+                "node_unconfirmed_writes_total",
+                "Writes answered 503 because their copies were not confirmed in time",
             ),
             rehomed: counter(
                 "node_secondary_changes_total",

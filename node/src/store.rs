@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::ids::NodeId;
 use crate::ids::SessionId;
 use crate::session::{Delta, Session};
 
@@ -27,7 +28,7 @@ pub enum Role {
 }
 
 /// A session's local state, guarded by the entry's FIFO mutex.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Slot {
     /// `None` while a takeover is loading it, or once it was removed or fenced here.
     pub session: Option<Session>,
@@ -35,14 +36,9 @@ pub struct Slot {
     pub last_access: Instant,
     /// Replica: no takeover is granted before this instant, because the primary may still hold a read lease.
     pub granted_until: Instant,
-    /// Primary: updates applied here, not yet sent to the secondary.
-    pub pending: Vec<Delta>,
-    /// Primary: the secondary needs the whole session (new secondary, gap, first copy).
-    pub needs_full: bool,
-    /// Primary: a read needs the lease renewed.
-    pub validate: bool,
-    /// The session was deleted or expired here: (id, epoch, secondary) still to be told to drop its copy.
-    pub removed: Option<(SessionId, u64, crate::ids::NodeId)>,
+    /// Primary: where each copy of the session stands (one cursor per peer that holds or should hold one).
+    /// Also kept after the session ended here, until every copy was told to drop it.
+    pub copies: Vec<Cursor>,
 }
 
 impl Slot {
@@ -52,10 +48,7 @@ impl Slot {
             role: Role::Replica,
             last_access: now,
             granted_until: now,
-            pending: Vec::new(),
-            needs_full: false,
-            validate: false,
-            removed: None,
+            copies: Vec::new(),
         }
     }
 
@@ -64,6 +57,42 @@ impl Slot {
         match self.role {
             Role::Primary => self.session.as_mut(),
             Role::Replica => None,
+        }
+    }
+
+    /// Whether nothing is left here: no session and no copy still to be told to drop it.
+    pub fn is_vacant(&self) -> bool {
+        self.session.is_none() && self.copies.is_empty()
+    }
+}
+
+/// Where one peer's copy of a primary's session stands: what it still needs. The replication core
+/// (`replicate`) reads and moves it; the topology says which peers get one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub peer: NodeId,
+    /// Updates applied here and not yet sent to this peer.
+    pub pending: Vec<Delta>,
+    /// The peer needs the whole session (a new copy, or a gap).
+    pub full: bool,
+    /// A read needs the lease renewed by this peer.
+    pub validate: bool,
+    /// The session ended here at this epoch: the peer must drop its copy.
+    pub remove: Option<u64>,
+    /// The highest version this peer confirmed holding in this tenure.
+    pub acked: Option<u64>,
+}
+
+impl Cursor {
+    /// A cursor for a peer that holds nothing yet: its first item is the full session.
+    pub fn fresh(peer: NodeId) -> Cursor {
+        Cursor {
+            peer,
+            pending: Vec::new(),
+            full: true,
+            validate: false,
+            remove: None,
+            acked: None,
         }
     }
 }
@@ -137,8 +166,9 @@ impl Entry {
 
     /// Waits up to `limit` until `done` holds for the progress.
     ///
-    /// Returns `false` when the session was fenced (a newer owner exists) or time ran out.
-    pub async fn wait_mark(&self, limit: Duration, done: impl Fn(&Mark) -> bool) -> bool {
+    /// Returns [`Waited::Fenced`] as soon as a newer owner exists (even if `done` also holds: nothing may be
+    /// acknowledged here then), [`Waited::TimedOut`] when `limit` ran out first.
+    pub async fn wait_mark(&self, limit: Duration, done: impl Fn(&Mark) -> bool) -> Waited {
         let wait = async {
             loop {
                 let notified = self.changed.notified();
@@ -147,16 +177,29 @@ impl Entry {
                 notified.as_mut().enable();
                 let m = self.mark();
                 if m.fenced {
-                    return false;
+                    return Waited::Fenced;
                 }
                 if done(&m) {
-                    return true;
+                    return Waited::Done;
                 }
                 notified.await;
             }
         };
-        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+        tokio::time::timeout(limit, wait)
+            .await
+            .unwrap_or(Waited::TimedOut)
     }
+}
+
+/// How a wait for replication progress ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waited {
+    /// The condition holds.
+    Done,
+    /// A newer owner exists: nothing more is acknowledged here.
+    Fenced,
+    /// The limit ran out first.
+    TimedOut,
 }
 
 type Shard = HashMap<SessionId, Arc<Entry>, ahash::RandomState>;
@@ -281,14 +324,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!waiter.is_finished());
         e.update_mark(|m| m.copied = 4);
-        assert!(waiter.await.unwrap());
+        assert_eq!(waiter.await.unwrap(), Waited::Done);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_at_its_limit_and_on_fencing() {
         let e = entry();
         let started = tokio::time::Instant::now();
-        assert!(!e.wait_mark(Duration::from_secs(2), |m| m.covers(0)).await);
+        assert_eq!(
+            e.wait_mark(Duration::from_secs(2), |m| m.covers(0)).await,
+            Waited::TimedOut
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         let waiter = tokio::spawn({
             let e = e.clone();
@@ -296,8 +342,9 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         e.update_mark(|m| m.fenced = true);
-        assert!(
-            !waiter.await.unwrap(),
+        assert_eq!(
+            waiter.await.unwrap(),
+            Waited::Fenced,
             "a fenced session acknowledges nothing"
         );
     }

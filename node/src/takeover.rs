@@ -1,12 +1,16 @@
 //! Taking over a session this node does not own (seed 003 Fig. 8, [0049]-[0051]).
 //!
 //! - A node holding the secondary copy whose primary is dead promotes it: epoch + 1, a new secondary, a full
-//!   copy to it ([`promote`]).
-//! - A node holding nothing pulls the session from the pair named in the cookie, secondary first ([`recover`]).
-//!   The member that answers ([`serve_pull`]) raises the epoch, records the requester as owner and keeps a copy
-//!   as its secondary, so an older owner is fenced from then on.
+//!   copy to it ([`Takeover::promote`]).
+//! - A node holding nothing pulls the session from the nodes the topology names for the cookie's pair,
+//!   secondary first ([`Takeover::recover`]). The member that answers ([`Takeover::serve_pull`]) raises the
+//!   epoch, records the requester as owner and keeps a copy as its secondary, so an older owner is fenced from
+//!   then on.
 //! - A replica never hands over a session while its primary may still hold a read lease: it waits until the
 //!   lease it granted has run out.
+//!
+//! The decisions are pure ([`decide`], and `replicate::{grant, promote, install}`); this module does the
+//! asking, probing and waiting around them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +19,11 @@ use tracing::{info, warn};
 
 use crate::cookie::RoutingCookie;
 use crate::ids::{NodeId, Pair, SessionId};
-use crate::server::Node;
-use crate::store::{Entry, Role, Slot};
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::replicate::{self, replicator::Replicator};
+use crate::store::{Entry, Role, Slot, Store};
+use crate::topology::Topology;
 use crate::wire::{Body, Item, PullResult};
 
 /// How long a pull waits for a session that is busy here before answering `Busy`.
@@ -24,91 +31,201 @@ const PULL_LOCK_WAIT: Duration = Duration::from_millis(300);
 /// Rounds of asking the pair before a session is declared lost.
 const PULL_ROUNDS: u32 = 6;
 
-/// Answers another node's request for a session (the granting side of a takeover).
-pub async fn serve_pull(
-    node: &Arc<Node>,
-    sid: SessionId,
-    requester: NodeId,
-    owner_unreachable: bool,
-) -> PullResult {
-    let Some(entry) = node.store.get(sid) else {
-        return if node.store.has_ended(sid) {
-            PullResult::Ended
-        } else {
-            PullResult::NotFound
-        };
-    };
-    let Ok(mut slot) = tokio::time::timeout(PULL_LOCK_WAIT, entry.slot.lock()).await else {
-        return PullResult::Busy;
-    };
-    let Some(s) = slot.session.as_ref() else {
-        return PullResult::NotFound;
-    };
-    let owner = s.primary;
-    let view = PullView {
-        role: slot.role,
-        owner,
-        requester,
-        me: node.id(),
-        waiting_writes: node.sync() && s.secondary.is_some() && !entry.mark().covers(s.version),
-        owner_alive: node.members.is_alive(owner),
-        owner_unreachable,
-        owner_gone: node.members.is_gone(owner),
-    };
-    let decision = match decide(&view) {
-        Grant::CheckOwner => {
-            if node.members.probe(owner, node.store.len() as u64).await {
-                Grant::Redirect
+/// Both sides of a takeover, with what they use.
+pub struct Takeover {
+    pub me: NodeId,
+    pub topology: Topology,
+    pub lease: Duration,
+    pub peer_timeout: Duration,
+    pub store: Arc<Store>,
+    pub members: Arc<Membership>,
+    pub metrics: Arc<Metrics>,
+    pub replicator: Arc<Replicator>,
+}
+
+/// The result of looking for a session elsewhere.
+pub enum Recovered {
+    /// Installed here as primary; `stale` when the copy is older than the client's cookie.
+    Installed { stale: bool },
+    /// A live owner exists there: forward the request.
+    Forward(NodeId),
+    /// No member of the pair has it.
+    Lost,
+    /// It ended (deleted or expired): a fresh session, nothing lost.
+    Ended,
+}
+
+impl Takeover {
+    fn load(&self) -> u64 {
+        self.store.len() as u64
+    }
+
+    /// Answers another node's request for a session (the granting side of a takeover).
+    pub async fn serve_pull(
+        &self,
+        sid: SessionId,
+        requester: NodeId,
+        owner_unreachable: bool,
+    ) -> PullResult {
+        let Some(entry) = self.store.get(sid) else {
+            return if self.store.has_ended(sid) {
+                PullResult::Ended
             } else {
-                decide(&PullView {
-                    owner_alive: false,
-                    owner_gone: node.members.is_gone(owner),
-                    ..view
-                })
+                PullResult::NotFound
+            };
+        };
+        let Ok(mut slot) = tokio::time::timeout(PULL_LOCK_WAIT, entry.slot.lock()).await else {
+            return PullResult::Busy;
+        };
+        let Some(s) = slot.session.as_ref() else {
+            return PullResult::NotFound;
+        };
+        let owner = s.primary;
+        let view = PullView {
+            role: slot.role,
+            owner,
+            requester,
+            me: self.me,
+            waiting_writes: self.replicator.sync()
+                && !slot.copies.is_empty()
+                && !entry.mark().covers(s.version),
+            owner_alive: self.members.is_alive(owner),
+            owner_unreachable,
+            owner_gone: self.members.is_gone(owner),
+        };
+        let decision = match decide(&view) {
+            Grant::CheckOwner => {
+                if self.members.probe(owner, self.load()).await {
+                    Grant::Redirect
+                } else {
+                    decide(&PullView {
+                        owner_alive: false,
+                        owner_gone: self.members.is_gone(owner),
+                        ..view
+                    })
+                }
+            }
+            d => d,
+        };
+        match decision {
+            Grant::Busy => return PullResult::Busy,
+            Grant::Redirect => return PullResult::Redirect { owner },
+            Grant::AfterLease => tokio::time::sleep_until(slot.granted_until.into()).await,
+            Grant::Now | Grant::CheckOwner => {}
+        }
+        let was_primary = slot.role == Role::Primary;
+        let Some((granted, old_copies)) =
+            replicate::grant(&mut slot, requester, self.me, Instant::now(), self.lease)
+        else {
+            return PullResult::NotFound;
+        };
+        drop(slot);
+        if was_primary {
+            entry.update_mark(|m| m.fenced = true);
+            // Our old copies are orphans now; tell them to drop them (best effort: expiry covers a miss).
+            let items = vec![Item::Remove {
+                sid,
+                epoch: granted.epoch,
+            }];
+            for old in old_copies {
+                if let Some(p) = self.members.peer(old) {
+                    let (me, items, timeout) = (self.me, items.clone(), self.peer_timeout);
+                    tokio::spawn(async move {
+                        let _ = p.batch(me, items, timeout).await;
+                    });
+                }
             }
         }
-        d => d,
-    };
-    match decision {
-        Grant::Busy => return PullResult::Busy,
-        Grant::Redirect => return PullResult::Redirect { owner },
-        Grant::AfterLease => tokio::time::sleep_until(slot.granted_until.into()).await,
-        Grant::Now | Grant::CheckOwner => {}
+        self.metrics.pulls_granted.inc();
+        info!(session = %sid.log_hash(), to = %self.members.name_of(requester).unwrap_or_default(), epoch = granted.epoch, "session handed over");
+        PullResult::Granted { session: granted }
     }
-    let s = slot.session.as_ref().expect("checked above");
-    let old_secondary = s.secondary;
-    let was_primary = slot.role == Role::Primary;
-    let s = slot.session.as_mut().expect("checked above");
-    s.epoch += 1;
-    s.primary = requester;
-    s.secondary = Some(node.id());
-    let granted = s.clone();
-    slot.role = Role::Replica;
-    slot.pending.clear();
-    slot.needs_full = false;
-    slot.validate = false;
-    // The requester now holds a read lease of its own: no other takeover before it ends.
-    slot.granted_until = Instant::now() + node.cfg.replication.lease;
-    drop(slot);
-    if was_primary {
-        entry.update_mark(|m| m.fenced = true);
-        // Our old secondary's copy is an orphan now; tell it to drop it (best effort: expiry covers a miss).
-        if let Some(old) = old_secondary.filter(|o| *o != requester) {
-            let node = node.clone();
-            let (sid, epoch) = (granted.id, granted.epoch);
-            tokio::spawn(async move {
-                if let Some(p) = node.members.peer(old) {
-                    let items = vec![Item::Remove { sid, epoch }];
-                    let _ = p
-                        .batch(node.id(), items, node.cfg.replication.peer_timeout)
-                        .await;
+
+    /// Pulls the session named by `cookie` from the nodes the topology names for `pair` into `slot` (held
+    /// locked by the caller, empty).
+    pub async fn recover(
+        &self,
+        entry: &Arc<Entry>,
+        slot: &mut Slot,
+        cookie: &RoutingCookie,
+        pair: Pair,
+        owner_unreachable: bool,
+    ) -> Recovered {
+        let candidates = self.topology.takeover_sources(pair, self.me);
+        for round in 0..PULL_ROUNDS {
+            let mut busy = false;
+            for &c in &candidates {
+                let Some(peer) = self.members.peer(c) else {
+                    continue;
+                };
+                if !peer.is_alive() && !self.members.probe(c, self.load()).await {
+                    continue;
                 }
-            });
+                let ask = Body::Pull {
+                    sid: cookie.session,
+                    requester: self.me,
+                    owner_unreachable: owner_unreachable || !self.members.is_alive(pair.primary),
+                };
+                let sent_at = Instant::now();
+                let answer = peer.link.call(ask, self.peer_timeout + self.lease).await;
+                match answer {
+                    Ok(Body::PullReply {
+                        result: PullResult::Granted { session },
+                    }) => {
+                        let version = session.version;
+                        let stale =
+                            replicate::install(slot, session, cookie.version, Instant::now());
+                        entry.reset_mark(version + 1, sent_at + self.lease);
+                        self.metrics.takeovers.inc();
+                        info!(session = %cookie.session.log_hash(), from = %peer.cfg.name, version, stale, "session taken over");
+                        return Recovered::Installed { stale };
+                    }
+                    Ok(Body::PullReply {
+                        result: PullResult::Redirect { owner },
+                    }) if owner != self.me => return Recovered::Forward(owner),
+                    Ok(Body::PullReply {
+                        result: PullResult::Busy,
+                    }) => busy = true,
+                    Ok(Body::PullReply {
+                        result: PullResult::Ended,
+                    }) => return Recovered::Ended,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if e.is_refused() {
+                            self.members.mark_gone(c);
+                        }
+                    }
+                }
+            }
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10 * u64::from(round + 1))).await;
         }
+        Recovered::Lost
     }
-    node.metrics.pulls_granted.inc();
-    info!(session = %sid.log_hash(), to = %node.members.name_of(requester).unwrap_or_default(), epoch = granted.epoch, "session handed over");
-    PullResult::Granted { session: granted }
+
+    /// Promotes the local copy (held in `slot`, role replica, its primary dead or unreachable) to primary:
+    /// waits out the old primary's lease, raises the epoch, picks new copies and queues full copies.
+    /// Returns whether the copy is older than the client's cookie.
+    pub async fn promote(&self, entry: &Arc<Entry>, slot: &mut Slot, cookie_version: u64) -> bool {
+        let owner = slot.session.as_ref().map(|s| s.primary);
+        if !owner.is_some_and(|o| self.members.is_gone(o)) {
+            tokio::time::sleep_until(slot.granted_until.into()).await;
+        }
+        let Some(p) = replicate::promote(slot, self.me, cookie_version, Instant::now()) else {
+            return false;
+        };
+        entry.reset_mark(0, Instant::now());
+        self.replicator.rehome(entry, slot, &[p.old_owner]);
+        self.metrics.promotions.inc();
+        let s = slot.session.as_ref().expect("promoted above");
+        if p.stale {
+            warn!(session = %s.id.log_hash(), version = s.version, cookie_version, "promoted copy is older than the client's cookie");
+        }
+        info!(session = %s.id.log_hash(), epoch = s.epoch, "copy promoted to primary");
+        p.stale
+    }
 }
 
 /// What the holder of a session knows when another node asks for it.
@@ -165,133 +282,6 @@ pub fn decide(v: &PullView) -> Grant {
             }
         }
     }
-}
-
-/// The result of looking for a session elsewhere.
-pub enum Recovered {
-    /// Installed here as primary; `stale` when the copy is older than the client's cookie.
-    Installed { stale: bool },
-    /// A live owner exists there: forward the request.
-    Forward(NodeId),
-    /// No member of the pair has it.
-    Lost,
-    /// It ended (deleted or expired): a fresh session, nothing lost.
-    Ended,
-}
-
-/// Pulls the session named by `cookie` from the pair `pair` into `slot` (held locked by the caller, empty).
-pub async fn recover(
-    node: &Arc<Node>,
-    entry: &Arc<Entry>,
-    slot: &mut Slot,
-    cookie: &RoutingCookie,
-    pair: Pair,
-    owner_unreachable: bool,
-) -> Recovered {
-    // Secondary first: it is the copy the design names for recovery (seed 003 [0050]).
-    let candidates: Vec<NodeId> = pair
-        .secondary
-        .into_iter()
-        .chain(Some(pair.primary))
-        .filter(|c| *c != node.id())
-        .collect();
-    let sessions = node.store.len() as u64;
-    for round in 0..PULL_ROUNDS {
-        let mut busy = false;
-        for &c in &candidates {
-            let Some(peer) = node.members.peer(c) else {
-                continue;
-            };
-            if !peer.is_alive() && !node.members.probe(c, sessions).await {
-                continue;
-            }
-            let unreachable = owner_unreachable || !node.members.is_alive(pair.primary);
-            let ask = Body::Pull {
-                sid: cookie.session,
-                requester: node.id(),
-                owner_unreachable: unreachable,
-            };
-            let sent_at = Instant::now();
-            match peer
-                .link
-                .call(
-                    ask,
-                    node.cfg.replication.peer_timeout + node.cfg.replication.lease,
-                )
-                .await
-            {
-                Ok(Body::PullReply {
-                    result: PullResult::Granted { session },
-                }) => {
-                    let stale = session.version < cookie.version;
-                    let version = session.version;
-                    slot.session = Some(session);
-                    slot.role = Role::Primary;
-                    slot.last_access = Instant::now();
-                    entry.reset_mark(version + 1, sent_at + node.cfg.replication.lease);
-                    node.metrics.takeovers.inc();
-                    info!(session = %cookie.session.log_hash(), from = %peer.cfg.name, version, stale, "session taken over");
-                    return Recovered::Installed { stale };
-                }
-                Ok(Body::PullReply {
-                    result: PullResult::Redirect { owner },
-                }) if owner != node.id() => {
-                    return Recovered::Forward(owner);
-                }
-                Ok(Body::PullReply {
-                    result: PullResult::Busy,
-                }) => busy = true,
-                Ok(Body::PullReply {
-                    result: PullResult::Ended,
-                }) => return Recovered::Ended,
-                Ok(_) => {}
-                Err(e) => {
-                    if e.is_refused() {
-                        node.members.mark_gone(c);
-                    }
-                }
-            }
-        }
-        if !busy {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10 * u64::from(round + 1))).await;
-    }
-    Recovered::Lost
-}
-
-/// Promotes the local copy (held in `slot`, role replica, its primary dead or unreachable) to primary: waits out
-/// the old primary's lease, raises the epoch, picks a new secondary and queues a full copy.
-/// Returns whether the copy is older than the client's cookie.
-pub async fn promote(
-    node: &Arc<Node>,
-    entry: &Arc<Entry>,
-    slot: &mut Slot,
-    cookie_version: u64,
-) -> bool {
-    let owner = slot.session.as_ref().map(|s| s.primary);
-    if !owner.is_some_and(|o| node.members.is_gone(o)) {
-        tokio::time::sleep_until(slot.granted_until.into()).await;
-    }
-    let Some(s) = slot.session.as_mut() else {
-        return false;
-    };
-    let old = s.primary;
-    s.epoch += 1;
-    s.primary = node.id();
-    s.secondary = None;
-    let stale = s.version < cookie_version;
-    let (sid, version, epoch) = (s.id, s.version, s.epoch);
-    slot.role = Role::Primary;
-    slot.last_access = Instant::now();
-    entry.reset_mark(0, Instant::now());
-    node.rehome(entry, slot, &[old]);
-    node.metrics.promotions.inc();
-    if stale {
-        warn!(session = %sid.log_hash(), version, cookie_version, "promoted copy is older than the client's cookie");
-    }
-    info!(session = %sid.log_hash(), epoch, "copy promoted to primary");
-    stale
 }
 
 #[cfg(test)]

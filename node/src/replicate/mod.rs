@@ -1,66 +1,116 @@
-//! The replication state machine, without I/O: what a primary sends for a session, what a secondary does with
-//! it, and what the primary does with the answer. The task that moves these over sockets is [`task`].
+//! The replication core, without I/O: what a primary sends to each copy of a session, what a copy does with
+//! it, what the primary does with the answer or with a failed send, and the ownership steps of a takeover
+//! (grant, promote, install). Every function takes the slot, the message and the clock and returns what to do;
+//! [`replicator`] carries that out over sockets, `takeover` and `peer_server` call the ownership steps.
 //!
 //! Rules (seed 003 [0063]-[0065]): deltas carry their base version, and a copy at any other version answers
 //! `NeedFull`; a copy that knows a newer owner (higher epoch, or the same epoch held by another node) answers
 //! `Fenced`, and the fenced primary drops its copy so it can never acknowledge another write for the session.
+//! A primary keeps one [`Cursor`] per peer that should hold a copy; the topology says which peers those are.
 
-pub mod task;
+pub mod replicator;
 
 use std::time::{Duration, Instant};
 
 use crate::ids::NodeId;
-use crate::session::Session;
-use crate::store::{Role, Slot};
+use crate::session::{Delta, Session};
+use crate::store::{Cursor, Role, Slot};
+use crate::topology::durable;
 use crate::wire::{Item, ItemResult};
 
-/// Primary side: the item to send to `peer` for this session now, with the version it brings the copy to.
-/// `None` when there is nothing to send, or the session no longer goes to `peer`.
-pub fn outgoing(slot: &mut Slot, peer: NodeId) -> Option<(Item, u64)> {
-    if let Some((sid, epoch, to)) = slot.removed {
-        return (to == peer).then(|| {
-            slot.removed = None;
-            (Item::Remove { sid, epoch }, 0)
-        });
+/// Primary side: an update was applied here; every copy must get it.
+pub fn record(slot: &mut Slot, delta: Delta) {
+    if let Some((last, rest)) = slot.copies.split_last_mut() {
+        for c in rest {
+            c.pending.push(delta.clone());
+        }
+        last.pending.push(delta);
+    }
+}
+
+/// Primary side: the session's copies now go to `targets`. A peer that keeps its place keeps its cursor; a new
+/// one starts with the full session; a dropped one is forgotten (its copy expires on its own).
+pub fn retarget(slot: &mut Slot, targets: &[NodeId]) {
+    let mut next: Vec<Cursor> = Vec::with_capacity(targets.len());
+    for &t in targets {
+        match slot
+            .copies
+            .iter()
+            .position(|c| c.peer == t && c.remove.is_none())
+        {
+            Some(i) => next.push(slot.copies.swap_remove(i)),
+            None => next.push(Cursor::fresh(t)),
+        }
+    }
+    slot.copies = next;
+}
+
+/// Primary side: a read needs every copy to renew the lease; returns the peers to queue.
+pub fn want_validate(slot: &mut Slot) -> Vec<NodeId> {
+    slot.copies
+        .iter_mut()
+        .map(|c| {
+            c.validate = true;
+            c.peer
+        })
+        .collect()
+}
+
+/// Primary side: the session ended here (deleted or expired). Every copy is told to drop it; returns the
+/// ended session and the peers to queue.
+pub fn end(slot: &mut Slot) -> Option<(Session, Vec<NodeId>)> {
+    let s = slot.session.take()?;
+    for c in &mut slot.copies {
+        c.pending.clear();
+        c.full = false;
+        c.validate = false;
+        c.remove = Some(s.epoch);
+    }
+    let peers = slot.copies.iter().map(|c| c.peer).collect();
+    Some((s, peers))
+}
+
+/// Primary side: the item to send to `peer` for session `sid` now, with the version it brings the copy to.
+/// `None` when there is nothing to send, or no copy goes to `peer`. A removal is sent once and its cursor
+/// dropped: if it is lost, expiry removes the copy.
+pub fn outgoing(slot: &mut Slot, sid: crate::ids::SessionId, peer: NodeId) -> Option<(Item, u64)> {
+    let i = slot.copies.iter().position(|c| c.peer == peer)?;
+    if let Some(epoch) = slot.copies[i].remove {
+        slot.copies.swap_remove(i);
+        return Some((Item::Remove { sid, epoch }, 0));
     }
     if slot.role != Role::Primary {
         return None;
     }
     let s = slot.session.as_ref()?;
-    if s.secondary != Some(peer) {
-        return None;
-    }
+    let c = &mut slot.copies[i];
     let version = s.version;
-    if slot.needs_full {
-        slot.needs_full = false;
-        slot.validate = false;
-        slot.pending.clear();
+    if c.full {
+        c.full = false;
+        c.validate = false;
+        c.pending.clear();
         return Some((Item::Full { session: s.clone() }, version));
     }
-    if let Some(first) = slot.pending.first() {
+    if let Some(first) = c.pending.first() {
         let base = first.version - 1;
-        slot.validate = false;
-        let deltas = std::mem::take(&mut slot.pending);
-        return Some((
-            Item::Deltas {
-                sid: s.id,
-                epoch: s.epoch,
-                base,
-                deltas,
-            },
-            version,
-        ));
+        c.validate = false;
+        let deltas = std::mem::take(&mut c.pending);
+        let item = Item::Deltas {
+            sid: s.id,
+            epoch: s.epoch,
+            base,
+            deltas,
+        };
+        return Some((item, version));
     }
-    if slot.validate {
-        slot.validate = false;
-        return Some((
-            Item::Validate {
-                sid: s.id,
-                epoch: s.epoch,
-                version,
-            },
+    if c.validate {
+        c.validate = false;
+        let item = Item::Validate {
+            sid: s.id,
+            epoch: s.epoch,
             version,
-        ));
+        };
+        return Some((item, version));
     }
     None
 }
@@ -77,9 +127,40 @@ fn fenced(have: &Session) -> ItemResult {
     }
 }
 
-/// Secondary side: applies an item from primary `from` to the local slot (a fresh empty slot when the session
-/// was not here). Afterwards `slot.session == None` means the entry can be dropped.
+/// What a node does after taking an item from a primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The answer for the sender.
+    pub result: ItemResult,
+    /// This node served the session until now and a newer owner reached it: waiters here must give up.
+    pub fence: bool,
+    /// Nothing is left here: drop the entry.
+    pub forget: bool,
+    /// The owner ended the session: remember that it ended, so its cookie is not counted as lost.
+    pub ended: bool,
+}
+
+/// Copy side: applies an item from primary `from` to the local slot (a fresh empty slot when the session
+/// was not here).
 pub fn incoming(
+    slot: &mut Slot,
+    from: NodeId,
+    item: Item,
+    now: Instant,
+    lease: Duration,
+) -> Received {
+    let was_primary = slot.role == Role::Primary && slot.session.is_some();
+    let ends = matches!(item, Item::Remove { .. });
+    let result = apply_item(slot, from, item, now, lease);
+    Received {
+        fence: was_primary && slot.role == Role::Replica,
+        forget: slot.session.is_none(),
+        ended: ends && result == ItemResult::Applied,
+        result,
+    }
+}
+
+fn apply_item(
     slot: &mut Slot,
     from: NodeId,
     item: Item,
@@ -102,6 +183,8 @@ pub fn incoming(
             if s.version != base {
                 return ItemResult::NeedFull;
             }
+            // Each delta applies whole or not at all, so a failure part-way leaves a consistent older copy,
+            // which the full state then replaces.
             for d in &deltas {
                 if s.apply(d).is_err() {
                     return ItemResult::NeedFull;
@@ -144,197 +227,167 @@ pub fn incoming(
     };
     // Whatever this node thought before, it now holds a copy for `from`.
     slot.role = Role::Replica;
-    slot.pending.clear();
-    slot.needs_full = false;
+    slot.copies.clear();
     slot.granted_until = now + lease;
     slot.last_access = now;
     result
 }
 
-/// What the primary does after the secondary answered for one session.
+/// What the primary does after a copy answered for one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterReply {
-    /// The copy holds `version`: acknowledge writes up to it, renew the lease.
-    Acked(u64),
-    /// The copy needs the full state: it was marked, send again.
+    /// The copy confirmed: renew the lease; every version up to `durable` is held by as many copies as a
+    /// write needs (`None`: not yet).
+    Acked { durable: Option<u64> },
+    /// The copy needs the full state: it was marked, queue the peer again.
     Resend,
     /// A newer owner exists: the local copy was dropped.
     Fenced,
 }
 
-/// Primary side: applies the answer to an item sent for `sent_version`.
-pub fn on_reply(slot: &mut Slot, sent_version: u64, result: &ItemResult) -> AfterReply {
+/// Primary side: applies `peer`'s answer to an item sent for `sent_version`. `needed` is how many copies
+/// must confirm a write (the topology's `acks_needed` for this session).
+pub fn on_reply(
+    slot: &mut Slot,
+    peer: NodeId,
+    sent_version: u64,
+    result: &ItemResult,
+    needed: usize,
+) -> AfterReply {
     match result {
-        ItemResult::Applied => AfterReply::Acked(sent_version),
+        ItemResult::Applied => {
+            let Some(s) = slot.session.as_ref() else {
+                return AfterReply::Acked { durable: None };
+            };
+            if let Some(c) = slot.copies.iter_mut().find(|c| c.peer == peer) {
+                c.acked = Some(c.acked.map_or(sent_version, |a| a.max(sent_version)));
+            }
+            let needed = needed.min(slot.copies.len());
+            let durable = durable(slot.copies.iter().map(|c| c.acked), needed, s.version);
+            AfterReply::Acked { durable }
+        }
         ItemResult::NeedFull => {
             if slot.role == Role::Primary && slot.session.is_some() {
-                slot.needs_full = true;
+                if let Some(c) = slot.copies.iter_mut().find(|c| c.peer == peer) {
+                    c.full = true;
+                }
             }
             AfterReply::Resend
         }
         ItemResult::Fenced { .. } => {
             slot.session = None;
-            slot.pending.clear();
-            slot.needs_full = false;
-            slot.validate = false;
+            slot.copies.clear();
             AfterReply::Fenced
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::SessionId;
-    use serde_json::json;
+/// What the primary does when a send to a peer failed (the peer is marked down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The session still copies to that peer: give it another (the peer excluded).
+    Rehome,
+    /// A removal went down with the peer and nothing else is left here: drop the entry, release waiters.
+    Forget,
+    /// Nothing to do for this session.
+    Nothing,
+}
 
-    const LEASE: Duration = Duration::from_millis(300);
-
-    fn id(n: u64) -> NodeId {
-        NodeId::new((1 << 50) + n).unwrap()
+/// Primary side: a batch to `peer` failed.
+pub fn on_failure(slot: &mut Slot, peer: NodeId) -> AfterFailure {
+    if slot.session.is_some() {
+        let copies_there = slot.copies.iter().any(|c| c.peer == peer);
+        return if copies_there && slot.role == Role::Primary {
+            AfterFailure::Rehome
+        } else {
+            AfterFailure::Nothing
+        };
     }
-
-    /// A primary slot on node 1 with secondary node 2, and an empty slot on node 2.
-    fn pair() -> (Slot, Slot) {
-        let now = Instant::now();
-        let mut p = Slot::empty(now);
-        p.role = Role::Primary;
-        p.session = Some(Session::new(SessionId(42), id(1), Some(id(2))));
-        p.needs_full = true;
-        (p, Slot::empty(now))
-    }
-
-    fn write(p: &mut Slot, key: &str) {
-        let s = p.session.as_mut().unwrap();
-        let (_, d) = s.incr(key).unwrap();
-        p.pending.push(d);
-    }
-
-    /// Delivers everything outgoing from `p` to `s` until quiet; returns the replies seen.
-    fn sync(p: &mut Slot, s: &mut Slot) -> Vec<AfterReply> {
-        let mut seen = vec![];
-        for _ in 0..4 {
-            let Some((item, v)) = outgoing(p, id(2)) else {
-                break;
-            };
-            let r = incoming(s, id(1), item, Instant::now(), LEASE);
-            seen.push(on_reply(p, v, &r));
-        }
-        seen
-    }
-
-    #[test]
-    fn the_first_copy_is_full_then_deltas_follow() {
-        let (mut p, mut s) = pair();
-        assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Acked(0)]);
-        write(&mut p, "a");
-        write(&mut p, "a");
-        assert!(matches!(
-            outgoing(&mut p.clone_for_test(), id(2)),
-            Some((Item::Deltas { base: 0, .. }, 2))
-        ));
-        assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Acked(2)]);
-        assert_eq!(s.session, p.session);
-        assert_eq!(s.role, Role::Replica);
-    }
-
-    #[test]
-    fn a_copy_that_lost_its_state_gets_the_full_session() {
-        let (mut p, mut s) = pair();
-        sync(&mut p, &mut s);
-        write(&mut p, "a");
-        let mut restarted = Slot::empty(Instant::now());
-        assert_eq!(
-            sync(&mut p, &mut restarted),
-            vec![AfterReply::Resend, AfterReply::Acked(1)]
-        );
-        assert_eq!(restarted.session, p.session);
-    }
-
-    #[test]
-    fn a_resent_batch_is_not_applied_twice() {
-        let (mut p, mut s) = pair();
-        sync(&mut p, &mut s);
-        write(&mut p, "a");
-        let (item, v) = outgoing(&mut p, id(2)).unwrap();
-        // Applied, but the reply was lost; the primary resends the same deltas.
-        incoming(&mut s, id(1), item.clone(), Instant::now(), LEASE);
-        let r = incoming(&mut s, id(1), item, Instant::now(), LEASE);
-        assert_eq!(r, ItemResult::NeedFull);
-        assert_eq!(on_reply(&mut p, v, &r), AfterReply::Resend);
-        sync(&mut p, &mut s);
-        assert_eq!(s.session.as_ref().unwrap().data["a"], json!(1));
-    }
-
-    #[test]
-    fn a_primary_fenced_by_a_newer_owner_drops_its_copy() {
-        let (mut p, mut s) = pair();
-        sync(&mut p, &mut s);
-        // Node 3 took the session over from the secondary: epoch 2.
-        let sc = s.session.as_mut().unwrap();
-        sc.epoch = 2;
-        sc.primary = id(3);
-        write(&mut p, "a");
-        assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Fenced]);
-        assert!(p.session.is_none());
-        assert_eq!(
-            s.session.as_ref().unwrap().version,
-            0,
-            "the fenced write never reached the copy"
-        );
-    }
-
-    #[test]
-    fn a_stale_full_copy_cannot_overwrite_a_newer_epoch() {
-        let (mut p, mut s) = pair();
-        sync(&mut p, &mut s);
-        s.session.as_mut().unwrap().epoch = 5;
-        p.needs_full = true;
-        assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Fenced]);
-        assert_eq!(s.session.as_ref().unwrap().epoch, 5);
-    }
-
-    #[test]
-    fn validate_renews_only_a_matching_copy() {
-        let (mut p, mut s) = pair();
-        sync(&mut p, &mut s);
-        p.validate = true;
-        assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Acked(0)]);
-        s.session.as_mut().unwrap().version = 9;
-        p.validate = true;
-        assert_eq!(sync(&mut p, &mut s)[0], AfterReply::Resend);
-    }
-
-    #[test]
-    fn a_removed_session_is_removed_from_the_copy() {
-        let (mut p, mut s) = pair();
-        sync(&mut p, &mut s);
-        let sess = p.session.take().unwrap();
-        p.removed = Some((sess.id, sess.epoch, id(2)));
-        sync(&mut p, &mut s);
-        assert!(s.session.is_none());
-        assert!(outgoing(&mut p, id(2)).is_none());
-    }
-
-    #[test]
-    fn items_for_another_secondary_are_not_sent() {
-        let (mut p, _) = pair();
-        assert!(outgoing(&mut p, id(3)).is_none());
-        assert!(p.needs_full, "the mark stays for the right peer");
-    }
-
-    impl Slot {
-        fn clone_for_test(&self) -> Slot {
-            Slot {
-                session: self.session.clone(),
-                role: self.role,
-                last_access: self.last_access,
-                granted_until: self.granted_until,
-                pending: self.pending.clone(),
-                needs_full: self.needs_full,
-                validate: self.validate,
-                removed: self.removed,
-            }
-        }
+    slot.copies.retain(|c| c.peer != peer);
+    if slot.copies.is_empty() {
+        AfterFailure::Forget
+    } else {
+        AfterFailure::Nothing
     }
 }
+
+/// Copy or owner side of a takeover: hands the session in `slot` to `requester`, raising the epoch; this node
+/// keeps a copy as its secondary and grants the new owner a read lease until `now + lease`. Returns the
+/// granted session and, when this node was the owner, its old copies (to be told to drop theirs).
+pub fn grant(
+    slot: &mut Slot,
+    requester: NodeId,
+    me: NodeId,
+    now: Instant,
+    lease: Duration,
+) -> Option<(Session, Vec<NodeId>)> {
+    let was_primary = slot.role == Role::Primary;
+    let s = slot.session.as_mut()?;
+    s.epoch += 1;
+    s.primary = requester;
+    s.secondary = Some(me);
+    let granted = s.clone();
+    let old_copies = if was_primary {
+        slot.copies
+            .iter()
+            .map(|c| c.peer)
+            .filter(|p| *p != requester)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    slot.role = Role::Replica;
+    slot.copies.clear();
+    // The requester now holds a read lease of its own: no other takeover before it ends.
+    slot.granted_until = now + lease;
+    Some((granted, old_copies))
+}
+
+/// A promotion's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// The owner the copy named before.
+    pub old_owner: NodeId,
+    /// The copy is older than the client's signed cookie: updates were lost (async mode).
+    pub stale: bool,
+}
+
+/// Copy side: this node becomes the owner of the copy in `slot` (its owner dead): epoch + 1, no copies yet
+/// (the caller picks them). `None` when there is no copy here.
+pub fn promote(slot: &mut Slot, me: NodeId, cookie_version: u64, now: Instant) -> Option<Promoted> {
+    let s = slot.session.as_mut()?;
+    let old_owner = s.primary;
+    s.epoch += 1;
+    s.primary = me;
+    s.secondary = None;
+    let stale = s.version < cookie_version;
+    slot.role = Role::Primary;
+    slot.last_access = now;
+    slot.copies.clear();
+    Some(Promoted { old_owner, stale })
+}
+
+/// Requester side of a takeover: installs a granted session as this node's own. Returns whether it is older
+/// than the client's signed cookie.
+pub fn install(slot: &mut Slot, session: Session, cookie_version: u64, now: Instant) -> bool {
+    let stale = session.version < cookie_version;
+    // The granter keeps a copy as secondary and holds the version it granted.
+    let granter = session.secondary;
+    let version = session.version;
+    slot.session = Some(session);
+    slot.role = Role::Primary;
+    slot.last_access = now;
+    slot.copies = granter
+        .map(|g| {
+            let mut c = Cursor::fresh(g);
+            c.full = false;
+            c.acked = Some(version);
+            c
+        })
+        .into_iter()
+        .collect();
+    stale
+}
+
+#[cfg(test)]
+mod tests;

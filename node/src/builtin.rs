@@ -1,0 +1,124 @@
+//! The built-in session API (DESIGN §6), the first [`App`]: `GET /session`, `PATCH /session` (JSON merge
+//! patch), `POST /session/incr/{key}` and `DELETE /session`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::http::request::Parts;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::app::{empty, error_reply, json_reply, text_reply, App, Applied, Change, Reply};
+use crate::membership::Membership;
+use crate::session::{Outcome, Session};
+
+/// Longest key `POST /session/incr/{key}` takes.
+const MAX_KEY_LEN: usize = 256;
+
+/// What the client asked of its session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Get,
+    Patch(Value),
+    Incr(String),
+    Delete,
+}
+
+impl Op {
+    /// The operation's name in metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Patch(_) => "patch",
+            Op::Incr(_) => "incr",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// The built-in API; it names nodes in its answers through the membership.
+pub struct BuiltinApi {
+    pub members: Arc<Membership>,
+}
+
+impl App for BuiltinApi {
+    type Call = Op;
+
+    fn parse(&self, parts: &Parts, body: Bytes) -> Result<Op, Reply> {
+        let path = parts.uri.path();
+        let m = &parts.method;
+        if path == "/session" || path == "/session/" {
+            return match *m {
+                Method::GET => Ok(Op::Get),
+                Method::DELETE => Ok(Op::Delete),
+                Method::PATCH => match serde_json::from_slice::<Value>(&body) {
+                    Ok(v @ Value::Object(_)) => Ok(Op::Patch(v)),
+                    Ok(_) => Err(error_reply(
+                        StatusCode::BAD_REQUEST,
+                        "a merge patch must be a JSON object",
+                    )),
+                    Err(e) => Err(error_reply(
+                        StatusCode::BAD_REQUEST,
+                        &format!("body is not JSON: {e}"),
+                    )),
+                },
+                _ => Err(method_not_allowed("GET, PATCH, DELETE")),
+            };
+        }
+        if let Some(key) = path.strip_prefix("/session/incr/") {
+            if *m != Method::POST {
+                return Err(method_not_allowed("POST"));
+            }
+            if key.is_empty() || key.len() > MAX_KEY_LEN || key.contains('/') {
+                return Err(error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "the key must be 1 to 256 characters without `/`",
+                ));
+            }
+            return Ok(Op::Incr(key.to_string()));
+        }
+        Err(error_reply(StatusCode::NOT_FOUND, "no such path"))
+    }
+
+    fn label(&self, op: &Op) -> &'static str {
+        op.name()
+    }
+
+    fn may_write(&self, op: &Op) -> bool {
+        !matches!(op, Op::Get)
+    }
+
+    fn ends_session(&self, op: &Op) -> bool {
+        matches!(op, Op::Delete)
+    }
+
+    async fn run(&self, op: &Op, _session: &Session) -> Result<Change, Reply> {
+        Ok(match op {
+            Op::Get => Change::Nothing,
+            Op::Patch(p) => Change::Patch(p.clone()),
+            Op::Incr(key) => Change::Increment(key.clone()),
+            Op::Delete => Change::Delete,
+        })
+    }
+
+    fn answer(&self, _op: &Op, session: Option<&Session>, applied: Applied) -> Reply {
+        match (applied, session) {
+            (Applied::Write(Outcome::Incremented { value, version }), _) => {
+                json_reply(StatusCode::OK, &json!({"value": value, "version": version}))
+            }
+            (Applied::Deleted, _) | (_, None) => empty(StatusCode::NO_CONTENT),
+            (_, Some(s)) => text_reply(
+                StatusCode::OK,
+                s.to_json(|id| self.members.name_of(id)).to_string(),
+            ),
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut r = error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}

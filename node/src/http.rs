@@ -1,0 +1,231 @@
+//! The node's HTTP front (hyper, HTTP/1.1): node-reserved `/_node/` paths, and every other request handed to
+//! the session service through the app's parser. Stops accepting on shutdown and lets requests in flight
+//! finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::app::{error_reply, json_reply, App, Reply};
+use crate::forward::HOP_HEADER;
+use crate::ids::SessionId;
+use crate::service::{SessionCall, SessionService};
+use crate::session::MAX_REQUEST_ID_LEN;
+use crate::store::Role;
+use crate::{HEALTH_PATH, REQUEST_ID_HEADER, SERVED_BY_HEADER};
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP front of one node.
+pub struct HttpFront<A: App> {
+    pub name: String,
+    pub expose_node: bool,
+    pub max_body_bytes: usize,
+    /// The replication mode as the file spells it, for `/_node/health`.
+    pub mode: &'static str,
+    pub service: Arc<SessionService<A>>,
+}
+
+impl<A: App> HttpFront<A> {
+    /// Serves `listener` until `shutdown` turns true, then stops accepting and returns once every open
+    /// connection finished its request in flight.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        // Every connection holds a sender; when the last one is gone, `recv` returns None.
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+        loop {
+            let (stream, _) = tokio::select! {
+                a = crate::connection::accept(&listener, "http") => a,
+                _ = stopping(&mut shutdown) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            let open = open_tx.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopping(&mut shutdown) => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                drop(open);
+            });
+        }
+        drop(listener);
+        drop(open_tx);
+        let _ = open_rx.recv().await;
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let mut resp = match (req.method(), req.uri().path()) {
+            (&Method::GET, HEALTH_PATH) => json_reply(
+                StatusCode::OK,
+                &json!({"name": self.name, "sessions": self.service.store.len(), "mode": self.mode}),
+            ),
+            (&Method::GET, "/_node/metrics") => {
+                let mut r = Response::new(Full::new(Bytes::from(self.service.metrics.render())));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            (&Method::GET, p) if p.starts_with("/_node/sessions/") => {
+                let id = p["/_node/sessions/".len()..].to_string();
+                self.local_copy(&id).await
+            }
+            (_, p) if p.starts_with("/_node/") => {
+                error_reply(StatusCode::NOT_FOUND, "no such path")
+            }
+            _ => self.session_request(req).await,
+        };
+        if self.expose_node && !resp.headers().contains_key(SERVED_BY_HEADER) {
+            if let Ok(v) = HeaderValue::from_str(&self.name) {
+                resp.headers_mut().insert(SERVED_BY_HEADER, v);
+            }
+        }
+        resp
+    }
+
+    async fn session_request(&self, req: Request<Incoming>) -> Reply {
+        let (parts, body) = req.into_parts();
+        let limit = self.max_body_bytes;
+        let Some(body) = read_body(body, limit).await else {
+            return error_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body over {limit} bytes"),
+            );
+        };
+        let app = &self.service.app;
+        let call = match app.parse(&parts, body.clone()) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let rid = header(REQUEST_ID_HEADER)
+            .filter(|r| {
+                !r.is_empty()
+                    && r.len() <= MAX_REQUEST_ID_LEN
+                    && r.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .map(str::to_string);
+        let hops = header(HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+        let cookie = self
+            .service
+            .codec
+            .find(parts.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
+            .and_then(|c| self.service.pairs().decode(c.segment).map(|p| (c, p)));
+        let label = app.label(&call);
+        let span = tracing::info_span!(
+            "request",
+            node = %self.name,
+            op = label,
+            session = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
+        if let Some((c, _)) = &cookie {
+            span.record("session", c.session.log_hash());
+        }
+        let call = SessionCall {
+            call,
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            method: parts.method,
+            cookie_header: parts.headers.get(COOKIE).cloned(),
+            body,
+            rid,
+            hops,
+            cookie,
+        };
+        let resp = self.service.execute(call).instrument(span.clone()).await;
+        let outcome = match resp.status().as_u16() {
+            200..=399 => "ok",
+            400..=499 => "client_error",
+            _ => "error",
+        };
+        span.record("outcome", outcome);
+        self.service
+            .metrics
+            .requests
+            .with_label_values(&[label, outcome])
+            .inc();
+        resp
+    }
+
+    /// `GET /_node/sessions/{id}`: this node's own copy, for operators and tests.
+    async fn local_copy(&self, id: &str) -> Reply {
+        let Ok(raw) = u128::from_str_radix(id, 16) else {
+            return error_reply(StatusCode::BAD_REQUEST, "the id is 32 hex digits");
+        };
+        let Some(entry) = self.service.store.get(SessionId(raw)) else {
+            return error_reply(StatusCode::NOT_FOUND, "no copy here");
+        };
+        let slot = entry.slot.lock().await;
+        let Some(s) = slot.session.as_ref() else {
+            return error_reply(StatusCode::NOT_FOUND, "no copy here");
+        };
+        let mut v = s.to_json(|id| self.service.members.name_of(id));
+        v["role"] = json!(if slot.role == Role::Primary {
+            "primary"
+        } else {
+            "replica"
+        });
+        v["epoch"] = json!(s.epoch);
+        json_reply(StatusCode::OK, &v)
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, before the caller awaits anything else.
+    let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// The body, or `None` when it is over `limit`. An oversize body is still read (up to 8× the limit) and
+/// dropped, so the client gets its 413 instead of a reset in mid-upload.
+async fn read_body(mut body: Incoming, limit: usize) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return None };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit.saturating_mul(8) {
+                return None;
+            }
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    (seen <= limit).then(|| buf.freeze())
+}

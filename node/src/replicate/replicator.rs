@@ -1,0 +1,321 @@
+//! The I/O side of replication: a queue and a task per peer, and re-homing of copies when a peer fails.
+//!
+//! Each peer's task drains the sessions queued for it, sends their items as one batch, and carries out what
+//! the core ([`super`]) says about each answer. One batch is in flight per peer; whatever is queued meanwhile
+//! goes in the next, so under load one copy covers many updates (seed 000 claim 23). In `async` mode a batch
+//! also waits for `max_updates` queued sessions or `max_delay`, whichever comes first (seed 003 [0067]),
+//! unless the node is shutting down and flushing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn, Instrument};
+
+use super::{on_failure, on_reply, outgoing, retarget, AfterFailure, AfterReply};
+use crate::config::ReplicationMode;
+use crate::ids::NodeId;
+use crate::membership::{Change, Membership};
+use crate::metrics::Metrics;
+use crate::store::{Entry, Slot, Store};
+use crate::topology::Topology;
+use crate::wire::Item;
+
+/// Most sessions in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// What the replicator needs to know of the cluster file.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub me: NodeId,
+    pub topology: Topology,
+    pub mode: ReplicationMode,
+    pub max_updates: usize,
+    pub max_delay: Duration,
+    pub peer_timeout: Duration,
+    pub lease: Duration,
+}
+
+/// Queues, per-peer tasks and re-homing. Cheap to share: every method takes `&self` or `&Arc<Self>`.
+pub struct Replicator {
+    settings: Settings,
+    store: Arc<Store>,
+    members: Arc<Membership>,
+    metrics: Arc<Metrics>,
+    queues: RwLock<HashMap<NodeId, mpsc::UnboundedSender<Arc<Entry>>>>,
+    /// Sessions queued or in a batch not yet answered, over every peer.
+    outstanding: AtomicI64,
+    settled: Notify,
+    /// Shutting down: batches leave at once instead of waiting to fill.
+    flushing: AtomicBool,
+    hurry: Notify,
+}
+
+impl Replicator {
+    pub fn new(
+        settings: Settings,
+        store: Arc<Store>,
+        members: Arc<Membership>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Replicator> {
+        Arc::new(Replicator {
+            settings,
+            store,
+            members,
+            metrics,
+            queues: RwLock::new(HashMap::new()),
+            outstanding: AtomicI64::new(0),
+            settled: Notify::new(),
+            flushing: AtomicBool::new(false),
+            hurry: Notify::new(),
+        })
+    }
+
+    /// How many copies must confirm a write of a session with `copies` copies.
+    pub fn acks_needed(&self, copies: usize) -> usize {
+        self.settings
+            .topology
+            .acks_needed(self.settings.mode, copies)
+    }
+
+    /// Whether writes wait for their copies (`sync` mode).
+    pub fn sync(&self) -> bool {
+        self.settings.mode == ReplicationMode::Sync
+    }
+
+    /// Starts the queue and task for `peer` (at start, and for a peer added by reload).
+    pub fn add_peer(self: &Arc<Self>, peer: NodeId) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.queues
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, tx);
+        let span = tracing::info_span!("replicate", peer = %self.members.name_of(peer).unwrap_or_default());
+        tokio::spawn(self.clone().run(peer, rx).instrument(span));
+    }
+
+    /// Stops copying to a peer removed by reload and re-homes the sessions that copied to it.
+    pub fn remove_peer(self: &Arc<Self>, peer: NodeId) {
+        self.queues
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
+        let me = self.clone();
+        tokio::spawn(async move { me.rehome_all(move |c| c.contains(&peer), peer).await });
+    }
+
+    /// Queues a session for copying to `peer`.
+    pub fn enqueue(&self, peer: NodeId, entry: &Arc<Entry>) {
+        if let Some(tx) = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+        {
+            self.metrics.repl_queue.inc();
+            self.outstanding.fetch_add(1, Ordering::AcqRel);
+            if tx.send(entry.clone()).is_err() {
+                self.settle(1);
+            }
+        }
+    }
+
+    /// Queues a session for each of `peers`.
+    pub fn enqueue_all(&self, peers: &[NodeId], entry: &Arc<Entry>) {
+        for p in peers {
+            self.enqueue(*p, entry);
+        }
+    }
+
+    fn settle(&self, n: i64) {
+        if self.outstanding.fetch_sub(n, Ordering::AcqRel) <= n {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Sends everything queued now, without waiting for batches to fill, and waits until every queued copy
+    /// was answered (or failed) or `limit` ran out. Returns whether everything was answered.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        self.flushing.store(true, Ordering::Release);
+        self.hurry.notify_waiters();
+        let wait = async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if self.outstanding.load(Ordering::Acquire) <= 0 {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Acts on a liveness change: a dead peer's sessions get new copies; a peer coming up takes copies of
+    /// sessions that had none.
+    pub fn on_change(self: &Arc<Self>, change: Change) {
+        let me = self.clone();
+        match change {
+            Change::Down(peer) => {
+                warn!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer down: re-homing its copies");
+                tokio::spawn(async move { me.rehome_all(move |c| c.contains(&peer), peer).await });
+            }
+            Change::Up(peer) => {
+                info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
+                tokio::spawn(async move { me.rehome_all(|c| c.is_empty(), peer).await });
+            }
+        }
+    }
+
+    /// Gives every primary session whose copy targets match `pred` new ones (never `avoid` while it is
+    /// down) and queues full copies; runs in the background, one session lock at a time.
+    async fn rehome_all(self: Arc<Self>, pred: impl Fn(&[NodeId]) -> bool, avoid: NodeId) {
+        for entry in self.store.entries() {
+            let mut slot = entry.slot.lock().await;
+            let Some(s) = slot.primary() else { continue };
+            if pred(&self.settings.topology.copy_targets(s)) {
+                let exclude = if self.members.is_alive(avoid) {
+                    vec![]
+                } else {
+                    vec![avoid]
+                };
+                self.rehome(&entry, &mut slot, &exclude);
+            }
+        }
+    }
+
+    /// Picks new copy targets for one primary session (never one of `exclude`) and queues full copies to the
+    /// new ones. With no live peer the session runs without a copy and writes are acknowledged at once
+    /// (counted, and fixed when a peer comes up).
+    pub fn rehome(&self, entry: &Arc<Entry>, slot: &mut Slot, exclude: &[NodeId]) {
+        let Some(s) = slot.session.as_mut() else {
+            return;
+        };
+        s.secondary = self.members.choose_secondary(s.id, exclude);
+        let version = s.version;
+        let targets = self.settings.topology.copy_targets(s);
+        retarget(slot, &targets);
+        self.metrics.rehomed.inc();
+        if targets.is_empty() {
+            // Nobody to copy to: waiting writes and reads are released (reads need no lease without a copy).
+            entry.update_mark(|m| {
+                m.copied = m.copied.max(version + 1);
+                m.lease_seq += 1;
+            });
+        }
+        self.enqueue_all(&targets, entry);
+    }
+
+    /// One peer's task; runs until the peer is removed.
+    async fn run(self: Arc<Self>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Arc<Entry>>) {
+        let batching = !self.sync();
+        loop {
+            let Some(first) = rx.recv().await else { return };
+            let mut queued = vec![first];
+            if batching && !self.flushing.load(Ordering::Acquire) {
+                let deadline = tokio::time::Instant::now() + self.settings.max_delay;
+                while queued.len() < self.settings.max_updates {
+                    tokio::select! {
+                        e = rx.recv() => match e { Some(e) => queued.push(e), None => break },
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = self.hurry.notified() => break,
+                    }
+                }
+            }
+            while queued.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(e) => queued.push(e),
+                    Err(_) => break,
+                }
+            }
+            let n = queued.len() as i64;
+            self.metrics.repl_queue.sub(n);
+            self.send_batch(peer, queued).await;
+            self.settle(n);
+        }
+    }
+
+    async fn send_batch(&self, peer: NodeId, queued: Vec<Arc<Entry>>) {
+        let mut seen: HashSet<usize> = HashSet::new();
+        let mut sent: Vec<(Arc<Entry>, u64)> = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
+        for entry in queued {
+            if !seen.insert(Arc::as_ptr(&entry) as usize) {
+                continue;
+            }
+            let mut slot = entry.slot.lock().await;
+            if let Some((item, version)) = outgoing(&mut slot, entry.id, peer) {
+                if matches!(item, Item::Full { .. }) {
+                    self.metrics.full_copies.inc();
+                }
+                items.push(item);
+                drop(slot);
+                sent.push((entry, version));
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        self.metrics.repl_items.inc_by(items.len() as u64);
+        let Some(p) = self.members.peer(peer) else {
+            return;
+        };
+        let sent_at = Instant::now();
+        let reply = p
+            .batch(self.settings.me, items, self.settings.peer_timeout)
+            .await;
+        self.metrics
+            .repl_rtt
+            .observe(sent_at.elapsed().as_secs_f64());
+        let results = match reply {
+            Ok(results) => results,
+            Err(e) => {
+                self.metrics.repl_errors.inc();
+                warn!(sessions = sent.len(), error = %e, "replication batch failed: peer marked down");
+                self.members.mark_failed(peer, &e);
+                for (entry, _) in sent {
+                    let mut slot = entry.slot.lock().await;
+                    match on_failure(&mut slot, peer) {
+                        AfterFailure::Rehome => self.rehome(&entry, &mut slot, &[peer]),
+                        AfterFailure::Forget => {
+                            // A removal whose copy went down with the peer: release whoever waits for it.
+                            entry.update_mark(|m| m.lease_seq += 1);
+                            self.store.remove(&entry);
+                        }
+                        AfterFailure::Nothing => {}
+                    }
+                }
+                return;
+            }
+        };
+        let lease_until = sent_at + self.settings.lease;
+        for ((entry, version), result) in sent.into_iter().zip(results) {
+            let mut slot = entry.slot.lock().await;
+            let needed = self.acks_needed(slot.copies.len());
+            match on_reply(&mut slot, peer, version, &result, needed) {
+                AfterReply::Acked { durable } => entry.update_mark(|m| {
+                    if let Some(v) = durable {
+                        m.copied = m.copied.max(v + 1);
+                    }
+                    m.lease_until = m.lease_until.max(lease_until);
+                    m.lease_seq += 1;
+                }),
+                AfterReply::Resend => {
+                    debug!(session = %entry.id.log_hash(), "copy out of step: sending the full session");
+                    self.enqueue(peer, &entry);
+                }
+                AfterReply::Fenced => {
+                    warn!(session = %entry.id.log_hash(), ?result, "a newer owner exists: local copy dropped");
+                    self.metrics.fenced.inc();
+                    entry.update_mark(|m| m.fenced = true);
+                }
+            }
+            if slot.is_vacant() {
+                self.store.remove(&entry);
+            }
+        }
+    }
+}

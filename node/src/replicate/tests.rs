@@ -1,0 +1,247 @@
+//! Table-style tests of the replication core over in-memory slots.
+
+use super::*;
+use crate::ids::SessionId;
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_millis(300);
+const SID: SessionId = SessionId(42);
+
+fn id(n: u64) -> NodeId {
+    NodeId::new((1 << 50) + n).unwrap()
+}
+
+/// A primary slot on node 1 with secondary node 2 (not yet copied), and an empty slot on node 2.
+fn pair() -> (Slot, Slot) {
+    let now = Instant::now();
+    let mut p = Slot::empty(now);
+    p.role = Role::Primary;
+    p.session = Some(Session::new(SID, id(1), Some(id(2))));
+    retarget(&mut p, &[id(2)]);
+    (p, Slot::empty(now))
+}
+
+fn write(p: &mut Slot, key: &str) {
+    let s = p.session.as_mut().unwrap();
+    let (_, d) = s.incr(key).unwrap();
+    record(p, d);
+}
+
+/// Delivers everything outgoing from `p` to `s` until quiet; returns the replies seen.
+fn sync(p: &mut Slot, s: &mut Slot) -> Vec<AfterReply> {
+    let mut seen = vec![];
+    for _ in 0..4 {
+        let Some((item, v)) = outgoing(p, SID, id(2)) else {
+            break;
+        };
+        let r = incoming(s, id(1), item, Instant::now(), LEASE);
+        seen.push(on_reply(p, id(2), v, &r.result, 1));
+    }
+    seen
+}
+
+fn acked(v: u64) -> AfterReply {
+    AfterReply::Acked { durable: Some(v) }
+}
+
+#[test]
+fn the_first_copy_is_full_then_deltas_follow() {
+    let (mut p, mut s) = pair();
+    assert_eq!(sync(&mut p, &mut s), vec![acked(0)]);
+    write(&mut p, "a");
+    write(&mut p, "a");
+    assert!(matches!(
+        outgoing(&mut p.clone(), SID, id(2)),
+        Some((Item::Deltas { base: 0, .. }, 2))
+    ));
+    assert_eq!(sync(&mut p, &mut s), vec![acked(2)]);
+    assert_eq!(s.session, p.session);
+    assert_eq!(s.role, Role::Replica);
+}
+
+#[test]
+fn a_copy_that_lost_its_state_gets_the_full_session() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    write(&mut p, "a");
+    let mut restarted = Slot::empty(Instant::now());
+    assert_eq!(
+        sync(&mut p, &mut restarted),
+        vec![AfterReply::Resend, acked(1)]
+    );
+    assert_eq!(restarted.session, p.session);
+}
+
+#[test]
+fn a_resent_batch_is_not_applied_twice() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    write(&mut p, "a");
+    let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
+    // Applied, but the reply was lost; the primary resends the same deltas.
+    incoming(&mut s, id(1), item.clone(), Instant::now(), LEASE);
+    let r = incoming(&mut s, id(1), item, Instant::now(), LEASE);
+    assert_eq!(r.result, ItemResult::NeedFull);
+    assert_eq!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Resend);
+    sync(&mut p, &mut s);
+    assert_eq!(s.session.as_ref().unwrap().data["a"], json!(1));
+}
+
+#[test]
+fn a_primary_fenced_by_a_newer_owner_drops_its_copy() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    // Node 3 took the session over from the secondary: epoch 2.
+    let sc = s.session.as_mut().unwrap();
+    sc.epoch = 2;
+    sc.primary = id(3);
+    write(&mut p, "a");
+    assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Fenced]);
+    assert!(p.session.is_none());
+    assert_eq!(
+        s.session.as_ref().unwrap().version,
+        0,
+        "the fenced write never reached the copy"
+    );
+}
+
+#[test]
+fn a_stale_full_copy_cannot_overwrite_a_newer_epoch() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    s.session.as_mut().unwrap().epoch = 5;
+    p.copies[0].full = true;
+    assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Fenced]);
+    assert_eq!(s.session.as_ref().unwrap().epoch, 5);
+}
+
+#[test]
+fn validate_renews_only_a_matching_copy() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    assert_eq!(want_validate(&mut p), vec![id(2)]);
+    assert_eq!(sync(&mut p, &mut s), vec![acked(0)]);
+    s.session.as_mut().unwrap().version = 9;
+    want_validate(&mut p);
+    assert_eq!(sync(&mut p, &mut s)[0], AfterReply::Resend);
+}
+
+#[test]
+fn a_removed_session_is_removed_from_the_copy_once() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    let (ended, peers) = end(&mut p).unwrap();
+    assert_eq!((ended.id, peers), (SID, vec![id(2)]));
+    let (item, _) = outgoing(&mut p, SID, id(2)).unwrap();
+    let r = incoming(&mut s, id(1), item, Instant::now(), LEASE);
+    assert!(r.ended && r.forget);
+    assert!(s.session.is_none());
+    assert!(outgoing(&mut p, SID, id(2)).is_none());
+    assert!(p.is_vacant());
+}
+
+#[test]
+fn items_for_a_peer_without_a_copy_are_not_sent() {
+    let (mut p, _) = pair();
+    assert!(outgoing(&mut p, SID, id(3)).is_none());
+    assert!(p.copies[0].full, "the cursor stays for the right peer");
+}
+
+#[test]
+fn retargeting_keeps_a_remaining_copy_and_starts_a_new_one_full() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    write(&mut p, "a");
+    retarget(&mut p, &[id(2), id(3)]);
+    assert_eq!(
+        p.copies[0].pending.len(),
+        1,
+        "the kept copy still needs its delta"
+    );
+    assert!(
+        p.copies[1].full,
+        "the new copy starts with the whole session"
+    );
+    retarget(&mut p, &[id(3)]);
+    assert_eq!(p.copies.len(), 1);
+    assert_eq!(p.copies[0].peer, id(3));
+}
+
+#[test]
+fn a_failed_send_rehomes_a_live_session_and_forgets_an_ended_one() {
+    let (mut p, _) = pair();
+    assert_eq!(on_failure(&mut p, id(2)), AfterFailure::Rehome);
+    assert_eq!(on_failure(&mut p, id(3)), AfterFailure::Nothing);
+    end(&mut p);
+    assert_eq!(on_failure(&mut p, id(2)), AfterFailure::Forget);
+    assert!(p.is_vacant());
+}
+
+#[test]
+fn a_primary_that_learns_of_a_newer_owner_through_a_copy_is_fenced() {
+    let (mut p, _) = pair();
+    let mut newer = p.session.clone().unwrap();
+    newer.epoch = 2;
+    newer.primary = id(3);
+    newer.secondary = Some(id(1));
+    let r = incoming(
+        &mut p,
+        id(3),
+        Item::Full { session: newer },
+        Instant::now(),
+        LEASE,
+    );
+    assert_eq!(r.result, ItemResult::Applied);
+    assert!(r.fence, "waiters on the old owner must give up");
+    assert_eq!(p.role, Role::Replica);
+    assert!(p.copies.is_empty());
+}
+
+#[test]
+fn a_grant_raises_the_epoch_and_keeps_a_copy_here() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    let now = Instant::now();
+    let (granted, old) = grant(&mut s, id(3), id(2), now, LEASE).unwrap();
+    assert_eq!(
+        (granted.epoch, granted.primary, granted.secondary),
+        (2, id(3), Some(id(2)))
+    );
+    assert!(old.is_empty(), "a copy has no copies of its own to tell");
+    assert_eq!(s.granted_until, now + LEASE);
+    let mut taker = Slot::empty(now);
+    assert!(!install(&mut taker, granted, 0, now));
+    assert_eq!(taker.role, Role::Primary);
+    assert_eq!(
+        taker.copies[0].acked,
+        Some(0),
+        "the granter holds what it granted"
+    );
+    // The old owner's next write is refused by the granter, now a copy of the new owner.
+    write(&mut p, "a");
+    assert_eq!(sync(&mut p, &mut s), vec![AfterReply::Fenced]);
+}
+
+#[test]
+fn an_owner_granting_its_session_names_its_other_copies() {
+    let (mut p, _) = pair();
+    let (_, old) = grant(&mut p, id(3), id(1), Instant::now(), LEASE).unwrap();
+    assert_eq!(old, vec![id(2)]);
+}
+
+#[test]
+fn a_promoted_copy_is_owned_here_and_flags_staleness() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    let got = promote(&mut s, id(2), 3, Instant::now()).unwrap();
+    assert_eq!(
+        got,
+        Promoted {
+            old_owner: id(1),
+            stale: true
+        }
+    );
+    let sess = s.session.as_ref().unwrap();
+    assert_eq!((sess.epoch, sess.primary, sess.secondary), (2, id(2), None));
+    assert_eq!(s.role, Role::Primary);
+}

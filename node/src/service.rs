@@ -1,0 +1,486 @@
+//! The session service: every session request goes through [`SessionService::execute`]. It locates the
+//! session (here as primary; as a copy to promote; at its live owner to forward to; in the pair named by the
+//! cookie to take over), locks it, asks the [`App`] what the request changes, applies and records the change,
+//! queues the copies, releases the lock, and in `sync` mode answers only once the copies the topology needs
+//! hold the update.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::header::{HeaderValue, RETRY_AFTER, SET_COOKIE};
+use hyper::{Method, StatusCode};
+use tracing::warn;
+
+use crate::app::{error_reply, App, Applied, Change, Reply};
+use crate::cookie::{CookieCodec, RoutingCookie};
+use crate::forward::{Forwarder, Outbound};
+use crate::ids::{NodeId, Pair, PairTable, SessionId};
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::replicate::{self, replicator::Replicator};
+use crate::session::{Outcome, Session};
+use crate::store::{Entry, Role, Slot, Store, Waited};
+use crate::takeover::{Recovered, Takeover};
+use crate::STALE_HEADER;
+
+/// Forwards one request may go through between nodes.
+const MAX_HOPS: u8 = 2;
+/// Rounds of locating a session before the request is answered 503.
+const ATTEMPTS: usize = 5;
+
+/// One session request as the HTTP front received it: the app's call, and what is needed to forward it.
+pub struct SessionCall<C> {
+    pub call: C,
+    pub method: Method,
+    pub path: String,
+    pub cookie_header: Option<HeaderValue>,
+    pub body: Bytes,
+    /// The balancer's request id; for a write without one, this node's own (see [`SessionService::execute`]).
+    pub rid: Option<String>,
+    /// Node-to-node forwards so far.
+    pub hops: u8,
+    /// The verified routing cookie and the pair its segment names.
+    pub cookie: Option<(RoutingCookie, Pair)>,
+}
+
+/// Settings the service reads.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub me: NodeId,
+    pub max_session_bytes: usize,
+    /// How long a request waits for its copies (or its lease) before giving up.
+    pub wait_limit: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// How one attempt at running a request on a session held here ended.
+enum Ran {
+    Answered(Reply),
+    /// A newer owner exists: locate the session again.
+    Fenced,
+}
+
+/// Runs session requests through an [`App`].
+pub struct SessionService<A: App> {
+    pub app: A,
+    pub settings: Settings,
+    pub codec: CookieCodec,
+    pub pairs: Arc<RwLock<Arc<PairTable>>>,
+    pub store: Arc<Store>,
+    pub members: Arc<Membership>,
+    pub metrics: Arc<Metrics>,
+    pub replicator: Arc<Replicator>,
+    pub takeover: Arc<Takeover>,
+    pub forwarder: Forwarder,
+}
+
+impl<A: App> SessionService<A> {
+    /// The pair table of the current cluster file.
+    pub fn pairs(&self) -> Arc<PairTable> {
+        self.pairs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Finds the session and runs the request; see the module docs.
+    ///
+    /// A write that came without a request id gets one of this node's own first: the attempt loop below
+    /// may run a request again after its first attempt lost ownership while waiting for its copy, and a
+    /// forward may be retried elsewhere; under one id the session's recorded outcome answers the second run
+    /// instead of applying the write twice.
+    pub async fn execute(&self, mut call: SessionCall<A::Call>) -> Reply {
+        if call.rid.is_none() && self.app.may_write(&call.call) {
+            call.rid = Some(format!("node-{:032x}", SessionId::random().0));
+        }
+        let mut unreachable: Vec<NodeId> = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let Some((cookie, pair)) = call.cookie else {
+                return self.fresh(&call).await;
+            };
+            let (entry, _) = self.store.get_or_insert(cookie.session);
+            let mut slot = entry.slot.lock().await;
+            let mut stale = false;
+            // Where to send the request when a live owner elsewhere should serve it.
+            let mut owner_elsewhere = None;
+            match (slot.session.as_ref(), slot.role) {
+                (Some(_), Role::Primary) => {}
+                (Some(s), Role::Replica) => {
+                    let owner = s.primary;
+                    if call.hops < MAX_HOPS
+                        && !unreachable.contains(&owner)
+                        && self.responsive(owner).await
+                    {
+                        owner_elsewhere = Some(owner);
+                    } else {
+                        stale = self
+                            .takeover
+                            .promote(&entry, &mut slot, cookie.version)
+                            .await;
+                    }
+                }
+                (None, _) => {
+                    let owner = pair.primary;
+                    let forwardable = call.hops < MAX_HOPS && !unreachable.contains(&owner);
+                    let found = if self.store.has_ended(cookie.session) {
+                        Recovered::Ended
+                    } else if forwardable && self.responsive(owner).await {
+                        Recovered::Forward(owner)
+                    } else {
+                        let owner_unreachable = !unreachable.is_empty();
+                        self.takeover
+                            .recover(&entry, &mut slot, &cookie, pair, owner_unreachable)
+                            .await
+                    };
+                    match found {
+                        Recovered::Installed { stale: s } => stale = s,
+                        Recovered::Forward(owner) => owner_elsewhere = Some(owner),
+                        Recovered::Ended | Recovered::Lost => {
+                            drop(slot);
+                            self.drop_if_vacant(&entry);
+                            if matches!(found, Recovered::Lost)
+                                && !self.app.ends_session(&call.call)
+                            {
+                                self.metrics.lost.inc();
+                                warn!(session = %cookie.session.log_hash(), version = cookie.version, "session lost: every copy is gone; starting a fresh one");
+                            }
+                            return self.fresh(&call).await;
+                        }
+                    }
+                }
+            }
+            if let Some(owner) = owner_elsewhere {
+                drop(slot);
+                self.drop_if_vacant(&entry);
+                if call.hops < MAX_HOPS && !unreachable.contains(&owner) {
+                    match self.forward(&call, owner).await {
+                        Ok(r) => return r,
+                        Err(()) => unreachable.push(owner),
+                    }
+                }
+                continue;
+            }
+            if stale {
+                self.metrics.stale.inc();
+            }
+            match self.run(&entry, slot, &call, Some(cookie), stale).await {
+                Ran::Answered(r) => return r,
+                Ran::Fenced => continue,
+            }
+        }
+        unavailable("the session could not be located; retry")
+    }
+
+    /// No session to serve (no valid cookie, or it ended or was lost): a call that ends the session has
+    /// nothing to do, anything else starts a fresh session.
+    async fn fresh(&self, call: &SessionCall<A::Call>) -> Reply {
+        if self.app.ends_session(&call.call) {
+            self.deleted(call, None)
+        } else {
+            self.create(call).await
+        }
+    }
+
+    /// Whether `owner` is worth forwarding to: alive and answering heartbeats, or answering a probe now.
+    async fn responsive(&self, owner: NodeId) -> bool {
+        if owner == self.settings.me || !self.members.is_alive(owner) {
+            return false;
+        }
+        self.members.answered_lately(owner)
+            || self.members.probe(owner, self.store.len() as u64).await
+    }
+
+    fn drop_if_vacant(&self, entry: &Arc<Entry>) {
+        if let Ok(slot) = entry.slot.try_lock() {
+            if slot.is_vacant() {
+                self.store.remove(entry);
+            }
+        }
+    }
+
+    /// Starts a new session here and runs the request on it.
+    async fn create(&self, call: &SessionCall<A::Call>) -> Reply {
+        let sid = SessionId::random();
+        let mut secondary = self.members.choose_secondary(sid, &[]);
+        if secondary.is_none() {
+            // Heartbeat on request: peers may have come up since the last beat.
+            self.members.probe_all(self.store.len() as u64).await;
+            secondary = self.members.choose_secondary(sid, &[]);
+        }
+        let (entry, _) = self.store.get_or_insert(sid);
+        let mut slot = entry.slot.lock().await;
+        let session = Session::new(sid, self.settings.me, secondary);
+        let targets = self.takeover.topology.copy_targets(&session);
+        slot.session = Some(session);
+        slot.role = Role::Primary;
+        replicate::retarget(&mut slot, &targets);
+        self.metrics.created.inc();
+        // With no copy there is nothing to wait for; reads never need a lease without one.
+        entry.reset_mark(u64::from(targets.is_empty()), Instant::now());
+        self.replicator.enqueue_all(&targets, &entry);
+        match self.run(&entry, slot, call, None, false).await {
+            Ran::Answered(r) => r,
+            Ran::Fenced => unavailable("new session lost its ownership; retry"),
+        }
+    }
+
+    /// Runs the request on the primary session in `slot`.
+    async fn run(
+        &self,
+        entry: &Arc<Entry>,
+        mut slot: tokio::sync::MutexGuard<'_, Slot>,
+        call: &SessionCall<A::Call>,
+        cookie: Option<RoutingCookie>,
+        stale: bool,
+    ) -> Ran {
+        slot.last_access = Instant::now();
+        let s = slot.session.as_ref().expect("primary slot holds a session");
+        if let Some(o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)) {
+            self.metrics.dedup_hits.inc();
+            let reply = self.app.answer(&call.call, Some(s), Applied::Write(o));
+            let (sid, version, pair) = (s.id, s.version, pair_of(s));
+            let wait = self.replicator.sync() && !slot.copies.is_empty();
+            drop(slot);
+            if wait {
+                if let Some(ran) = self.wait_written(entry, version).await {
+                    return ran;
+                }
+            }
+            return Ran::Answered(self.finish(reply, sid, cookie, pair, version, stale));
+        }
+        let change = match self.app.run(&call.call, s).await {
+            Ok(c) => c,
+            Err(reply) => return Ran::Answered(reply),
+        };
+        let limit = self.settings.max_session_bytes;
+        let s = slot.session.as_mut().expect("primary slot holds a session");
+        let (outcome, mut delta) = match change {
+            Change::Nothing => return self.read(entry, slot, call, cookie, stale).await,
+            Change::Delete => return Ran::Answered(self.delete(entry, slot, call).await),
+            Change::Patch(p) => match s.patch(&p, limit) {
+                Ok(d) => (Outcome::Patched, d),
+                Err(e) => return Ran::Answered(self.app.refused(&call.call, e)),
+            },
+            Change::Increment(key) => match s.incr(&key) {
+                Ok((value, d)) => (
+                    Outcome::Incremented {
+                        value,
+                        version: s.version,
+                    },
+                    d,
+                ),
+                Err(e) => return Ran::Answered(self.app.refused(&call.call, e)),
+            },
+        };
+        if let Some(rid) = &call.rid {
+            s.record(&mut delta, rid, outcome);
+        }
+        let reply = self
+            .app
+            .answer(&call.call, Some(s), Applied::Write(outcome));
+        let (sid, version, pair) = (s.id, s.version, pair_of(s));
+        replicate::record(&mut slot, delta);
+        let peers: Vec<NodeId> = slot.copies.iter().map(|c| c.peer).collect();
+        if peers.is_empty() {
+            entry.update_mark(|m| m.copied = m.copied.max(version + 1));
+        }
+        self.replicator.enqueue_all(&peers, entry);
+        drop(slot);
+        if self.replicator.sync() && !peers.is_empty() {
+            if let Some(ran) = self.wait_written(entry, version).await {
+                return ran;
+            }
+        }
+        Ran::Answered(self.finish(reply, sid, cookie, pair, version, stale))
+    }
+
+    /// Waits until the copies hold `version`. `None` when they do; else how the request ends: fenced (locate
+    /// the session again: the retry finds its outcome if the write survived), or 503 when the copies did not
+    /// confirm in time (the write stays applied here; a retry under the same request id returns its outcome).
+    async fn wait_written(&self, entry: &Entry, version: u64) -> Option<Ran> {
+        match entry
+            .wait_mark(self.settings.wait_limit, |m| m.covers(version))
+            .await
+        {
+            Waited::Done => None,
+            Waited::Fenced => Some(Ran::Fenced),
+            Waited::TimedOut => {
+                self.metrics.unconfirmed.inc();
+                warn!(session = %entry.id.log_hash(), version, "copy not confirmed in time: answered 503");
+                Some(Ran::Answered(unavailable(
+                    "the update is applied but its copy is not confirmed yet; retry with the same request id",
+                )))
+            }
+        }
+    }
+
+    /// A read: served only while this node certainly still owns the session (lease), and in sync mode only
+    /// once the copies hold what is shown.
+    async fn read(
+        &self,
+        entry: &Arc<Entry>,
+        mut slot: tokio::sync::MutexGuard<'_, Slot>,
+        call: &SessionCall<A::Call>,
+        cookie: Option<RoutingCookie>,
+        stale: bool,
+    ) -> Ran {
+        let s = slot.session.as_ref().expect("primary slot holds a session");
+        let reply = self.app.answer(&call.call, Some(s), Applied::Read);
+        let (sid, version, pair) = (s.id, s.version, pair_of(s));
+        let m = entry.mark();
+        let need_copy = self.replicator.sync() && !m.covers(version);
+        let need_lease = !slot.copies.is_empty() && m.lease_until <= Instant::now();
+        if need_copy || need_lease {
+            if need_lease {
+                let peers = replicate::want_validate(&mut slot);
+                self.replicator.enqueue_all(&peers, entry);
+            }
+            drop(slot);
+            let waited = entry
+                .wait_mark(self.settings.wait_limit, |x| {
+                    (!need_copy || x.covers(version)) && (!need_lease || x.lease_seq > m.lease_seq)
+                })
+                .await;
+            // A read has no effect: whatever stopped it, locating the session again is safe.
+            if waited != Waited::Done {
+                return Ran::Fenced;
+            }
+        }
+        Ran::Answered(self.finish(reply, sid, cookie, pair, version, stale))
+    }
+
+    /// Ends the session on every copy and answers the deletion.
+    async fn delete(
+        &self,
+        entry: &Arc<Entry>,
+        mut slot: tokio::sync::MutexGuard<'_, Slot>,
+        call: &SessionCall<A::Call>,
+    ) -> Reply {
+        let seq = entry.mark().lease_seq;
+        let ended = self.end_session(entry, &mut slot);
+        drop(slot);
+        let copied_elsewhere = ended.as_ref().is_some_and(|s| s.secondary.is_some());
+        if self.replicator.sync() && copied_elsewhere {
+            entry
+                .wait_mark(self.settings.wait_limit, |m| m.lease_seq > seq)
+                .await;
+        }
+        self.deleted(call, ended.as_ref())
+    }
+
+    /// Ends the primary session in `slot` here and queues the removal of its copies; returns it.
+    pub fn end_session(&self, entry: &Arc<Entry>, slot: &mut Slot) -> Option<Session> {
+        let (s, peers) = replicate::end(slot)?;
+        self.store.mark_ended(s.id);
+        if peers.is_empty() {
+            self.store.remove(entry);
+        }
+        self.replicator.enqueue_all(&peers, entry);
+        Some(s)
+    }
+
+    /// The app's answer to a deletion, with the routing cookie cleared.
+    fn deleted(&self, call: &SessionCall<A::Call>, session: Option<&Session>) -> Reply {
+        let mut r = self.app.answer(&call.call, session, Applied::Deleted);
+        set_header(&mut r, SET_COOKIE, &self.codec.clear_cookie(false));
+        r
+    }
+
+    /// The app's answer, with a fresh cookie when the client's is missing or out of date.
+    fn finish(
+        &self,
+        mut r: Reply,
+        sid: SessionId,
+        cookie: Option<RoutingCookie>,
+        pair: Pair,
+        version: u64,
+        stale: bool,
+    ) -> Reply {
+        let current = RoutingCookie {
+            session: sid,
+            segment: pair.segment(),
+            version,
+        };
+        if cookie != Some(current) {
+            set_header(&mut r, SET_COOKIE, &self.codec.set_cookie(&current, false));
+        }
+        if stale {
+            r.headers_mut()
+                .insert(STALE_HEADER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+
+    /// Forwards the request to `owner`. `Err` when the owner could not answer.
+    async fn forward(&self, call: &SessionCall<A::Call>, owner: NodeId) -> Result<Reply, ()> {
+        // Reads carry no id; the owner serves them as they are.
+        let rid = call
+            .rid
+            .clone()
+            .unwrap_or_else(|| format!("node-{:032x}", SessionId::random().0));
+        let out = Outbound {
+            method: &call.method,
+            path: &call.path,
+            cookie: call.cookie_header.as_ref(),
+            body: &call.body,
+            rid: &rid,
+            hops: call.hops,
+        };
+        self.forwarder.send(owner, out).await
+    }
+
+    /// Removes sessions idle for longer than the idle timeout: a primary's on every copy; a copy on its own
+    /// only when its primary is gone (otherwise the primary says when). Returns (primaries, copies) held.
+    pub fn expire_idle(&self, now: Instant) -> (i64, i64) {
+        let idle = self.settings.idle_timeout;
+        let (mut primaries, mut replicas) = (0i64, 0i64);
+        self.store.prune_ended(now);
+        for entry in self.store.entries() {
+            let Ok(mut slot) = entry.slot.try_lock() else {
+                continue;
+            };
+            let Some(s) = slot.session.as_ref() else {
+                continue;
+            };
+            let idle_for = now.saturating_duration_since(slot.last_access);
+            match slot.role {
+                Role::Primary => {
+                    primaries += 1;
+                    if idle_for > idle {
+                        self.end_session(&entry, &mut slot);
+                        self.metrics.expired.inc();
+                    }
+                }
+                Role::Replica => {
+                    replicas += 1;
+                    if idle_for > idle && !self.members.is_alive(s.primary) {
+                        slot.session = None;
+                        self.store.mark_ended(entry.id);
+                        self.store.remove(&entry);
+                        self.metrics.expired.inc();
+                    }
+                }
+            }
+        }
+        (primaries, replicas)
+    }
+}
+
+fn pair_of(s: &Session) -> Pair {
+    Pair {
+        primary: s.primary,
+        secondary: s.secondary,
+    }
+}
+
+fn set_header(r: &mut Reply, name: hyper::header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(name, v);
+    }
+}
+
+/// 503 with `Retry-After: 1`.
+fn unavailable(message: &str) -> Reply {
+    let mut r = error_reply(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}

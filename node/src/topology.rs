@@ -1,0 +1,108 @@
+//! Where a session's copies live, as pure functions of the session and the cluster: which peers get a copy,
+//! how many of them must confirm a write before it is answered, and where a node looks for a session it
+//! does not host. Only the pair exists today (DESIGN §5.1); the bank and the grapevine add variants here.
+
+use crate::config::ReplicationMode;
+use crate::ids::{NodeId, Pair};
+use crate::session::Session;
+
+/// The shape of replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// A primary and one secondary (seed 003).
+    Pair,
+}
+
+impl Topology {
+    /// The peers that should hold a copy of `s` (its owner excluded).
+    pub fn copy_targets(self, s: &Session) -> Vec<NodeId> {
+        match self {
+            Topology::Pair => s.secondary.into_iter().collect(),
+        }
+    }
+
+    /// How many of `targets` copies must confirm a write before it is answered: in `sync` mode one (the
+    /// secondary) when there is one; in `async` mode none. Never more than there are copies: a session whose
+    /// peers are all gone runs unprotected rather than refusing writes (DESIGN §4.4).
+    pub fn acks_needed(self, mode: ReplicationMode, targets: usize) -> usize {
+        match (self, mode) {
+            (_, ReplicationMode::Async) => 0,
+            (Topology::Pair, ReplicationMode::Sync) => targets.min(1),
+        }
+    }
+
+    /// The nodes to ask, in order, for a session whose cookie names `pair`, when `me` does not host it: the
+    /// secondary first, the copy the design names for recovery (seed 003 [0050]), then the primary.
+    pub fn takeover_sources(self, pair: Pair, me: NodeId) -> Vec<NodeId> {
+        match self {
+            Topology::Pair => pair
+                .secondary
+                .into_iter()
+                .chain(Some(pair.primary))
+                .filter(|n| *n != me)
+                .collect(),
+        }
+    }
+}
+
+/// The version every needed copy holds, from the versions the copies confirmed: the `needed`-th highest of
+/// `acked`. `None` when fewer than `needed` copies confirmed anything; with `needed == 0`, `current` (nothing
+/// to wait for).
+pub fn durable(
+    acked: impl IntoIterator<Item = Option<u64>>,
+    needed: usize,
+    current: u64,
+) -> Option<u64> {
+    if needed == 0 {
+        return Some(current);
+    }
+    let mut held: Vec<u64> = acked.into_iter().flatten().collect();
+    if held.len() < needed {
+        return None;
+    }
+    held.sort_unstable_by(|a, b| b.cmp(a));
+    Some(held[needed - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionId;
+
+    fn id(n: u64) -> NodeId {
+        NodeId::new((1 << 50) + n).unwrap()
+    }
+
+    #[test]
+    fn a_pair_copies_to_its_secondary_and_waits_for_it_only_in_sync_mode() {
+        let s = Session::new(SessionId(1), id(1), Some(id(2)));
+        assert_eq!(Topology::Pair.copy_targets(&s), vec![id(2)]);
+        assert_eq!(Topology::Pair.acks_needed(ReplicationMode::Sync, 1), 1);
+        assert_eq!(Topology::Pair.acks_needed(ReplicationMode::Async, 1), 0);
+        let alone = Session::new(SessionId(1), id(1), None);
+        assert!(Topology::Pair.copy_targets(&alone).is_empty());
+        assert_eq!(Topology::Pair.acks_needed(ReplicationMode::Sync, 0), 0);
+    }
+
+    #[test]
+    fn takeover_asks_the_secondary_first_and_never_itself() {
+        let pair = Pair {
+            primary: id(1),
+            secondary: Some(id(2)),
+        };
+        assert_eq!(
+            Topology::Pair.takeover_sources(pair, id(3)),
+            vec![id(2), id(1)]
+        );
+        assert_eq!(Topology::Pair.takeover_sources(pair, id(2)), vec![id(1)]);
+    }
+
+    #[test]
+    fn a_version_is_durable_once_enough_copies_confirmed_it() {
+        assert_eq!(durable([Some(4)], 1, 9), Some(4));
+        assert_eq!(durable([None], 1, 9), None);
+        assert_eq!(durable([Some(4), Some(7), None], 2, 9), Some(4));
+        assert_eq!(durable([Some(4), None], 2, 9), None);
+        assert_eq!(durable([], 0, 9), Some(9), "nothing to wait for");
+    }
+}
