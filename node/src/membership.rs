@@ -111,7 +111,7 @@ impl Membership {
             key: auth_key(&cfg.secret),
             heartbeat: cfg.replication.heartbeat,
             peer_timeout: cfg.replication.peer_timeout,
-            started: std::time::Instant::now(),
+            started: crate::store::now(),
             last_probe_all_ms: AtomicU64::new(0),
         };
         m.update(cfg);
@@ -195,7 +195,9 @@ impl Membership {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        crate::store::now()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64
     }
 
     /// Whether `id` is alive and answered a heartbeat within the last two intervals. A paused process

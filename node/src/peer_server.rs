@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -13,7 +13,7 @@ use crate::connection::{server_handshake, write_frame, LinkError};
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::replicate;
-use crate::store::Store;
+use crate::store::{now, Store};
 use crate::takeover::Takeover;
 use crate::wire::{Body, Envelope, Item, ItemResult};
 
@@ -131,7 +131,7 @@ impl PeerServer {
     async fn receive(&self, from: NodeId, item: Item) -> ItemResult {
         let (entry, _) = self.store.get_or_insert(item.sid());
         let mut slot = entry.slot.lock().await;
-        let r = replicate::incoming(&mut slot, from, item, Instant::now(), self.lease);
+        let r = replicate::incoming(&mut slot, from, item, now(), self.lease);
         if r.fence {
             entry.update_mark(|m| m.fenced = true);
         }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::peer_server::PeerServer;
 use crate::replicate::replicator::{self, Replicator};
 use crate::service::{self, SessionService};
-use crate::store::Store;
+use crate::store::{now, Store};
 use crate::takeover::Takeover;
 use crate::topology::Topology;
 
@@ -244,14 +244,16 @@ impl Running {
     /// every queued copy at once and waits for the answers, all within the grace period; then stops the
     /// background tasks. Replication keeps being served meanwhile, so peers' own copies are not held up.
     pub async fn shutdown(self) {
-        let started = Instant::now();
+        let started = now();
         let _ = self.stop.send(true);
         let mut http = self.http;
         if tokio::time::timeout(self.grace, &mut http).await.is_err() {
             warn!("requests still in flight at the end of the grace period");
             http.abort();
         }
-        let left = self.grace.saturating_sub(started.elapsed());
+        let left = self
+            .grace
+            .saturating_sub(now().saturating_duration_since(started));
         if !self.replicator.flush(left).await {
             warn!("copies still unconfirmed at the end of the grace period");
         }
@@ -259,7 +261,7 @@ impl Running {
             task.abort();
         }
         info!(
-            took_ms = started.elapsed().as_millis() as u64,
+            took_ms = now().saturating_duration_since(started).as_millis() as u64,
             "node stopped"
         );
     }
@@ -290,7 +292,7 @@ async fn housekeeping(service: Arc<SessionService<BuiltinApi>>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let (primaries, replicas) = service.expire_idle(Instant::now());
+        let (primaries, replicas) = service.expire_idle(now());
         let gauge = &service.metrics.sessions;
         gauge.with_label_values(&["primary"]).set(primaries);
         gauge.with_label_values(&["replica"]).set(replicas);

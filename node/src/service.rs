@@ -20,7 +20,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replicate::{self, replicator::Replicator};
 use crate::session::{Outcome, Session};
-use crate::store::{Entry, Role, Slot, Store, Waited};
+use crate::store::{now, Entry, Role, Slot, Store, Waited};
 use crate::takeover::{Recovered, Takeover};
 use crate::STALE_HEADER;
 
@@ -214,7 +214,7 @@ impl<A: App> SessionService<A> {
         replicate::retarget(&mut slot, &targets);
         self.metrics.created.inc();
         // With no copy there is nothing to wait for; reads never need a lease without one.
-        entry.reset_mark(u64::from(targets.is_empty()), Instant::now());
+        entry.reset_mark(u64::from(targets.is_empty()), now());
         self.replicator.enqueue_all(&targets, &entry);
         match self.run(&entry, slot, call, None, false).await {
             Ran::Answered(r) => r,
@@ -231,7 +231,7 @@ impl<A: App> SessionService<A> {
         cookie: Option<RoutingCookie>,
         stale: bool,
     ) -> Ran {
-        slot.last_access = Instant::now();
+        slot.last_access = now();
         let s = slot.session.as_ref().expect("primary slot holds a session");
         if let Some(o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)) {
             self.metrics.dedup_hits.inc();
@@ -327,7 +327,7 @@ impl<A: App> SessionService<A> {
         let (sid, version, pair) = (s.id, s.version, pair_of(s));
         let m = entry.mark();
         let need_copy = self.replicator.sync() && !m.covers(version);
-        let need_lease = !slot.copies.is_empty() && m.lease_until <= Instant::now();
+        let need_lease = !slot.copies.is_empty() && m.lease_until <= now();
         if need_copy || need_lease {
             if need_lease {
                 let peers = replicate::want_validate(&mut slot);

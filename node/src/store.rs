@@ -18,6 +18,12 @@ use crate::session::{Delta, Session};
 
 const SHARDS: usize = 64;
 
+/// The node's clock: tokio's, so that tests under `tokio::time::pause()` move leases, batching, expiry and
+/// heartbeats with virtual time; outside tests it is the system's monotonic clock.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Which copy this node holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -241,7 +247,7 @@ impl Store {
         if let Some(e) = shard.get(&id) {
             return (e.clone(), false);
         }
-        let e = Arc::new(Entry::new(id, Instant::now()));
+        let e = Arc::new(Entry::new(id, now()));
         shard.insert(id, e.clone());
         (e, true)
     }
@@ -259,7 +265,7 @@ impl Store {
         self.ended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Instant::now());
+            .insert(id, now());
     }
 
     /// Whether session `id` ended here within [`TOMBSTONE_TTL`].

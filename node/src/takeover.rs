@@ -13,7 +13,7 @@
 //! asking, probing and waiting around them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -22,7 +22,7 @@ use crate::ids::{NodeId, Pair, SessionId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replicate::{self, replicator::Replicator};
-use crate::store::{Entry, Role, Slot, Store};
+use crate::store::{now, Entry, Role, Slot, Store};
 use crate::topology::Topology;
 use crate::wire::{Body, Item, PullResult};
 
@@ -115,7 +115,7 @@ impl Takeover {
         }
         let was_primary = slot.role == Role::Primary;
         let Some((granted, old_copies)) =
-            replicate::grant(&mut slot, requester, self.me, Instant::now(), self.lease)
+            replicate::grant(&mut slot, requester, self.me, now(), self.lease)
         else {
             return PullResult::NotFound;
         };
@@ -166,15 +166,14 @@ impl Takeover {
                     requester: self.me,
                     owner_unreachable: owner_unreachable || !self.members.is_alive(pair.primary),
                 };
-                let sent_at = Instant::now();
+                let sent_at = now();
                 let answer = peer.link.call(ask, self.peer_timeout + self.lease).await;
                 match answer {
                     Ok(Body::PullReply {
                         result: PullResult::Granted { session },
                     }) => {
                         let version = session.version;
-                        let stale =
-                            replicate::install(slot, session, cookie.version, Instant::now());
+                        let stale = replicate::install(slot, session, cookie.version, now());
                         entry.reset_mark(version + 1, sent_at + self.lease);
                         self.metrics.takeovers.inc();
                         info!(session = %cookie.session.log_hash(), from = %peer.cfg.name, version, stale, "session taken over");
@@ -213,10 +212,10 @@ impl Takeover {
         if !owner.is_some_and(|o| self.members.is_gone(o)) {
             tokio::time::sleep_until(slot.granted_until.into()).await;
         }
-        let Some(p) = replicate::promote(slot, self.me, cookie_version, Instant::now()) else {
+        let Some(p) = replicate::promote(slot, self.me, cookie_version, now()) else {
             return false;
         };
-        entry.reset_mark(0, Instant::now());
+        entry.reset_mark(0, now());
         self.replicator.rehome(entry, slot, &[p.old_owner]);
         self.metrics.promotions.inc();
         let s = slot.session.as_ref().expect("promoted above");

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn, Instrument};
@@ -19,7 +19,7 @@ use crate::config::ReplicationMode;
 use crate::ids::NodeId;
 use crate::membership::{Change, Membership};
 use crate::metrics::Metrics;
-use crate::store::{Entry, Slot, Store};
+use crate::store::{now, Entry, Slot, Store};
 use crate::topology::Topology;
 use crate::wire::Item;
 
@@ -263,7 +263,7 @@ impl Replicator {
         let Some(p) = self.members.peer(peer) else {
             return;
         };
-        let sent_at = Instant::now();
+        let sent_at = now();
         let reply = p
             .batch(self.settings.me, items, self.settings.peer_timeout)
             .await;
