@@ -74,6 +74,8 @@ pub struct ClusterSpec {
     pub idle_timeout_s: u64,
     /// `[replication.batch] max_delay_ms` (async batching).
     pub max_delay_ms: u64,
+    /// `[replication.batch] max_updates` (async batching).
+    pub max_updates: usize,
 }
 
 impl Default for ClusterSpec {
@@ -88,6 +90,7 @@ impl Default for ClusterSpec {
             node_extra: HashMap::new(),
             idle_timeout_s: 600,
             max_delay_ms: 5,
+            max_updates: 64,
         }
     }
 }
@@ -123,8 +126,8 @@ pub fn render_config(
         "[cluster]\nsecret = \"test-secret-0123456789abcdef\"\n\n[lb]\nlisten = \"{lb}\"\nadmin = \"{admin}\"\n{}\n\
          [lb.health]\ninterval_ms = 200\nfall = 2\nrise = 2\ntimeout_ms = 300\n\n\
          [node]\nexpose_node = true\n\n[replication]\nmode = \"{}\"\nheartbeat_ms = 200\npeer_timeout_ms = 1000\nlease_ms = 300\n{}\n\
-         [replication.batch]\nmax_updates = 64\nmax_delay_ms = {}\n\n[session]\nidle_timeout_s = {}\n{}\n",
-        spec.lb_extra, spec.mode, spec.replication_extra, spec.max_delay_ms, spec.idle_timeout_s, spec.session_extra
+         [replication.batch]\nmax_updates = {}\nmax_delay_ms = {}\n\n[session]\nidle_timeout_s = {}\n{}\n",
+        spec.lb_extra, spec.mode, spec.replication_extra, spec.max_updates, spec.max_delay_ms, spec.idle_timeout_s, spec.session_extra
     );
     for (i, n) in nodes.iter().enumerate() {
         t += &format!(

@@ -227,12 +227,11 @@ fn lb_check_accepts_a_valid_file_and_names_file_line_and_key_of_an_invalid_one()
     let bad = c.dir.join("bad.toml");
     let text = std::fs::read_to_string(&c.config_path)
         .unwrap()
-        .replace("algorithm", "algorithm_typo");
-    let text = if text.contains("algorithm_typo") {
-        text
-    } else {
-        text.replace("[lb]\n", "[lb]\nalgorithm = \"fastest\"\n")
-    };
+        .replace("[lb]\n", "[lb]\nalgorithm = \"fastest\"\n");
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("algorithm = \"fastest\""))
+        .expect("the bad key is in the file");
     std::fs::write(&bad, text).unwrap();
     let out = std::process::Command::new(bin("lb"))
         .arg("check")
@@ -242,7 +241,9 @@ fn lb_check_accepts_a_valid_file_and_names_file_line_and_key_of_an_invalid_one()
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("bad.toml:") && err.contains("algorithm"),
-        "{err}"
+        err.contains(&format!("bad.toml:{line}"))
+            && err.contains("algorithm")
+            && err.contains("fastest"),
+        "the error names file:line, key and value: {err}"
     );
 }
