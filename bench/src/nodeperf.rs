@@ -118,7 +118,7 @@ async fn start(
         "[cluster]\nsecret = {}\n[lb]\nlisten = \"{}\"\nadmin = \"{}\"\n[replication]\nmode = \"{mode}\"\n\
          [replication.batch]\nmax_updates = {}\nmax_delay_ms = {}\n[session]\nidle_timeout_s = 3600\n\
          max_session_bytes = 1048576\n",
-        toml::Value::String(base.secret.clone()),
+        toml::Value::String(base.secret.expose().to_string()),
         port()?,
         port()?,
         base.replication.max_updates,

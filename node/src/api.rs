@@ -92,7 +92,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Resp {
     let mut resp = match (req.method().clone(), path.as_str()) {
         (Method::GET, HEALTH_PATH) => json_response(
             StatusCode::OK,
-            &json!({"name": node.me.name, "sessions": node.store.len(), "mode": format!("{:?}", node.cfg.replication.mode).to_lowercase()}),
+            &json!({"name": node.me.name, "sessions": node.store.len(), "mode": node.cfg.replication.mode.as_str()}),
         ),
         (Method::GET, "/_node/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(node.metrics.render())));

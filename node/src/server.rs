@@ -298,7 +298,7 @@ pub(crate) async fn accept(
 }
 
 async fn serve_replication(node: Arc<Node>, listener: TcpListener) {
-    let key = auth_key(&node.cfg.secret);
+    let key = auth_key(node.cfg.secret.expose());
     loop {
         let (stream, addr) = accept(&listener, "replication").await;
         let node = node.clone();
