@@ -6,7 +6,9 @@
 //! - `spans`: the line of a key, from the spans `toml` reports, for errors that name file, line and key.
 //! - [`choices`]: the settings that take one word (`algorithm`, `mode`, ...) as enums printing the file's word.
 //! - [`secret`]: [`Secret`], whose `Debug` redacts.
+//! - [`builder`]: [`ClusterFile`], a typed cluster file that renders TOML, for tests, benchmarks and tools.
 
+pub mod builder;
 pub mod choices;
 mod file;
 pub mod secret;
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use builder::ClusterFile;
 pub use choices::{Algorithm, Failover, LogFormat, ReplicationMode, Topology, UnknownChoice};
 pub use secret::Secret;
 
@@ -249,6 +252,7 @@ impl ClusterConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::builder::NodeEntry;
     use super::*;
 
     const GOOD: &str = r#"
@@ -440,18 +444,14 @@ secret = "0123456789abcdef0123"
     fn colliding_pair_sums_are_refused() {
         // 1+4 == 2+3: the pairs (n1,n4) and (n2,n3) would share a segment.
         let base = 1u64 << 50;
-        let mut text = String::from(
-            "[cluster]\nsecret = \"0123456789abcdef0123\"\n[lb]\nlisten = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n",
-        );
-        for i in 1..=4u64 {
-            text += &format!(
-                "[[nodes]]\nname = \"n{i}\"\nhttp = \"127.0.0.1:{}\"\nrepl = \"127.0.0.1:{}\"\nid = {}\n",
-                9000 + i,
-                9100 + i,
-                base + i
-            );
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut file = ClusterFile::new("0123456789abcdef0123", addr(1), addr(2));
+        for i in 1..=4u16 {
+            let mut n = NodeEntry::new(format!("n{i}"), addr(9000 + i), addr(9100 + i));
+            n.id = Some(base + u64::from(i));
+            file.nodes.push(n);
         }
-        let err = error(&text);
+        let err = error(&file.render());
         assert!(
             err.contains("`nodes`: two different pairs have the same id sum"),
             "{err}"
