@@ -4,7 +4,7 @@
 //! without colliding. Every process is killed when the [`Cluster`] is dropped (and, through `PR_SET_PDEATHSIG`,
 //! when the test process itself dies).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -55,6 +55,18 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A port on `ip` that was free a moment ago and is not in `taken`, which it joins. The kernel may hand the
+/// same port to two probes in a row once the first probe is closed; two processes of one cluster on one port
+/// would fail the test for nothing.
+pub fn unused_port(ip: Ipv4Addr, taken: &mut HashSet<u16>) -> u16 {
+    loop {
+        let port = free_port(ip);
+        if taken.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// What cluster to start.
@@ -112,6 +124,8 @@ pub struct Cluster {
     pub lb_admin: SocketAddr,
     pub spec: ClusterSpec,
     procs: HashMap<String, Child>,
+    /// Every port handed out on `ip`, so no two addresses of the cluster share one.
+    ports: HashSet<u16>,
 }
 
 /// The cluster file for `spec` on `ip` with the given ports: fast health checks, heartbeats and leases, so
@@ -173,7 +187,8 @@ impl Cluster {
     /// starting anything (for tools such as `bench cluster` that start the processes themselves).
     pub fn prepare(spec: ClusterSpec) -> Result<Cluster> {
         let ip = loopback_ip();
-        let addr = || SocketAddr::from((ip, free_port(ip)));
+        let mut ports = HashSet::new();
+        let mut addr = || SocketAddr::from((ip, unused_port(ip, &mut ports)));
         let nodes: Vec<NodeAddrs> = (0..spec.nodes)
             .map(|i| NodeAddrs {
                 name: format!("n{}", i + 1),
@@ -196,19 +211,26 @@ impl Cluster {
             lb_admin: addr(),
             spec,
             procs: HashMap::new(),
+            ports,
         };
         c.rewrite_config()?;
         Ok(c)
+    }
+
+    /// An address on the cluster's ip whose port no other address of the cluster has.
+    pub fn unused_addr(&mut self) -> SocketAddr {
+        SocketAddr::from((self.ip, unused_port(self.ip, &mut self.ports)))
     }
 
     /// Adds a node on fresh ports to the cluster file and starts it; returns its name. Running processes learn
     /// of it only through a reload (SIGHUP).
     pub fn add_node(&mut self) -> Result<String> {
         let name = format!("n{}", self.nodes.len() + 1);
+        let (http, repl) = (self.unused_addr(), self.unused_addr());
         self.nodes.push(NodeAddrs {
             name: name.clone(),
-            http: SocketAddr::from((self.ip, free_port(self.ip))),
-            repl: SocketAddr::from((self.ip, free_port(self.ip))),
+            http,
+            repl,
         });
         self.spec.nodes = self.nodes.len();
         self.rewrite_config()?;
