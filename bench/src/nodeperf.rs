@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use node::config::ClusterConfig;
+use node::config::builder::NodeEntry;
+use node::config::{ClusterConfig, ClusterFile, ReplicationMode};
 use serde_json::json;
 
 use crate::cli::{write_file, LoadArgs};
@@ -44,9 +45,9 @@ pub async fn node_perf(
     load.mix = "incr=1".into();
     let mut rows = Vec::new();
     for (name, nodes, mode) in [
-        ("unreplicated", 1, "sync"),
-        ("sync", 2, "sync"),
-        ("async", 2, "async"),
+        ("unreplicated", 1, ReplicationMode::Sync),
+        ("sync", 2, ReplicationMode::Sync),
+        ("async", 2, ReplicationMode::Async),
     ] {
         let mut procs = start(&dir, &base, name, nodes, mode).await?;
         let target = procs.config.nodes[0].http;
@@ -110,30 +111,24 @@ async fn start(
     base: &ClusterConfig,
     name: &str,
     nodes: usize,
-    mode: &str,
+    mode: ReplicationMode,
 ) -> Result<Procs> {
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = || free_port(ip).map(|p| SocketAddr::new(ip, p));
-    let mut text = format!(
-        "[cluster]\nsecret = {}\n[lb]\nlisten = \"{}\"\nadmin = \"{}\"\n[replication]\nmode = \"{mode}\"\n\
-         [replication.batch]\nmax_updates = {}\nmax_delay_ms = {}\n[session]\nidle_timeout_s = 3600\n\
-         max_session_bytes = 1048576\n",
-        toml::Value::String(base.secret.clone()),
-        port()?,
-        port()?,
-        base.replication.max_updates,
-        base.replication.max_delay.as_millis(),
-    );
+    let mut file = ClusterFile::new(base.secret.clone(), port()?, port()?);
+    file.replication.mode = Some(mode);
+    file.replication.max_updates = Some(base.replication.max_updates);
+    file.replication.max_delay = Some(base.replication.max_delay);
+    // Long enough that no session expires during a run, large enough for the memory run's sessions.
+    file.session.idle_timeout = Some(Duration::from_secs(3600));
+    file.session.max_session_bytes = Some(1024 * 1024);
     for i in 1..=nodes {
-        let _ = write!(
-            text,
-            "[[nodes]]\nname = \"n{i}\"\nhttp = \"{}\"\nrepl = \"{}\"\nmachine = \"m{i}\"\n",
-            port()?,
-            port()?
-        );
+        let mut node = NodeEntry::new(format!("n{i}"), port()?, port()?);
+        node.machine = Some(format!("m{i}"));
+        file.nodes.push(node);
     }
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text)?;
+    std::fs::write(&path, file.render())?;
     let mut procs = Procs::new(&path)?;
     procs.start_all(false).await?;
     Ok(procs)
@@ -146,7 +141,7 @@ struct Memory {
 
 /// Creates `n` sessions of about `bytes` each on n1 of a fresh sync pair; RSS growth of both, per 100 000.
 async fn memory(dir: &Path, base: &ClusterConfig, n: usize, bytes: usize) -> Result<Memory> {
-    let mut procs = start(dir, base, "memory", 2, "sync").await?;
+    let mut procs = start(dir, base, "memory", 2, ReplicationMode::Sync).await?;
     let target = procs.config.nodes[0].http;
     let pids = [
         procs.pid("n1").context("n1 pid")?,

@@ -36,8 +36,8 @@ impl Status {
     pub fn of(t: &Topology) -> Status {
         Status {
             generation: t.generation,
-            algorithm: format!("{:?}", t.cfg.lb.algorithm),
-            failover: format!("{:?}", t.cfg.lb.failover),
+            algorithm: t.cfg.lb.algorithm.to_string(),
+            failover: t.cfg.lb.failover.to_string(),
             nodes: t
                 .nodes
                 .iter()

@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     let cfg = ClusterConfig::load(&cli.config)?;
-    init_tracing(cfg.node.log_json);
+    init_tracing(cfg.node.log_format == node::config::LogFormat::Json);
     let path =
         std::fs::canonicalize(&cli.config).with_context(|| format!("{}", cli.config.display()))?;
     tracing::info!(listen = %cfg.lb.listen, admin = %cfg.lb.admin, nodes = cfg.nodes.len(), "lb starting");

@@ -413,18 +413,19 @@ fn diff(old: &Topology, new: &Topology) -> ReloadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use node::config::builder::NodeEntry;
+    use node::config::ClusterFile;
 
+    /// A cluster file of `(name, http port, extra TOML)` nodes; each node's repl port is its http port + 100.
     fn text(nodes: &[(&str, u16, &str)]) -> String {
-        let mut t = String::from(
-            "[cluster]\nsecret = \"membership-test-secret\"\n[lb]\nlisten = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n",
-        );
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut file = ClusterFile::new("membership-test-secret", addr(1), addr(2));
         for (name, port, extra) in nodes {
-            t += &format!(
-                "[[nodes]]\nname = \"{name}\"\nhttp = \"127.0.0.1:{port}\"\nrepl = \"127.0.0.1:{}\"\n{extra}\n",
-                port + 100
-            );
+            let mut node = NodeEntry::new(*name, addr(*port), addr(port + 100));
+            node.extra = extra.to_string();
+            file.nodes.push(node);
         }
-        t
+        file.render()
     }
 
     fn membership(dir: &Path, t: &str) -> Membership {

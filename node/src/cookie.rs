@@ -63,7 +63,7 @@ impl Key {
         // A key of its own, so the cookie MAC never doubles as a replication credential.
         let mut h = Sha256::new();
         h.update(b"srvsession-cookie-v1\0");
-        h.update(k.secret.as_bytes());
+        h.update(k.secret.expose().as_bytes());
         let mac_key: [u8; 32] = h.finalize().into();
         Key {
             id: k.id,

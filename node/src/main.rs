@@ -29,7 +29,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = ClusterConfig::load(&args.config)?;
-    init_logs(cfg.node.log_json);
+    init_logs(cfg.node.log_format == node::config::LogFormat::Json);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("node")

@@ -108,7 +108,7 @@ impl Membership {
             changes,
             me: me.clone(),
             peers: RwLock::new(HashMap::new()),
-            key: auth_key(&cfg.secret),
+            key: auth_key(cfg.secret.expose()),
             heartbeat: cfg.replication.heartbeat,
             peer_timeout: cfg.replication.peer_timeout,
             started: crate::store::now(),

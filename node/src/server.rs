@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 
 use crate::builtin::BuiltinApi;
-use crate::config::{ClusterConfig, NodeConfig, ReplicationMode};
+use crate::config::{self, ClusterConfig, NodeConfig};
 use crate::connection::auth_key;
 use crate::cookie::CookieCodec;
 use crate::forward::Forwarder;
@@ -41,6 +41,8 @@ pub enum ServerError {
     Removed(String),
     #[error("this node's id or addresses changed: restart it to apply that")]
     Moved,
+    #[error("topology `{0}` is not built yet")]
+    Topology(config::Topology),
 }
 
 /// The node's two listeners, bound by the caller (a test binds port 0 and reads the address).
@@ -90,7 +92,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         .ok_or_else(|| ServerError::UnknownNode(name.to_string()))?
         .clone();
     let r = &cfg.replication;
-    let topology = Topology::Pair;
+    let topology = Topology::built(r.topology).ok_or(ServerError::Topology(r.topology))?;
     let store = Arc::new(Store::default());
     let metrics = Arc::new(Metrics::new());
     let (members, changes) = Membership::new(&cfg, &me);
@@ -149,7 +151,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         ),
     });
     let peers = Arc::new(PeerServer {
-        key: auth_key(&cfg.secret),
+        key: auth_key(cfg.secret.expose()),
         lease: r.lease,
         store: store.clone(),
         metrics: metrics.clone(),
@@ -159,10 +161,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         name: me.name.clone(),
         expose_node: cfg.node.expose_node,
         max_body_bytes: cfg.node.max_body_bytes,
-        mode: match r.mode {
-            ReplicationMode::Sync => "sync",
-            ReplicationMode::Async => "async",
-        },
+        mode: r.mode.as_str(),
         service: service.clone(),
     });
     let (stop, stopped) = watch::channel(false);

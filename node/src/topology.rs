@@ -6,7 +6,8 @@ use crate::config::ReplicationMode;
 use crate::ids::{NodeId, Pair};
 use crate::session::Session;
 
-/// The shape of replication.
+/// The shape of replication, as built. The file's `[replication] topology` names more shapes than are built
+/// yet; config validation refuses those, so [`Topology::built`] is `None` only for a config that skipped it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Topology {
     /// A primary and one secondary (seed 003).
@@ -14,6 +15,14 @@ pub enum Topology {
 }
 
 impl Topology {
+    /// The built topology for the file's choice, `None` for one not built yet.
+    pub fn built(choice: crate::config::Topology) -> Option<Topology> {
+        match choice {
+            crate::config::Topology::Pair => Some(Topology::Pair),
+            crate::config::Topology::Rss | crate::config::Topology::Broadcast => None,
+        }
+    }
+
     /// The peers that should hold a copy of `s` (its owner excluded).
     pub fn copy_targets(self, s: &Session) -> Vec<NodeId> {
         match self {

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use node::config::ClusterConfig;
+use node::config::builder::NodeEntry;
+use node::config::{ClusterConfig, ClusterFile, ReplicationMode};
 use node::connection::{auth_key, server_handshake, write_frame};
 use node::cookie::CookieCodec;
 use node::server::{self, Listeners, Running};
@@ -22,25 +23,29 @@ use tokio::time::{sleep, Instant};
 
 const SECRET: &str = "paused-test-secret-0123456789";
 
-/// Bound listeners for `n` nodes and the cluster file naming them; `extra` goes after `[replication]`'s
-/// keys (more keys or tables), `node_extra` into every `[[nodes]]` entry.
-async fn cluster(n: usize, replication: &str, extra: &str) -> (ClusterConfig, Vec<Listeners>) {
+/// Bound listeners for `n` nodes and the cluster file naming them, with test timings (200 ms heartbeats,
+/// 1 s peer timeout, 300 ms lease) and whatever `tune` sets.
+async fn cluster(n: usize, tune: impl FnOnce(&mut ClusterFile)) -> (ClusterConfig, Vec<Listeners>) {
+    let unused: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut file = ClusterFile::new(SECRET, unused, unused);
+    file.replication.heartbeat = Some(Duration::from_millis(200));
+    file.replication.peer_timeout = Some(Duration::from_millis(1000));
+    file.replication.lease = Some(Duration::from_millis(300));
     let mut listeners = Vec::new();
-    let mut nodes = String::new();
     for i in 1..=n {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let repl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        nodes += &format!(
-            "\n[[nodes]]\nname = \"n{i}\"\nhttp = \"{}\"\nrepl = \"{}\"\nmachine = \"m{i}\"\n",
+        let mut entry = NodeEntry::new(
+            format!("n{i}"),
             http.local_addr().unwrap(),
-            repl.local_addr().unwrap()
+            repl.local_addr().unwrap(),
         );
+        entry.machine = Some(format!("m{i}"));
+        file.nodes.push(entry);
         listeners.push(Listeners { http, repl });
     }
-    let text = format!(
-        "[cluster]\nsecret = \"{SECRET}\"\n\n[lb]\nlisten = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n\n\
-         [replication]\nheartbeat_ms = 200\npeer_timeout_ms = 1000\nlease_ms = 300\n{replication}\n{extra}\n{nodes}"
-    );
+    tune(&mut file);
+    let text = file.render();
     let cfg =
         ClusterConfig::from_toml("paused.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     (cfg, listeners)
@@ -157,11 +162,11 @@ async fn session_on_n1(cfg: &ClusterConfig) -> (User, String) {
 
 #[tokio::test(start_paused = true)]
 async fn an_async_batch_waits_max_delay_when_it_does_not_fill_and_leaves_at_once_when_it_does() {
-    let (cfg, l) = cluster(
-        2,
-        "mode = \"async\"",
-        "[replication.batch]\nmax_updates = 4\nmax_delay_ms = 1000",
-    )
+    let (cfg, l) = cluster(2, |f| {
+        f.replication.mode = Some(ReplicationMode::Async);
+        f.replication.max_updates = Some(4);
+        f.replication.max_delay = Some(Duration::from_millis(1000));
+    })
     .await;
     let _nodes = start_all(&cfg, l);
     sleep(Duration::from_millis(500)).await; // a heartbeat round: n2 is alive for n1
@@ -204,7 +209,7 @@ async fn an_async_batch_waits_max_delay_when_it_does_not_fill_and_leaves_at_once
 
 #[tokio::test(start_paused = true)]
 async fn a_read_inside_the_lease_needs_no_round_trip_and_one_after_it_renews_the_lease() {
-    let (cfg, l) = cluster(2, "mode = \"sync\"", "").await;
+    let (cfg, l) = cluster(2, |_| {}).await;
     let _nodes = start_all(&cfg, l);
     sleep(Duration::from_millis(500)).await;
     let (mut u, _) = session_on_n1(&cfg).await;
@@ -227,7 +232,10 @@ async fn a_read_inside_the_lease_needs_no_round_trip_and_one_after_it_renews_the
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_session_expires_on_every_copy_after_the_idle_timeout() {
-    let (cfg, l) = cluster(2, "mode = \"sync\"", "[session]\nidle_timeout_s = 60").await;
+    let (cfg, l) = cluster(2, |f| {
+        f.session.idle_timeout = Some(Duration::from_secs(60))
+    })
+    .await;
     let _nodes = start_all(&cfg, l);
     sleep(Duration::from_millis(500)).await;
     let (_, sid) = session_on_n1(&cfg).await;
@@ -289,7 +297,7 @@ async fn muteable_peer(addr: SocketAddr, mute: Arc<AtomicBool>) {
 
 #[tokio::test(start_paused = true)]
 async fn a_secondary_that_stops_answering_heartbeats_is_replaced_after_the_peer_timeout() {
-    let (cfg, mut l) = cluster(3, "mode = \"sync\"", "").await;
+    let (cfg, mut l) = cluster(3, |_| {}).await;
     // n2 is a stand-in that can go silent; n1 pins it as its secondary so the first copy goes there.
     let fake = l.remove(1);
     let n2_repl = fake.repl.local_addr().unwrap();
@@ -350,7 +358,7 @@ async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_a
     use node::session::Session;
     use node::wire::Item;
 
-    let (cfg, mut l) = cluster(2, "mode = \"sync\"", "").await;
+    let (cfg, mut l) = cluster(2, |_| {}).await;
     // n2 is a stand-in owner: its replication port answers until muted, its HTTP port accepts and never answers.
     let fake = l.remove(1);
     let n2_repl = fake.repl.local_addr().unwrap();

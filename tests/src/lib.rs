@@ -4,7 +4,7 @@
 //! without colliding. Every process is killed when the [`Cluster`] is dropped (and, through `PR_SET_PDEATHSIG`,
 //! when the test process itself dies).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use node::config::builder::{HealthSection, NodeEntry, ReplicationSection};
+use node::config::ClusterFile;
 
 /// Directory holding the built binaries: `$SRV_BIN_DIR`, else `<target>/debug`.
 pub fn bin_dir() -> PathBuf {
@@ -53,6 +55,18 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A port on `ip` that was free a moment ago and is not in `taken`, which it joins. The kernel may hand the
+/// same port to two probes in a row once the first probe is closed; two processes of one cluster on one port
+/// would fail the test for nothing.
+pub fn unused_port(ip: Ipv4Addr, taken: &mut HashSet<u16>) -> u16 {
+    loop {
+        let port = free_port(ip);
+        if taken.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// What cluster to start.
@@ -113,34 +127,50 @@ pub struct Cluster {
     pub lb_admin: SocketAddr,
     pub spec: ClusterSpec,
     procs: HashMap<String, Child>,
+    /// Every port handed out on `ip`, so no two addresses of the cluster share one.
+    ports: HashSet<u16>,
 }
 
-/// The cluster file for `spec` on `ip` with the given ports.
+/// The cluster file for `spec` on `ip` with the given ports: fast health checks, heartbeats and leases, so
+/// failures are noticed within a second.
 pub fn render_config(
     spec: &ClusterSpec,
     nodes: &[NodeAddrs],
     lb: SocketAddr,
     admin: SocketAddr,
 ) -> String {
-    let mut t = format!(
-        "[cluster]\nsecret = \"test-secret-0123456789abcdef\"\n\n[lb]\nlisten = \"{lb}\"\nadmin = \"{admin}\"\n{}\n\
-         [lb.health]\ninterval_ms = 200\nfall = 2\nrise = 2\ntimeout_ms = 300\n\n\
-         [node]\nexpose_node = true\n\n[replication]\nmode = \"{}\"\nheartbeat_ms = 200\npeer_timeout_ms = 1000\nlease_ms = 300\n{}\n\
-         [replication.batch]\nmax_updates = {}\nmax_delay_ms = {}\n\n[session]\nidle_timeout_s = {}\n{}\n",
-        spec.lb_extra, spec.mode, spec.replication_extra, spec.max_updates, spec.max_delay_ms, spec.idle_timeout_s, spec.session_extra
-    );
-    for (i, n) in nodes.iter().enumerate() {
-        t += &format!(
-            "\n[[nodes]]\nname = \"{}\"\nhttp = \"{}\"\nrepl = \"{}\"\nmachine = \"m{}\"\nzone = \"z{}\"\n{}\n",
-            n.name,
-            n.http,
-            n.repl,
-            i + 1,
-            i % 2 + 1,
-            spec.node_extra.get(&i).map(String::as_str).unwrap_or("")
-        );
+    let mut file = ClusterFile::new("test-secret-0123456789abcdef", lb, admin);
+    file.lb.health = HealthSection {
+        interval: Some(Duration::from_millis(200)),
+        timeout: Some(Duration::from_millis(300)),
+        fall: Some(2),
+        rise: Some(2),
+    };
+    file.lb.extra = spec.lb_extra.clone();
+    file.node.expose_node = Some(true);
+    file.replication = ReplicationSection {
+        mode: spec.mode.parse().ok(),
+        heartbeat: Some(Duration::from_millis(200)),
+        peer_timeout: Some(Duration::from_millis(1000)),
+        lease: Some(Duration::from_millis(300)),
+        max_updates: Some(spec.max_updates),
+        max_delay: Some(Duration::from_millis(spec.max_delay_ms)),
+        extra: spec.replication_extra.clone(),
+    };
+    if file.replication.mode.is_none() {
+        // Not a mode: written as given, so a test of the node's refusal still gets the word it asked for.
+        file.replication.extra = format!("mode = {:?}\n{}", spec.mode, spec.replication_extra);
     }
-    t
+    file.session.idle_timeout = Some(Duration::from_secs(spec.idle_timeout_s));
+    file.session.extra = spec.session_extra.clone();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut entry = NodeEntry::new(n.name.clone(), n.http, n.repl);
+        entry.machine = Some(format!("m{}", i + 1));
+        entry.zone = Some(format!("z{}", i % 2 + 1));
+        entry.extra = spec.node_extra.get(&i).cloned().unwrap_or_default();
+        file.nodes.push(entry);
+    }
+    file.render()
 }
 
 impl Cluster {
@@ -160,7 +190,8 @@ impl Cluster {
     /// starting anything (for tools such as `bench cluster` that start the processes themselves).
     pub fn prepare(spec: ClusterSpec) -> Result<Cluster> {
         let ip = loopback_ip();
-        let addr = || SocketAddr::from((ip, free_port(ip)));
+        let mut ports = HashSet::new();
+        let mut addr = || SocketAddr::from((ip, unused_port(ip, &mut ports)));
         let nodes: Vec<NodeAddrs> = (0..spec.nodes)
             .map(|i| NodeAddrs {
                 name: format!("n{}", i + 1),
@@ -183,19 +214,26 @@ impl Cluster {
             lb_admin: addr(),
             spec,
             procs: HashMap::new(),
+            ports,
         };
         c.rewrite_config()?;
         Ok(c)
+    }
+
+    /// An address on the cluster's ip whose port no other address of the cluster has.
+    pub fn unused_addr(&mut self) -> SocketAddr {
+        SocketAddr::from((self.ip, unused_port(self.ip, &mut self.ports)))
     }
 
     /// Adds a node on fresh ports to the cluster file and starts it; returns its name. Running processes learn
     /// of it only through a reload (SIGHUP).
     pub fn add_node(&mut self) -> Result<String> {
         let name = format!("n{}", self.nodes.len() + 1);
+        let (http, repl) = (self.unused_addr(), self.unused_addr());
         self.nodes.push(NodeAddrs {
             name: name.clone(),
-            http: SocketAddr::from((self.ip, free_port(self.ip))),
-            repl: SocketAddr::from((self.ip, free_port(self.ip))),
+            http,
+            repl,
         });
         self.spec.nodes = self.nodes.len();
         self.rewrite_config()?;
@@ -566,5 +604,66 @@ impl Cluster {
     /// The validated config the processes read.
     pub fn config(&self) -> node::config::ClusterConfig {
         node::config::ClusterConfig::load(&self.config_path).expect("our own config validates")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use node::config::{ClusterConfig, Failover, ReplicationMode};
+
+    #[test]
+    fn a_rendered_spec_loads_with_its_mode_timings_and_extras() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let spec = ClusterSpec {
+            mode: "async",
+            max_delay_ms: 1500,
+            idle_timeout_s: 1,
+            lb_extra: "failover = \"secondary\"".into(),
+            node_extra: HashMap::from([(1, "drain = true".to_string())]),
+            ..ClusterSpec::default()
+        };
+        let nodes: Vec<NodeAddrs> = (1..=3)
+            .map(|i| NodeAddrs {
+                name: format!("n{i}"),
+                http: addr(9000 + i),
+                repl: addr(9100 + i),
+            })
+            .collect();
+        let text = render_config(&spec, &nodes, addr(8080), addr(8081));
+        let c = ClusterConfig::from_toml("spec.toml", &text).unwrap();
+        assert_eq!(c.replication.mode, ReplicationMode::Async);
+        assert_eq!(c.replication.max_delay, Duration::from_millis(1500));
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(1));
+        assert_eq!(c.lb.failover, Failover::Secondary);
+        assert_eq!(c.lb.health.interval, Duration::from_millis(200));
+        assert!(c.node.expose_node);
+        assert_eq!(c.nodes.len(), 3);
+        assert!(c.nodes[1].drain && !c.nodes[0].drain);
+        assert_eq!(
+            (c.nodes[2].machine.as_str(), c.nodes[2].zone.as_str()),
+            ("m3", "z1")
+        );
+        assert!(
+            text.contains("[lb]\n") && text.contains("[replication]"),
+            "tests edit these headers:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_spec_mode_that_is_no_mode_reaches_the_file_as_written() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let spec = ClusterSpec {
+            mode: "eventually",
+            ..ClusterSpec::default()
+        };
+        let err =
+            ClusterConfig::from_toml("spec.toml", &render_config(&spec, &[], addr(1), addr(2)))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("`replication.mode`: unknown variant `eventually`"),
+            "{err}"
+        );
     }
 }

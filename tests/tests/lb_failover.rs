@@ -233,6 +233,12 @@ fn with_every_node_down_the_balancer_answers_503_with_retry_after_and_resumes_wh
 fn failover_secondary_sends_a_dead_primarys_sessions_to_their_secondary() {
     let mut c = cluster(3, "failover = \"secondary\"");
     let lb = c.lb_url();
+    let s = status(&c.admin_url());
+    assert_eq!(
+        (s["algorithm"].as_str(), s["failover"].as_str()),
+        (Some("least_connections"), Some("secondary")),
+        "/status spells settings as the file does"
+    );
     let mut u = User::new();
     for i in 1..=3 {
         assert_eq!(value(&u.incr(&lb, "n").unwrap()), i);

@@ -77,7 +77,12 @@ fn a_write_without_a_request_id_whose_copy_times_out_is_applied_once_and_answere
     })
     .unwrap();
     let stubborn = Arc::new(AtomicBool::new(false));
-    stubborn_peer(&rt, c.node("n2").repl, &c.config().secret, stubborn.clone());
+    stubborn_peer(
+        &rt,
+        c.node("n2").repl,
+        c.config().secret.expose(),
+        stubborn.clone(),
+    );
     c.start_node("n1").unwrap();
     let n1 = c.node_url("n1");
     let mut u = User::new();

@@ -87,6 +87,14 @@ fn async_replication_loss_after_a_kill_is_bounded_by_the_batch_and_flagged_stale
         ..Default::default()
     };
     let mut c = Cluster::start(spec).unwrap();
+    let health: serde_json::Value =
+        reqwest::blocking::get(format!("{}/_node/health", c.node_url("n1")))
+            .and_then(|r| r.json())
+            .unwrap();
+    assert_eq!(
+        health["mode"], "async",
+        "the health page spells the mode as the file does"
+    );
     let mut u = User::new();
     let base = counter(&u.incr(&c.node_url("n1"), "n").unwrap());
     assert_eq!(base, 1);

@@ -1,13 +1,12 @@
 //! Helpers shared by the balancer's integration tests (`lb_*.rs`).
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
 #[allow(unused_imports)] // not every lb_*.rs reads metrics
 pub use cluster_tests::sample;
-use cluster_tests::{free_port, render_config, Cluster, ClusterSpec, Reply, User};
+use cluster_tests::{render_config, Cluster, ClusterSpec, Reply, User};
 
 /// A cluster of `nodes` nodes behind one lb, `lb_extra` appended to `[lb]`.
 pub fn cluster(nodes: usize, lb_extra: &str) -> Cluster {
@@ -86,8 +85,8 @@ pub struct SecondLb {
 
 impl SecondLb {
     pub fn start(c: &mut Cluster) -> Result<SecondLb> {
-        let listen = SocketAddr::from((c.ip, free_port(c.ip)));
-        let admin = SocketAddr::from((c.ip, free_port(c.ip)));
+        let listen = c.unused_addr();
+        let admin = c.unused_addr();
         let config_path = c.dir.join("cluster-lb2.toml");
         std::fs::write(
             &config_path,

@@ -1,0 +1,245 @@
+//! The cluster file as written: raw `File*` structs that mirror the TOML exactly.
+//!
+//! Every struct refuses unknown keys (`deny_unknown_fields`) and takes `#[serde(default)]` at struct level, so
+//! each default is written once, in that struct's `impl Default`. A key with no default is an `Option` here and
+//! `validate` says it is missing: serde would only know the table, not the key, to blame.
+
+use serde::Deserialize;
+
+use super::{Algorithm, Failover, LogFormat, ReplicationMode, Secret, Topology};
+
+/// One body cap for the balancer and the nodes, unless the file sets them apart.
+const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileConfig {
+    pub cluster: FileCluster,
+    pub cookie: FileCookie,
+    pub lb: FileLb,
+    pub node: FileNodeDefaults,
+    pub replication: FileReplication,
+    pub session: FileSession,
+    pub nodes: Vec<FileNode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileCluster {
+    /// Required.
+    pub secret: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileCookie {
+    pub name: String,
+    pub host_prefix: bool,
+    pub key_id: u8,
+    pub previous_keys: Vec<FileCookieKey>,
+}
+
+impl Default for FileCookie {
+    fn default() -> Self {
+        FileCookie {
+            name: "SRVSESSION".into(),
+            host_prefix: false,
+            key_id: 1,
+            previous_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileCookieKey {
+    /// Required.
+    pub id: Option<u8>,
+    /// Required.
+    pub secret: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileLb {
+    /// Required.
+    pub listen: Option<String>,
+    /// Required.
+    pub admin: Option<String>,
+    pub algorithm: Algorithm,
+    pub failover: Failover,
+    pub health: FileHealth,
+    pub limits: FileLimits,
+    pub threads: usize,
+    pub grace_period_s: u64,
+}
+
+impl Default for FileLb {
+    fn default() -> Self {
+        FileLb {
+            listen: None,
+            admin: None,
+            algorithm: Algorithm::LeastConnections,
+            failover: Failover::Rebalance,
+            health: FileHealth::default(),
+            limits: FileLimits::default(),
+            threads: 1,
+            grace_period_s: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileHealth {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+impl Default for FileHealth {
+    fn default() -> Self {
+        FileHealth {
+            interval_ms: 500,
+            timeout_ms: 400,
+            fall: 2,
+            rise: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileLimits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub header_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_headers: 100,
+            max_header_bytes: 32 * 1024,
+            header_timeout_ms: 10_000,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            connect_timeout_ms: 1_000,
+            read_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileNodeDefaults {
+    pub expose_node: bool,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub grace_period_s: u64,
+}
+
+impl Default for FileNodeDefaults {
+    fn default() -> Self {
+        FileNodeDefaults {
+            expose_node: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            log_format: LogFormat::Text,
+            grace_period_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileReplication {
+    pub mode: ReplicationMode,
+    pub topology: Topology,
+    pub heartbeat_ms: u64,
+    pub peer_timeout_ms: u64,
+    pub lease_ms: u64,
+    pub batch: FileBatch,
+}
+
+impl Default for FileReplication {
+    fn default() -> Self {
+        FileReplication {
+            mode: ReplicationMode::Sync,
+            topology: Topology::Pair,
+            heartbeat_ms: 500,
+            peer_timeout_ms: 2_000,
+            lease_ms: 500,
+            batch: FileBatch::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileBatch {
+    pub max_updates: usize,
+    pub max_delay_ms: u64,
+}
+
+impl Default for FileBatch {
+    fn default() -> Self {
+        FileBatch {
+            max_updates: 64,
+            max_delay_ms: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileSession {
+    pub idle_timeout_s: u64,
+    pub max_session_bytes: usize,
+}
+
+impl Default for FileSession {
+    fn default() -> Self {
+        FileSession {
+            idle_timeout_s: 1800,
+            max_session_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileNode {
+    /// Required.
+    pub name: Option<String>,
+    /// Required.
+    pub http: Option<String>,
+    /// Required.
+    pub repl: Option<String>,
+    /// `None`: the node's name (a machine of its own).
+    pub machine: Option<String>,
+    pub zone: String,
+    /// `None`: derived from the name and the cluster secret.
+    pub id: Option<u64>,
+    pub weight: u32,
+    pub drain: bool,
+    pub secondary: Option<String>,
+}
+
+impl Default for FileNode {
+    fn default() -> Self {
+        FileNode {
+            name: None,
+            http: None,
+            repl: None,
+            machine: None,
+            zone: "default".into(),
+            id: None,
+            weight: 1,
+            drain: false,
+            secondary: None,
+        }
+    }
+}

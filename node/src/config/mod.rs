@@ -1,0 +1,460 @@
+//! The cluster file: one TOML file describes the whole cluster and every process reads it.
+//!
+//! # Layout
+//! - `file`: raw `File*` structs that mirror the TOML (unknown keys refused, each default written once).
+//! - `validate`: one check per invariant, from the raw structs to the typed [`ClusterConfig`] below.
+//! - `spans`: the line of a key, from the spans `toml` reports, for errors that name file, line and key.
+//! - [`choices`]: the settings that take one word (`algorithm`, `mode`, ...) as enums printing the file's word.
+//! - [`secret`]: [`Secret`], whose `Debug` redacts.
+//! - [`builder`]: [`ClusterFile`], a typed cluster file that renders TOML, for tests, benchmarks and tools.
+
+pub mod builder;
+pub mod choices;
+mod file;
+pub mod secret;
+mod spans;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use builder::ClusterFile;
+pub use choices::{Algorithm, Failover, LogFormat, ReplicationMode, Topology, UnknownChoice};
+pub use secret::Secret;
+
+use crate::ids::{NodeId, PairTable};
+
+/// Why a cluster file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or a key or value of the wrong shape: an unknown key, a wrong type, a word that is none of a
+    /// setting's values. `key` is the dotted key when the error's line holds one.
+    #[error("{file}:{line}: {}{message}", key_prefix(.key.as_deref()))]
+    Parse {
+        file: String,
+        line: usize,
+        key: Option<String>,
+        message: String,
+    },
+    /// A value that breaks an invariant, or a required key left out.
+    #[error("{file}:{line}: `{key}`: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: Option<&str>) -> String {
+    key.map(|k| format!("`{k}`: ")).unwrap_or_default()
+}
+
+/// One cookie MAC key.
+#[derive(Debug, Clone)]
+pub struct CookieKey {
+    pub id: u8,
+    pub secret: Secret,
+}
+
+/// `[cookie]`: the routing cookie.
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    /// Cookie name, `__Host-` prefixed when `host_prefix` is set. Default `SRVSESSION`.
+    pub name: String,
+    /// The key new cookies are signed with: `key_id` (default 1) and the cluster secret.
+    pub current: CookieKey,
+    /// Keys still accepted during a rotation (`[[cookie.previous_keys]]`).
+    pub previous: Vec<CookieKey>,
+}
+
+/// `[lb.health]`: the balancer's probes of `/_node/health`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Between rounds; default 500 ms.
+    pub interval: Duration,
+    /// Per probe; default 400 ms.
+    pub timeout: Duration,
+    /// Failures in a row that mark a node down; default 2.
+    pub fall: u32,
+    /// Passes in a row that mark it up again; default 2.
+    pub rise: u32,
+}
+
+/// `[lb.limits]`: what the balancer accepts from clients and waits for from nodes.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Default 100 (431 beyond).
+    pub max_headers: usize,
+    /// Default 32 KiB (431 beyond).
+    pub max_header_bytes: usize,
+    /// Whole request head; default 10 s.
+    pub header_timeout: Duration,
+    /// Default 1 MiB (413 beyond).
+    pub max_body_bytes: usize,
+    /// Towards a node; default 1 s.
+    pub connect_timeout: Duration,
+    /// Towards a node; default 10 s.
+    pub read_timeout: Duration,
+}
+
+/// `[lb]`: the balancer.
+#[derive(Debug, Clone)]
+pub struct LbConfig {
+    /// Required.
+    pub listen: SocketAddr,
+    /// Required: `/status`, `/metrics`, `/reload`.
+    pub admin: SocketAddr,
+    /// Default `least_connections`.
+    pub algorithm: Algorithm,
+    /// Default `rebalance`.
+    pub failover: Failover,
+    pub health: HealthConfig,
+    pub limits: LimitsConfig,
+    /// Worker threads; default 1.
+    pub threads: usize,
+    /// `grace_period_s`: how long SIGTERM waits for in-flight requests; default 5 s.
+    pub grace_period: Duration,
+}
+
+/// `[node]`: settings every node shares.
+#[derive(Debug, Clone)]
+pub struct NodeDefaults {
+    /// Add `X-Served-By: <name>` to every response. Default false.
+    pub expose_node: bool,
+    /// Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Default `text`.
+    pub log_format: LogFormat,
+    /// `grace_period_s`: how long a node stopping on SIGTERM may take to hand its work over; 1 to 300 s,
+    /// default 10 s.
+    pub grace_period: Duration,
+}
+
+/// `[replication]`: how sessions are copied between nodes.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Default `sync`.
+    pub mode: ReplicationMode,
+    /// Default and, in this version, only `pair`.
+    pub topology: Topology,
+    /// Default 500 ms.
+    pub heartbeat: Duration,
+    /// A peer silent this long is dead; at least twice `heartbeat`, default 2 s.
+    pub peer_timeout: Duration,
+    /// How long a primary may serve reads without hearing from its secondary, and how long a secondary waits
+    /// after the last update before it hands the session to a new owner. Default 500 ms.
+    pub lease: Duration,
+    /// `[replication.batch] max_updates`: default 64.
+    pub max_updates: usize,
+    /// `[replication.batch] max_delay_ms`: default 5 ms.
+    pub max_delay: Duration,
+}
+
+/// `[session]`.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Default 1800 s.
+    pub idle_timeout: Duration,
+    /// Default 256 KiB.
+    pub max_session_bytes: usize,
+}
+
+/// One `[[nodes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    /// From `id`, else derived from the name and the cluster secret.
+    pub id: NodeId,
+    pub http: SocketAddr,
+    pub repl: SocketAddr,
+    /// Default: the node's name.
+    pub machine: String,
+    /// Default `default`.
+    pub zone: String,
+    /// 1 to 1000, default 1.
+    pub weight: u32,
+    pub drain: bool,
+    /// Admin pin: this node's sessions use that node as secondary when it is alive.
+    pub secondary: Option<String>,
+}
+
+/// The validated cluster file.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `[cluster] secret`: signs cookies (as the current cookie key) and authenticates replication.
+    pub secret: Secret,
+    pub cookie: CookieConfig,
+    pub lb: LbConfig,
+    pub node: NodeDefaults,
+    pub replication: ReplicationConfig,
+    pub session: SessionConfig,
+    pub nodes: Vec<NodeConfig>,
+    /// Every pair (and lone node) by its summed segment.
+    pub pairs: PairTable,
+}
+
+impl ClusterConfig {
+    /// Reads and validates a cluster file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line and key of the first problem.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&file, &text)
+    }
+
+    /// Parses and validates cluster TOML; `file` only names the source in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] for TOML or type errors, [`ConfigError::Invalid`] for a value that breaks an
+    /// invariant or a required key left out; both with the line and, where there is one, the key.
+    pub fn from_toml(file: &str, text: &str) -> Result<ClusterConfig, ConfigError> {
+        let raw: file::FileConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start);
+            ConfigError::Parse {
+                file: file.to_string(),
+                line: offset.map_or(0, |o| spans::line_of(text, o)),
+                key: offset.and_then(|o| spans::key_at(text, o)),
+                message: e.message().trim_end().to_string(),
+            }
+        })?;
+        raw.validate().map_err(|v| ConfigError::Invalid {
+            file: file.to_string(),
+            line: spans::line_of_key(text, &v.key),
+            key: v.key,
+            message: v.message,
+        })
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The node with id `id`.
+    pub fn node_by_id(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::builder::NodeEntry;
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+secret = "0123456789abcdef0123"
+
+[lb]
+listen = "127.0.0.1:8080"
+admin = "127.0.0.1:8081"
+
+[[nodes]]
+name = "n1"
+http = "127.0.0.1:9001"
+repl = "127.0.0.1:9101"
+
+[[nodes]]
+name = "n2"
+http = "127.0.0.1:9002"
+repl = "127.0.0.1:9102"
+"#;
+
+    fn error(text: &str) -> String {
+        ClusterConfig::from_toml("t.toml", text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let c = ClusterConfig::from_toml("t.toml", GOOD).unwrap();
+        assert_eq!(c.cookie.name, "SRVSESSION");
+        assert_eq!(c.cookie.current.id, 1);
+        assert_eq!(c.lb.algorithm, Algorithm::LeastConnections);
+        assert_eq!(c.lb.failover, Failover::Rebalance);
+        assert_eq!(c.lb.threads, 1);
+        assert_eq!(c.lb.grace_period, Duration::from_secs(5));
+        assert_eq!(c.lb.health.interval, Duration::from_millis(500));
+        assert_eq!(c.lb.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.node.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.node.log_format, LogFormat::Text);
+        assert_eq!(c.node.grace_period, Duration::from_secs(10));
+        assert_eq!(c.replication.mode, ReplicationMode::Sync);
+        assert_eq!(c.replication.topology, Topology::Pair);
+        assert_eq!(c.replication.max_updates, 64);
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(
+            (c.nodes[0].machine.as_str(), c.nodes[0].zone.as_str()),
+            ("n1", "default")
+        );
+        assert_eq!(c.nodes[0].weight, 1);
+        assert_ne!(c.nodes[0].id, c.nodes[1].id);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_line() {
+        let err = error(&GOOD.replace("[lb]\n", "[lb]\nlisten_typo = 1\n"));
+        assert!(err.starts_with("t.toml:6: `lb.listen_typo`:"), "{err}");
+        assert!(err.contains("unknown field `listen_typo`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_file_line_and_key() {
+        let err = error(&GOOD.replace("repl = \"127.0.0.1:9102\"", "repl = \"nowhere\""));
+        assert_eq!(
+            err,
+            "t.toml:17: `nodes[1].repl`: `nowhere` is not an ip:port address"
+        );
+    }
+
+    #[test]
+    fn an_unknown_word_names_its_key_and_the_accepted_words() {
+        let err = error(&GOOD.replace("[lb]\n", "[lb]\nalgorithm = \"fastest\"\n"));
+        assert!(
+            err.starts_with("t.toml:6: `lb.algorithm`: unknown variant `fastest`"),
+            "{err}"
+        );
+        assert!(err.contains("least_connections"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_key() {
+        let err = error(&GOOD.replace("[lb]\n", "[lb]\nthreads = \"two\"\n"));
+        assert!(
+            err.starts_with("t.toml:6: `lb.threads`: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_key_in_an_inline_table_names_its_own_line() {
+        let text = GOOD.replace("[lb]\n", "[lb]\nhealth = { interval_ms = 100, fall = 0 }\n");
+        assert_eq!(
+            error(&text),
+            "t.toml:6: `lb.health.fall`: must be at least 1, got 0"
+        );
+    }
+
+    #[test]
+    fn a_bad_dotted_key_names_its_own_line() {
+        let text = r#"lb.listen = "127.0.0.1:8080"
+lb.admin = "127.0.0.1:8081"
+lb.health.rise = 0
+
+[cluster]
+secret = "0123456789abcdef0123"
+"#;
+        assert_eq!(
+            error(text),
+            "t.toml:3: `lb.health.rise`: must be at least 1, got 0"
+        );
+    }
+
+    #[test]
+    fn a_bad_key_in_the_second_previous_cookie_key_names_its_own_line() {
+        let text = GOOD.replace(
+            "\n[lb]",
+            "\n[[cookie.previous_keys]]\nid = 7\nsecret = \"an-old-secret-long-enough\"\n\n\
+             [[cookie.previous_keys]]\nid = 8\nsecret = \"short\"\n\n[lb]",
+        );
+        assert_eq!(
+            error(&text),
+            "t.toml:11: `cookie.previous_keys[1].secret`: must be at least 16 characters, got 5"
+        );
+    }
+
+    #[test]
+    fn a_missing_required_key_names_the_table_it_belongs_in() {
+        let err = error(&GOOD.replace("admin = \"127.0.0.1:8081\"\n", ""));
+        assert_eq!(
+            err,
+            "t.toml:5: `lb.admin`: missing: the ip:port of /status, /metrics and /reload"
+        );
+        let err = error(&GOOD.replace("http = \"127.0.0.1:9002\"\n", ""));
+        assert_eq!(
+            err,
+            "t.toml:15: `nodes[1].http`: missing: the node's HTTP ip:port"
+        );
+    }
+
+    #[test]
+    fn a_topology_not_built_yet_is_refused_as_not_yet_supported() {
+        let text = format!("{GOOD}\n[replication]\ntopology = \"rss\"\n");
+        assert_eq!(
+            error(&text),
+            "t.toml:20: `replication.topology`: `rss` is not yet supported: only `pair` is available in this version"
+        );
+        let text = format!("{GOOD}\n[replication]\ntopology = \"ring\"\n");
+        assert!(error(&text).contains("unknown variant `ring`"));
+    }
+
+    #[test]
+    fn the_node_grace_period_is_one_to_three_hundred_seconds() {
+        for (value, ok) in [(0, false), (1, true), (300, true), (301, false)] {
+            let text = format!("{GOOD}\n[node]\ngrace_period_s = {value}\n");
+            let result = ClusterConfig::from_toml("t.toml", &text);
+            assert_eq!(result.is_ok(), ok, "{value}: {result:?}");
+            if let Err(e) = result {
+                assert!(
+                    e.to_string()
+                        .starts_with("t.toml:20: `node.grace_period_s`"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_debug_print_of_the_config_shows_no_secret() {
+        let text = GOOD.replace(
+            "\n[lb]",
+            "\n[[cookie.previous_keys]]\nid = 7\nsecret = \"an-old-secret-long-enough\"\n\n[lb]",
+        );
+        let printed = format!("{:?}", ClusterConfig::from_toml("t.toml", &text).unwrap());
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+        assert!(!printed.contains("an-old-secret"), "{printed}");
+        assert!(printed.contains("Secret(<redacted>)"), "{printed}");
+    }
+
+    #[test]
+    fn duplicate_addresses_and_names_are_refused() {
+        let err = error(&GOOD.replace("http = \"127.0.0.1:9002\"", "http = \"127.0.0.1:9001\""));
+        assert!(err.contains("already used"), "{err}");
+        let err = error(&GOOD.replace("name = \"n2\"", "name = \"n1\""));
+        assert!(err.contains("already the name"), "{err}");
+    }
+
+    #[test]
+    fn colliding_pair_sums_are_refused() {
+        // 1+4 == 2+3: the pairs (n1,n4) and (n2,n3) would share a segment.
+        let base = 1u64 << 50;
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut file = ClusterFile::new("0123456789abcdef0123", addr(1), addr(2));
+        for i in 1..=4u16 {
+            let mut n = NodeEntry::new(format!("n{i}"), addr(9000 + i), addr(9100 + i));
+            n.id = Some(base + u64::from(i));
+            file.nodes.push(n);
+        }
+        let err = error(&file.render());
+        assert!(
+            err.contains("`nodes`: two different pairs have the same id sum"),
+            "{err}"
+        );
+    }
+}

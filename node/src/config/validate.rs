@@ -1,0 +1,363 @@
+//! From the raw file to a [`ClusterConfig`]: one check per invariant. A failed check is a [`Violation`] naming
+//! the dotted key (`nodes[1].repl`) and the values involved; `from_toml` then finds the key's line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::file::{
+    FileConfig, FileCookie, FileLb, FileNode, FileNodeDefaults, FileReplication, FileSession,
+};
+use super::{
+    ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig, LimitsConfig, NodeConfig,
+    NodeDefaults, ReplicationConfig, Secret, SessionConfig, Topology,
+};
+use crate::ids::{NodeId, PairTable};
+
+/// Shortest secret accepted, in bytes: a cookie MAC or a peer proof is no stronger than its key.
+const MIN_SECRET_BYTES: usize = 16;
+/// Longest `[node] grace_period_s`: a rolling restart waits this long per node at worst.
+const MAX_NODE_GRACE_S: u64 = 300;
+
+/// A failed invariant, before `from_toml` places it in the file.
+#[derive(Debug)]
+pub(super) struct Violation {
+    /// Dotted key, with `nodes[i]` for the i-th `[[nodes]]` table.
+    pub key: String,
+    pub message: String,
+}
+
+impl Violation {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Violation {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `value`, or a violation saying `key` (described by `what`) is missing.
+fn required<T>(key: &str, value: Option<T>, what: &str) -> Result<T, Violation> {
+    value.ok_or_else(|| Violation::new(key, format!("missing: {what}")))
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, Violation> {
+    value
+        .parse()
+        .map_err(|_| Violation::new(key, format!("`{value}` is not an ip:port address")))
+}
+
+/// A required ip:port key.
+fn required_addr(key: &str, value: Option<&str>, what: &str) -> Result<SocketAddr, Violation> {
+    parse_addr(key, required(key, value, what)?)
+}
+
+/// A duration in milliseconds that must not be zero.
+fn ms(key: &str, value: u64) -> Result<Duration, Violation> {
+    if value == 0 {
+        return Err(Violation::new(key, "must be greater than 0"));
+    }
+    Ok(Duration::from_millis(value))
+}
+
+fn at_least_one<T: PartialOrd + From<u8> + std::fmt::Display>(
+    key: &str,
+    value: T,
+) -> Result<T, Violation> {
+    if value < T::from(1) {
+        return Err(Violation::new(
+            key,
+            format!("must be at least 1, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A required secret of at least [`MIN_SECRET_BYTES`].
+fn check_secret(key: &str, value: Option<Secret>) -> Result<Secret, Violation> {
+    let s = required(
+        key,
+        value,
+        &format!("a string of at least {MIN_SECRET_BYTES} characters"),
+    )?;
+    if s.len() < MIN_SECRET_BYTES {
+        return Err(Violation::new(
+            key,
+            format!(
+                "must be at least {MIN_SECRET_BYTES} characters, got {}",
+                s.len()
+            ),
+        ));
+    }
+    Ok(s)
+}
+
+impl FileConfig {
+    /// The typed config, or the first invariant the file breaks.
+    pub(super) fn validate(self) -> Result<ClusterConfig, Violation> {
+        let secret = check_secret("cluster.secret", self.cluster.secret)?;
+        let cookie = self.cookie.validate(&secret)?;
+        let lb = self.lb.validate()?;
+        let node = self.node.validate()?;
+        let replication = self.replication.validate()?;
+        let session = self.session.validate()?;
+        let nodes = validate_nodes(&secret, self.nodes)?;
+        let pairs = PairTable::build(nodes.iter().map(|n| n.id)).map_err(|(a, b)| {
+            Violation::new(
+                "nodes",
+                format!("two different pairs have the same id sum ({a} and {b}): change one node's `id`"),
+            )
+        })?;
+        Ok(ClusterConfig {
+            secret,
+            cookie,
+            lb,
+            node,
+            replication,
+            session,
+            nodes,
+            pairs,
+        })
+    }
+}
+
+impl FileCookie {
+    fn validate(self, secret: &Secret) -> Result<CookieConfig, Violation> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if self.name.is_empty() || !self.name.chars().all(valid_char) {
+            return Err(Violation::new(
+                "cookie.name",
+                format!("`{}`: use letters, digits, `_` and `-` only", self.name),
+            ));
+        }
+        let name = if self.host_prefix {
+            format!("__Host-{}", self.name)
+        } else {
+            self.name
+        };
+        let mut previous = Vec::new();
+        for (i, k) in self.previous_keys.into_iter().enumerate() {
+            let key = |f: &str| format!("cookie.previous_keys[{i}].{f}");
+            let id = required(
+                &key("id"),
+                k.id,
+                "the key id (0-255) cookies signed with it carry",
+            )?;
+            if id == self.key_id {
+                return Err(Violation::new(
+                    key("id"),
+                    format!("{id} is also the current key_id"),
+                ));
+            }
+            let secret = check_secret(&key("secret"), k.secret)?;
+            previous.push(CookieKey { id, secret });
+        }
+        Ok(CookieConfig {
+            name,
+            current: CookieKey {
+                id: self.key_id,
+                secret: secret.clone(),
+            },
+            previous,
+        })
+    }
+}
+
+impl FileLb {
+    fn validate(self) -> Result<LbConfig, Violation> {
+        let listen = required_addr(
+            "lb.listen",
+            self.listen.as_deref(),
+            "the ip:port clients connect to",
+        )?;
+        let admin = required_addr(
+            "lb.admin",
+            self.admin.as_deref(),
+            "the ip:port of /status, /metrics and /reload",
+        )?;
+        let h = self.health;
+        let health = HealthConfig {
+            interval: ms("lb.health.interval_ms", h.interval_ms)?,
+            timeout: ms("lb.health.timeout_ms", h.timeout_ms)?,
+            fall: at_least_one("lb.health.fall", h.fall)?,
+            rise: at_least_one("lb.health.rise", h.rise)?,
+        };
+        let l = self.limits;
+        let limits = LimitsConfig {
+            max_headers: l.max_headers,
+            max_header_bytes: l.max_header_bytes,
+            header_timeout: ms("lb.limits.header_timeout_ms", l.header_timeout_ms)?,
+            max_body_bytes: l.max_body_bytes,
+            connect_timeout: ms("lb.limits.connect_timeout_ms", l.connect_timeout_ms)?,
+            read_timeout: ms("lb.limits.read_timeout_ms", l.read_timeout_ms)?,
+        };
+        Ok(LbConfig {
+            listen,
+            admin,
+            algorithm: self.algorithm,
+            failover: self.failover,
+            health,
+            limits,
+            threads: at_least_one("lb.threads", self.threads)?,
+            grace_period: Duration::from_secs(self.grace_period_s),
+        })
+    }
+}
+
+impl FileNodeDefaults {
+    fn validate(self) -> Result<NodeDefaults, Violation> {
+        if self.grace_period_s == 0 || self.grace_period_s > MAX_NODE_GRACE_S {
+            return Err(Violation::new(
+                "node.grace_period_s",
+                format!(
+                    "{}: expected 1 to {MAX_NODE_GRACE_S} seconds",
+                    self.grace_period_s
+                ),
+            ));
+        }
+        Ok(NodeDefaults {
+            expose_node: self.expose_node,
+            max_body_bytes: self.max_body_bytes,
+            log_format: self.log_format,
+            grace_period: Duration::from_secs(self.grace_period_s),
+        })
+    }
+}
+
+impl FileReplication {
+    fn validate(self) -> Result<ReplicationConfig, Violation> {
+        if self.topology != Topology::Pair {
+            return Err(Violation::new(
+                "replication.topology",
+                format!(
+                    "`{}` is not yet supported: only `pair` is available in this version",
+                    self.topology
+                ),
+            ));
+        }
+        let heartbeat = ms("replication.heartbeat_ms", self.heartbeat_ms)?;
+        let peer_timeout = ms("replication.peer_timeout_ms", self.peer_timeout_ms)?;
+        // One late heartbeat must not make a live peer look dead.
+        if peer_timeout < heartbeat * 2 {
+            return Err(Violation::new(
+                "replication.peer_timeout_ms",
+                format!(
+                    "{} must be at least twice heartbeat_ms ({})",
+                    self.peer_timeout_ms, self.heartbeat_ms
+                ),
+            ));
+        }
+        Ok(ReplicationConfig {
+            mode: self.mode,
+            topology: self.topology,
+            heartbeat,
+            peer_timeout,
+            lease: ms("replication.lease_ms", self.lease_ms)?,
+            max_updates: at_least_one("replication.batch.max_updates", self.batch.max_updates)?,
+            max_delay: ms("replication.batch.max_delay_ms", self.batch.max_delay_ms)?,
+        })
+    }
+}
+
+impl FileSession {
+    fn validate(self) -> Result<SessionConfig, Violation> {
+        if self.idle_timeout_s == 0 {
+            return Err(Violation::new(
+                "session.idle_timeout_s",
+                "must be greater than 0",
+            ));
+        }
+        Ok(SessionConfig {
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            max_session_bytes: self.max_session_bytes,
+        })
+    }
+}
+
+fn validate_nodes(secret: &Secret, raw: Vec<FileNode>) -> Result<Vec<NodeConfig>, Violation> {
+    let mut nodes: Vec<NodeConfig> = Vec::with_capacity(raw.len());
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (i, n) in raw.into_iter().enumerate() {
+        let key = |f: &str| format!("nodes[{i}].{f}");
+        let name = required(&key("name"), n.name, "1-64 letters, digits, `-` or `_`")?;
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if name.is_empty() || name.len() > 64 || !name.chars().all(valid_char) {
+            return Err(Violation::new(
+                key("name"),
+                format!("`{name}`: 1-64 letters, digits, `-` or `_`"),
+            ));
+        }
+        if let Some(j) = by_name.insert(name.clone(), i) {
+            return Err(Violation::new(
+                key("name"),
+                format!("`{name}` is already the name of nodes[{j}]"),
+            ));
+        }
+        let id = match n.id {
+            Some(v) => NodeId::new(v).map_err(|m| Violation::new(key("id"), m))?,
+            None => NodeId::derive(&name, secret.expose()),
+        };
+        if let Some(other) = nodes.iter().find(|o| o.id == id) {
+            return Err(Violation::new(
+                key("id"),
+                format!("{id} is also the id of `{}`", other.name),
+            ));
+        }
+        let http = required_addr(&key("http"), n.http.as_deref(), "the node's HTTP ip:port")?;
+        let repl = required_addr(
+            &key("repl"),
+            n.repl.as_deref(),
+            "the node's replication ip:port",
+        )?;
+        for o in &nodes {
+            for (k, a) in [("http", http), ("repl", repl)] {
+                if a == o.http || a == o.repl {
+                    return Err(Violation::new(
+                        key(k),
+                        format!("{a} is already used by `{}`", o.name),
+                    ));
+                }
+            }
+        }
+        if http == repl {
+            return Err(Violation::new(
+                key("repl"),
+                format!("{repl} is also this node's http address"),
+            ));
+        }
+        if n.weight == 0 || n.weight > 1000 {
+            return Err(Violation::new(
+                key("weight"),
+                format!("{}: expected 1 to 1000", n.weight),
+            ));
+        }
+        nodes.push(NodeConfig {
+            machine: n.machine.unwrap_or_else(|| name.clone()),
+            name,
+            id,
+            http,
+            repl,
+            zone: n.zone,
+            weight: n.weight,
+            drain: n.drain,
+            secondary: n.secondary,
+        });
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(s) = &n.secondary {
+            if s == &n.name {
+                return Err(Violation::new(
+                    format!("nodes[{i}].secondary"),
+                    "a node cannot be its own secondary",
+                ));
+            }
+            if !by_name.contains_key(s) {
+                return Err(Violation::new(
+                    format!("nodes[{i}].secondary"),
+                    format!("`{s}` is not a node of this cluster"),
+                ));
+            }
+        }
+    }
+    Ok(nodes)
+}
