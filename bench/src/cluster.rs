@@ -4,15 +4,14 @@
 //! thread* exits, so spawning from a short-lived thread would kill them early), die with the bench through
 //! PR_SET_PDEATHSIG, and are killed when the [`Procs`] is dropped.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use node::config::ClusterConfig;
+
+use crate::procs::Children;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -28,26 +27,28 @@ pub fn bin_dir() -> Result<PathBuf> {
         .to_path_buf())
 }
 
-/// Running child processes, by key (`lb`, node names, or anything else started with [`Procs::spawn`]).
+/// A cluster's processes, by key (`lb`, node names, or anything else started with [`Procs::spawn`]), over the
+/// shared controller [`Children`].
 pub struct Procs {
     pub config_path: PathBuf,
     pub config: ClusterConfig,
     pub log_dir: PathBuf,
     bin_dir: PathBuf,
-    children: BTreeMap<String, Child>,
+    children: Children,
 }
 
 impl Procs {
     pub fn new(config_path: &Path) -> Result<Procs> {
         let config = ClusterConfig::load(config_path)?;
         let log_dir = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
-        std::fs::create_dir_all(&log_dir)?;
+        // Per-request logging would make the cluster measure its logger; RUST_LOG still wins.
+        let children = Children::new(log_dir.clone(), "warn")?;
         Ok(Procs {
             config_path: config_path.to_path_buf(),
             config,
             log_dir,
             bin_dir: bin_dir()?,
-            children: BTreeMap::new(),
+            children,
         })
     }
 
@@ -58,30 +59,7 @@ impl Procs {
         } else {
             self.bin_dir.join(program)
         };
-        let log = std::fs::File::create(self.log_dir.join(format!("{key}.log")))?;
-        let mut cmd = Command::new(&program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // Per-request logging would make the cluster measure its logger; RUST_LOG still wins.
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when we go.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        let pid = child.id();
-        self.children.insert(key.to_string(), child);
-        Ok(pid)
+        self.children.spawn(key, &program, args)
     }
 
     pub fn start_node(&mut self, name: &str) -> Result<u32> {
@@ -148,11 +126,7 @@ impl Procs {
             if http_status(addr, path).await == Some(200) {
                 return Ok(());
             }
-            if let Some(st) = self
-                .children
-                .get_mut(key)
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(st) = self.children.wait_exit(key, Duration::ZERO) {
                 bail!(
                     "{key} exited ({st}) before it was healthy; log:\n{}",
                     self.log_tail(key)
@@ -169,81 +143,45 @@ impl Procs {
     }
 
     pub fn pid(&self, key: &str) -> Option<u32> {
-        self.children.get(key).map(Child::id)
+        self.children.pid(key)
     }
 
     pub fn is_running(&mut self, key: &str) -> bool {
-        self.children
-            .get_mut(key)
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.children.is_running(key)
     }
 
     /// The first child that exited by itself, if any.
     pub fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
-        self.children
-            .iter_mut()
-            .find_map(|(k, c)| c.try_wait().ok().flatten().map(|st| (k.clone(), st)))
+        self.children.exited()
     }
 
     /// kill -9, and reap.
     pub fn kill(&mut self, key: &str) {
-        if let Some(mut c) = self.children.remove(key) {
-            signal(c.id(), libc::SIGCONT);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.children.kill(key);
     }
 
     pub fn signal(&self, key: &str, sig: i32) {
-        if let Some(pid) = self.pid(key) {
-            signal(pid, sig);
-        }
+        self.children.signal(key, sig);
     }
 
     /// SIGTERM to everyone, then SIGKILL for whoever is still there after `grace`.
     pub async fn shutdown(&mut self, grace: Duration) {
-        for c in self.children.values() {
-            signal(c.id(), libc::SIGCONT);
-            signal(c.id(), libc::SIGTERM);
-        }
+        self.children.signal_all(libc::SIGCONT);
+        self.children.signal_all(libc::SIGTERM);
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline
-            && self
-                .children
-                .values_mut()
-                .any(|c| matches!(c.try_wait(), Ok(None)))
-        {
+        while Instant::now() < deadline && self.children.any_running() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.kill_all();
     }
 
     pub fn kill_all(&mut self) {
-        let keys: Vec<String> = self.children.keys().cloned().collect();
-        for k in keys {
-            self.kill(&k);
-        }
+        self.children.kill_all();
     }
 
     /// The last lines a process logged.
     pub fn log_tail(&self, key: &str) -> String {
-        let text =
-            std::fs::read_to_string(self.log_dir.join(format!("{key}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a pid of our own child.
-    unsafe {
-        libc::kill(pid as i32, sig);
+        self.children.log_tail(key, 30)
     }
 }
 

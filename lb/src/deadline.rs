@@ -1,7 +1,7 @@
 //! Coarse deadlines for reading request heads (slowloris), much cheaper per request than a timer each.
 //!
-//! A tokio timer per request head costs the clock read, the timer wheel's lock on insert and again on removal:
-//! about 1k instructions per request, a fifth of what the balancer added over a bare Pingora proxy. A head
+//! A tokio timer per request head costs the clock read, the timer wheel's lock on insert and again on removal
+//! (measured in `bench/PERFORMANCE.md`: a large share of what the balancer added over a bare Pingora proxy). A head
 //! deadline needs no millisecond precision, so each worker thread keeps a table of the heads it waits for,
 //! stamped with a tick count, and one sweeper task per thread advances the tick every [`TICK`] and wakes
 //! whoever is past due. Arming is a table

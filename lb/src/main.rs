@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use node::config::ClusterConfig;
 
-// mimalloc: measured ~1.24x requests per CPU-second for Pingora over the system allocator (notes/pingora-0.9).
+// mimalloc: more requests per CPU-second for Pingora than the system allocator (bench/PERFORMANCE.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -26,9 +26,9 @@ use crate::routing::{self, Route, RouteCache};
 
 /// The upstream peer for a node at `addr`: plain HTTP/1.1 with the connect and read timeouts of `limits`
 /// (writes are held to the read timeout too). Pooled connections get no idle timeout: Pingora would arm a
-/// timer every time one is put back (about 0.9k of the ~60k instructions a pinned request costs); the pool
-/// drops a connection as soon as the node closes it, which nodes do after their own idle time (10 s), and its
-/// size caps how many stay open.
+/// timer every time one is put back (a measurable share of a request's cost: `bench/PERFORMANCE.md`); the
+/// pool drops a connection as soon as the node closes it, which nodes do after their own idle time (10 s), and
+/// its size caps how many stay open.
 pub fn node_peer(addr: SocketAddr, limits: &LimitsConfig) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout = Some(limits.connect_timeout);

@@ -5,14 +5,14 @@
 //! when the test process itself dies).
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bench::procs::Children;
 use node::config::builder::{HealthSection, NodeEntry, ReplicationSection};
 use node::config::ClusterFile;
 
@@ -126,7 +126,7 @@ pub struct Cluster {
     pub lb_listen: SocketAddr,
     pub lb_admin: SocketAddr,
     pub spec: ClusterSpec,
-    procs: HashMap<String, Child>,
+    procs: Children,
     /// Every port handed out on `ip`, so no two addresses of the cluster share one.
     ports: HashSet<u16>,
 }
@@ -204,7 +204,7 @@ impl Cluster {
             std::process::id(),
             rand::random::<u32>()
         ));
-        std::fs::create_dir_all(&dir)?;
+        let procs = Children::new(dir.clone(), "info")?;
         let c = Cluster {
             config_path: dir.join("cluster.toml"),
             dir,
@@ -213,7 +213,7 @@ impl Cluster {
             lb_listen: addr(),
             lb_admin: addr(),
             spec,
-            procs: HashMap::new(),
+            procs,
             ports,
         };
         c.rewrite_config()?;
@@ -257,35 +257,19 @@ impl Cluster {
         Ok(())
     }
 
-    fn spawn(&mut self, key: &str, mut cmd: Command) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join(format!("{key}.log")))?;
-        cmd.stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null());
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with its parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("spawn {key}"))?;
-        self.procs.insert(key.to_string(), child);
-        Ok(())
-    }
-
     /// Starts (or restarts) node `name` and waits until it is healthy.
     pub fn start_node(&mut self, name: &str) -> Result<()> {
-        let mut cmd = Command::new(bin("node"));
-        cmd.arg("--config")
-            .arg(&self.config_path)
-            .arg("--name")
-            .arg(name);
-        self.spawn(name, cmd)?;
+        let config = self.config_path.clone().into_os_string();
+        self.procs.spawn(
+            name,
+            &bin("node"),
+            &[
+                OsStr::new("--config"),
+                &config,
+                OsStr::new("--name"),
+                OsStr::new(name),
+            ],
+        )?;
         let addr = self.node(name).http;
         wait_http_ok(
             &format!("http://{addr}/_node/health"),
@@ -313,9 +297,9 @@ impl Cluster {
         config: &std::path::Path,
         admin: SocketAddr,
     ) -> Result<()> {
-        let mut cmd = Command::new(bin("lb"));
-        cmd.arg("--config").arg(config);
-        self.spawn(key, cmd)?;
+        let config = config.as_os_str();
+        self.procs
+            .spawn(key, &bin("lb"), &[OsStr::new("--config"), config])?;
         wait_http_ok(&format!("http://{admin}/status"), Duration::from_secs(20))
             .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))
     }
@@ -346,59 +330,34 @@ impl Cluster {
     /// A process's pid.
     pub fn pid(&self, key: &str) -> u32 {
         self.procs
-            .get(key)
+            .pid(key)
             .unwrap_or_else(|| panic!("no process {key}"))
-            .id()
     }
 
     /// kill -9, and reap.
     pub fn kill(&mut self, key: &str) {
-        if let Some(mut c) = self.procs.remove(key) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.procs.kill(key);
     }
 
     /// Sends a signal (e.g. `libc::SIGSTOP`) to a process.
     pub fn signal(&self, key: &str, sig: i32) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.pid(key) as i32, sig);
-        }
+        self.procs.signal(key, sig);
     }
 
     /// Waits for a process to exit by itself, up to `timeout`; returns its exit status.
     pub fn wait_exit(&mut self, key: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.procs.get_mut(key)?;
-            if let Ok(Some(st)) = child.try_wait() {
-                self.procs.remove(key);
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.procs.wait_exit(key, timeout)
     }
 
     /// The log a process wrote so far.
     pub fn log(&self, key: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{key}.log"))).unwrap_or_default()
+        self.procs.log(key)
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for (_, mut c) in self.procs.drain() {
-            // A SIGSTOPped child would ignore nothing but SIGKILL; SIGCONT first is harmless.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGCONT);
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.procs.kill_all();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
