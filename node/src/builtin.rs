@@ -19,9 +19,13 @@ const MAX_KEY_LEN: usize = 256;
 /// What the client asked of its session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
+    /// `GET /session`: the session's data.
     Get,
+    /// `PATCH /session`: a JSON merge patch (always an object) applied to the data.
     Patch(Value),
+    /// `POST /session/incr/{key}`: add one to the number at this key.
     Incr(String),
+    /// `DELETE /session`: end the session and clear the cookie.
     Delete,
 }
 
@@ -39,6 +43,7 @@ impl Op {
 
 /// The built-in API; it names nodes in its answers through the membership.
 pub struct BuiltinApi {
+    /// The node's view of the cluster, to turn node ids into names.
     pub members: Arc<Membership>,
 }
 

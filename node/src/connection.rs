@@ -28,22 +28,36 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why a replication connection or call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The TCP connection could not be made (refused, unreachable, or over the connect timeout).
     #[error("connect to {addr}: {source}")]
     Connect {
+        /// The peer's replication address.
         addr: SocketAddr,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
+    /// The handshake failed: the peer did not prove the cluster secret, or refused ours.
     #[error("peer {addr} refused authentication: {reason}")]
-    Auth { addr: SocketAddr, reason: String },
+    Auth {
+        /// The peer's replication address.
+        addr: SocketAddr,
+        /// Why, as the peer or our check put it.
+        reason: String,
+    },
+    /// No answer within the call's timeout (the duration given).
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The peer closed the connection before answering, or in the middle of a frame.
     #[error("connection closed")]
     Closed,
+    /// Reading or writing the socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer sent a malformed frame.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A well-formed message that does not fit where it came (e.g. a copy where the handshake's answer belongs).
     #[error("unexpected message: {0}")]
     Unexpected(String),
 }
@@ -84,6 +98,7 @@ pub struct FrameReader<R> {
 }
 
 impl<R: AsyncReadExt + Unpin> FrameReader<R> {
+    /// A reader with an empty 8 KiB buffer over `inner`.
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
@@ -272,6 +287,8 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
+    /// A link to the peer at `addr` that introduces itself as `me` and proves `key` (from [`auth_key`]). It
+    /// connects on the first call, giving up after `connect_timeout`.
     pub fn new(addr: SocketAddr, me: &str, key: [u8; 32], connect_timeout: Duration) -> PeerLink {
         PeerLink {
             addr,
@@ -283,6 +300,7 @@ impl PeerLink {
         }
     }
 
+    /// The peer's replication address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

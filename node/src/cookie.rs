@@ -30,24 +30,45 @@ pub const MAX_VALUE_LEN: usize = 128;
 /// What a routing cookie says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoutingCookie {
+    /// The session this cookie belongs to.
     pub session: SessionId,
+    /// The pair (primary, secondary) that hosts it, as [`crate::ids::Pair::segment`].
     pub segment: u64,
+    /// The session's version when the cookie was minted: a recovered copy older than this is stale.
     pub version: u64,
 }
 
 /// Why a cookie value was not accepted. Every case means "treat as absent".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CookieError {
+    /// The encoded value is longer than [`MAX_VALUE_LEN`]; not decoded at all.
     #[error("cookie value of {len} bytes is over the limit")]
-    Oversize { len: usize },
+    Oversize {
+        /// Length of the encoded value, in bytes.
+        len: usize,
+    },
+    /// The value is not unpadded base64url.
     #[error("cookie value is not base64url")]
     Encoding,
+    /// The decoded value is not 50 bytes long.
     #[error("cookie has {len} bytes, expected {RAW_LEN}")]
-    Length { len: usize },
+    Length {
+        /// Length of the decoded value, in bytes.
+        len: usize,
+    },
+    /// The format byte is not one this version writes.
     #[error("cookie format {format} is unknown")]
-    Format { format: u8 },
+    Format {
+        /// The format byte found.
+        format: u8,
+    },
+    /// Signed with a key that is neither the current key nor a previous one (e.g. rotated out).
     #[error("cookie key id {key_id} is unknown")]
-    UnknownKey { key_id: u8 },
+    UnknownKey {
+        /// The key id found.
+        key_id: u8,
+    },
+    /// The MAC does not match: tampered with, or signed with another secret under the same key id.
     #[error("cookie MAC does not verify")]
     BadMac,
 }
@@ -87,6 +108,7 @@ pub struct CookieCodec {
 }
 
 impl CookieCodec {
+    /// A codec signing with `cfg.current` and also accepting `cfg.previous`.
     pub fn new(cfg: &CookieConfig) -> CookieCodec {
         CookieCodec {
             name: cfg.name.clone(),

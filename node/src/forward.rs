@@ -23,10 +23,15 @@ pub const HOP_HEADER: &str = "x-node-hop";
 
 /// The request as received, to be sent on.
 pub struct Outbound<'a> {
+    /// The client's method.
     pub method: &'a Method,
+    /// Path and query, as received.
     pub path: &'a str,
+    /// The client's `Cookie` header, so the owner sees the same routing cookie.
     pub cookie: Option<&'a HeaderValue>,
+    /// The request body, already read in full.
     pub body: &'a Bytes,
+    /// Request id sent as `x-lb-request-id`, so the owner applies a retried write once.
     pub rid: &'a str,
     /// Forwards it went through so far.
     pub hops: u8,

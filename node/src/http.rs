@@ -30,11 +30,15 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP front of one node.
 pub struct HttpFront<A: App> {
+    /// This node's name in the cluster file, for logs and `X-Served-By`.
     pub name: String,
+    /// Add `X-Served-By: <name>` to every response (`[node] expose_node`).
     pub expose_node: bool,
+    /// Longest request body accepted, in bytes; 413 beyond (`[node] max_body_bytes`).
     pub max_body_bytes: usize,
     /// The replication mode as the file spells it, for `/_node/health`.
     pub mode: &'static str,
+    /// The session service every non-`/_node/` request goes to.
     pub service: Arc<SessionService<A>>,
 }
 

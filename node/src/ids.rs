@@ -47,6 +47,7 @@ impl NodeId {
         NodeId((raw & MAX_NODE_ID) | (1 << 61))
     }
 
+    /// The raw id, as written in the cluster file.
     pub fn get(self) -> u64 {
         self.0
     }
@@ -67,7 +68,9 @@ impl fmt::Debug for NodeId {
 /// A primary and, when one is alive, its secondary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Pair {
+    /// The node that hosts the session and serves its requests.
     pub primary: NodeId,
+    /// The node holding the copy; `None` for a lone node with no live peer.
     pub secondary: Option<NodeId>,
 }
 

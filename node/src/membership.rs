@@ -13,7 +13,9 @@ use crate::wire::{Body, Item, ItemResult};
 
 /// One other node.
 pub struct Peer {
+    /// Its `[[nodes]]` entry.
     pub cfg: NodeConfig,
+    /// The replication connection to it.
     pub link: PeerLink,
     alive: AtomicBool,
     misses: AtomicU32,
@@ -29,6 +31,7 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Whether its last heartbeat answered (and no call failed since).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
     }
@@ -78,12 +81,15 @@ impl Peer {
 /// A liveness change worth acting on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
+    /// The peer answered again after being dead (or for the first time).
     Up(NodeId),
+    /// The peer stopped answering, or refused a connection.
     Down(NodeId),
 }
 
 /// Every other node of the cluster.
 pub struct Membership {
+    /// This node's own `[[nodes]]` entry.
     pub me: NodeConfig,
     /// Replaced as a whole on reload; readers clone the `Arc<Peer>` they need.
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
@@ -165,10 +171,12 @@ impl Membership {
         self.peers.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The peer with id `id`; `None` for this node or an id not in the cluster file.
     pub fn peer(&self, id: NodeId) -> Option<Arc<Peer>> {
         self.read().get(&id).cloned()
     }
 
+    /// Every other node's id, in no particular order.
     pub fn peer_ids(&self) -> Vec<NodeId> {
         self.read().keys().copied().collect()
     }
@@ -178,6 +186,7 @@ impl Membership {
         id == self.me.id || self.read().get(&id).is_some_and(|p| p.is_alive())
     }
 
+    /// The name of node `id` (this node included); `None` for an id not in the cluster file.
     pub fn name_of(&self, id: NodeId) -> Option<String> {
         if id == self.me.id {
             return Some(self.me.name.clone());
@@ -314,7 +323,9 @@ impl Membership {
 
 /// A live peer that could hold copies.
 pub struct Candidate<'a> {
+    /// Its `[[nodes]]` entry: name, machine, zone, drain.
     pub node: &'a NodeConfig,
+    /// Sessions it last reported plus those assigned to it since.
     pub load: u64,
 }
 

@@ -11,26 +11,45 @@ pub struct Metrics {
     registry: Registry,
     /// Session API requests by operation and outcome (`ok`, `client_error`, `error`).
     pub requests: IntCounterVec,
+    /// `node_sessions{role}`: sessions held here, as primary and as secondary.
     pub sessions: IntGaugeVec,
+    /// `node_sessions_created_total`: new sessions started here.
     pub created: IntCounter,
+    /// `node_takeovers_total`: sessions pulled from another node and now owned here.
     pub takeovers: IntCounter,
+    /// `node_promotions_total`: copies promoted to primary here after their primary died.
     pub promotions: IntCounter,
+    /// `node_pulls_granted_total`: sessions handed to another node on its request.
     pub pulls_granted: IntCounter,
+    /// `node_forwards_total`: requests forwarded to the session's live owner.
     pub forwards: IntCounter,
+    /// `sessions_lost_total`: sessions whose every copy was gone, replaced by a fresh session.
     pub lost: IntCounter,
+    /// `sessions_stale_total`: recovered copies older than the client's signed cookie.
     pub stale: IntCounter,
+    /// `node_duplicate_requests_total`: retried request ids answered from the record, not applied again.
     pub dedup_hits: IntCounter,
     /// Writes answered 503 because their copies were not confirmed in time (applied here all the same).
     pub unconfirmed: IntCounter,
+    /// `node_secondary_changes_total`: sessions given a new secondary.
     pub rehomed: IntCounter,
+    /// `node_fenced_total`: sessions dropped here because a newer owner exists.
     pub fenced: IntCounter,
+    /// `node_sessions_expired_total`: sessions removed after their idle timeout.
     pub expired: IntCounter,
+    /// `node_replication_full_copies_total`: whole-session copies sent (instead of deltas).
     pub full_copies: IntCounter,
+    /// `node_replication_items_total`: session items sent to secondaries.
     pub repl_items: IntCounter,
+    /// `node_replication_errors_total`: replication batches that failed.
     pub repl_errors: IntCounter,
+    /// `node_replication_queue_depth`: sessions waiting to be copied.
     pub repl_queue: IntGauge,
+    /// `node_replication_batch_seconds`: round trip of one replication batch, in seconds.
     pub repl_rtt: Histogram,
+    /// `node_replication_auth_failures_total`: replication connections refused.
     pub auth_failures: IntCounter,
+    /// `node_replication_frame_errors_total`: malformed replication frames received.
     pub frame_errors: IntCounter,
     /// Cluster files taken on SIGHUP (a refused one is not counted).
     pub reloads: IntCounter,
@@ -43,6 +62,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered in a registry of its own (so in-process test nodes do not collide).
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {

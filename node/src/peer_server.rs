@@ -19,10 +19,15 @@ use crate::wire::{Body, Envelope, Item, ItemResult};
 
 /// Answers peers on the replication port.
 pub struct PeerServer {
+    /// Replication key ([`crate::connection::auth_key`] of the cluster secret) peers must prove.
     pub key: [u8; 32],
+    /// `[replication] lease_ms`: how long an applied copy promises the primary no takeover.
     pub lease: Duration,
+    /// Where received copies are kept.
     pub store: Arc<Store>,
+    /// Counts refused connections and bad frames.
     pub metrics: Arc<Metrics>,
+    /// Answers pulls.
     pub takeover: Arc<Takeover>,
 }
 

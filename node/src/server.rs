@@ -28,26 +28,36 @@ use crate::topology::Topology;
 /// Why a node could not start, or refused a reloaded file.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// `--name` names no `[[nodes]]` entry (the name given).
     #[error("no node named `{0}` in the config")]
     UnknownNode(String),
+    /// A listener's address could not be bound.
     #[error("bind {what} {addr}: {source}")]
     Bind {
+        /// Which listener: `http` or `repl`.
         what: &'static str,
+        /// The address from the cluster file.
         addr: SocketAddr,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
+    /// A reloaded file no longer lists this node (its name).
     #[error("`{0}` is not in the new file: stop this node instead")]
     Removed(String),
+    /// A reloaded file changes this node's id or addresses, which a running node cannot take.
     #[error("this node's id or addresses changed: restart it to apply that")]
     Moved,
+    /// The file asks for a replication topology this version does not build.
     #[error("topology `{0}` is not built yet")]
     Topology(config::Topology),
 }
 
 /// The node's two listeners, bound by the caller (a test binds port 0 and reads the address).
 pub struct Listeners {
+    /// The HTTP port (session API, `/_node/` paths).
     pub http: TcpListener,
+    /// The replication port.
     pub repl: TcpListener,
 }
 

@@ -31,10 +31,15 @@ const ATTEMPTS: usize = 5;
 
 /// One session request as the HTTP front received it: the app's call, and what is needed to forward it.
 pub struct SessionCall<C> {
+    /// What the app parsed the request into.
     pub call: C,
+    /// The client's method, for a forward.
     pub method: Method,
+    /// Path and query as received, for a forward.
     pub path: String,
+    /// The client's `Cookie` header as received, for a forward.
     pub cookie_header: Option<HeaderValue>,
+    /// The request body, for a forward.
     pub body: Bytes,
     /// The balancer's request id; for a write without one, this node's own (see [`SessionService::execute`]).
     pub rid: Option<String>,
@@ -47,10 +52,13 @@ pub struct SessionCall<C> {
 /// Settings the service reads.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// This node's id.
     pub me: NodeId,
+    /// `[session] max_session_bytes`: the largest session data a write may leave, in bytes.
     pub max_session_bytes: usize,
     /// How long a request waits for its copies (or its lease) before giving up.
     pub wait_limit: Duration,
+    /// `[session] idle_timeout_s`: a session untouched this long is removed.
     pub idle_timeout: Duration,
 }
 
@@ -63,15 +71,25 @@ enum Ran {
 
 /// Runs session requests through an [`App`].
 pub struct SessionService<A: App> {
+    /// The application that parses, runs and answers requests.
     pub app: A,
+    /// Limits and timeouts.
     pub settings: Settings,
+    /// Reads and mints routing cookies.
     pub codec: CookieCodec,
+    /// The pair table of the current cluster file; a reload swaps the inner `Arc` (read it with [`Self::pairs`]).
     pub pairs: Arc<RwLock<Arc<PairTable>>>,
+    /// The sessions held here.
     pub store: Arc<Store>,
+    /// Peers and their liveness.
     pub members: Arc<Membership>,
+    /// The node's metrics.
     pub metrics: Arc<Metrics>,
+    /// Queues copies of applied writes to secondaries.
     pub replicator: Arc<Replicator>,
+    /// Recovers sessions this node does not host.
     pub takeover: Arc<Takeover>,
+    /// Relays requests to a session's live owner.
     pub forwarder: Forwarder,
 }
 

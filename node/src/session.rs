@@ -21,7 +21,12 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// `POST /session/incr/{key}` answered `{"value": value, "version": version}`.
-    Incremented { value: i64, version: u64 },
+    Incremented {
+        /// The number after the increment.
+        value: i64,
+        /// The session version the increment produced.
+        version: u64,
+    },
     /// `PATCH /session` was applied; a retry is answered with the session as it is then.
     Patched,
 }
@@ -41,22 +46,48 @@ pub struct Delta {
     pub version: u64,
     /// JSON merge patch text (RFC 7396).
     pub patch: String,
+    /// The write's outcome under its [`request_key`], so a copy can answer a retry; `None` for a write without a
+    /// request id.
     pub outcome: Option<(u64, Outcome)>,
 }
 
 /// Why an operation was refused. The session is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
+    /// The patch is JSON but not an object.
     #[error("a merge patch must be a JSON object")]
     PatchNotObject,
+    /// An increment of a key that holds something other than an integer.
     #[error("`{key}` holds {found}, not an integer")]
-    NotAnInteger { key: String, found: &'static str },
+    NotAnInteger {
+        /// The key to increment.
+        key: String,
+        /// What it holds, in words (`a string`, `an array`, ...).
+        found: &'static str,
+    },
+    /// An increment past `i64::MAX`.
     #[error("`{key}` would overflow")]
-    Overflow { key: String },
+    Overflow {
+        /// The key to increment.
+        key: String,
+    },
+    /// The session's data would exceed `[session] max_session_bytes`.
     #[error("the session would be {size} bytes, over the {limit}-byte limit")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The data's JSON size after the change, in bytes.
+        size: usize,
+        /// `max_session_bytes`.
+        limit: usize,
+    },
+    /// A delta that does not follow the copy's version: the copy needs the whole session instead.
     #[error("delta for version {got} does not follow version {have}")]
-    VersionGap { have: u64, got: u64 },
+    VersionGap {
+        /// The copy's version.
+        have: u64,
+        /// The version the delta produces.
+        got: u64,
+    },
+    /// A delta whose patch text is not a JSON object.
     #[error("stored patch is not valid JSON")]
     CorruptPatch,
 }
@@ -64,15 +95,20 @@ pub enum SessionError {
 /// The replicated part of a session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Session {
+    /// The session's id, as in its cookie.
     pub id: SessionId,
+    /// Updates applied so far; 0 for a new session.
     pub version: u64,
     /// Ownership epoch: +1 on every takeover. A copy with a higher epoch fences the lower.
     pub epoch: u64,
     /// The session data as JSON object text (kept as text so any serde format can carry it).
     #[serde(with = "json_text")]
     pub data: Map<String, Value>,
+    /// The node that owns the session and serves its requests.
     pub primary: NodeId,
+    /// The node that holds its copy; `None` while no live peer does.
     pub secondary: Option<NodeId>,
+    /// The last [`OUTCOMES_KEPT`] writes' outcomes by [`request_key`], oldest first, for exactly-once retries.
     pub outcomes: VecDeque<(u64, Outcome)>,
 }
 
@@ -80,11 +116,16 @@ mod json_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use serde_json::{Map, Value};
 
-    pub fn serialize<S: Serializer>(m: &Map<String, Value>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        m: &Map<String, Value>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&serde_json::to_string(m).map_err(serde::ser::Error::custom)?)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Map<String, Value>, D::Error> {
         let text = String::deserialize(d)?;
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }

@@ -38,7 +38,9 @@ pub enum Role {
 pub struct Slot {
     /// `None` while a takeover is loading it, or once it was removed or fenced here.
     pub session: Option<Session>,
+    /// Whether this node serves the session or keeps a copy of it.
     pub role: Role,
+    /// When a request last ran on it here; the idle timeout counts from this.
     pub last_access: Instant,
     /// Replica: no takeover is granted before this instant, because the primary may still hold a read lease.
     pub granted_until: Instant,
@@ -48,6 +50,7 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// A slot with no session yet, as a replica, its grant not held back.
     pub fn empty(now: Instant) -> Slot {
         Slot {
             session: None,
@@ -76,6 +79,7 @@ impl Slot {
 /// (`replicate`) reads and moves it; the topology says which peers get one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
+    /// The peer that holds, or should hold, the copy.
     pub peer: NodeId,
     /// Updates applied here and not yet sent to this peer.
     pub pending: Vec<Delta>,
@@ -119,7 +123,9 @@ pub struct Mark {
 /// One session hosted here.
 #[derive(Debug)]
 pub struct Entry {
+    /// The session's id.
     pub id: SessionId,
+    /// The session's local state; its FIFO lock orders the requests on one session.
     pub slot: tokio::sync::Mutex<Slot>,
     // A plain mutex and one Notify rather than a watch channel: a few dozen bytes per session, not hundreds.
     mark: Mutex<Mark>,
@@ -237,6 +243,7 @@ impl Store {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The entry for `id`, if there is one here.
     pub fn get(&self, id: SessionId) -> Option<Arc<Entry>> {
         self.shard(id).get(&id).cloned()
     }
@@ -298,6 +305,7 @@ impl Store {
         all
     }
 
+    /// Entries held, primaries and copies alike (the load a heartbeat reports).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -305,6 +313,7 @@ impl Store {
             .sum()
     }
 
+    /// Whether no entry is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

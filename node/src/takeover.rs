@@ -33,20 +33,31 @@ const PULL_ROUNDS: u32 = 6;
 
 /// Both sides of a takeover, with what they use.
 pub struct Takeover {
+    /// This node's id.
     pub me: NodeId,
+    /// Where to look for a session this node does not host.
     pub topology: Topology,
+    /// `[replication] lease_ms`: the read lease, both the one a grant holds back for and the one a pull starts.
     pub lease: Duration,
+    /// `[replication] peer_timeout_ms`: how long one ask waits (plus `lease` for a pull).
     pub peer_timeout: Duration,
+    /// The sessions held here.
     pub store: Arc<Store>,
+    /// Peers and their liveness.
     pub members: Arc<Membership>,
+    /// Counts takeovers, pulls granted and lost sessions.
     pub metrics: Arc<Metrics>,
+    /// Queues the copies of a taken-over session.
     pub replicator: Arc<Replicator>,
 }
 
 /// The result of looking for a session elsewhere.
 pub enum Recovered {
     /// Installed here as primary; `stale` when the copy is older than the client's cookie.
-    Installed { stale: bool },
+    Installed {
+        /// The copy is older than the version in the client's cookie.
+        stale: bool,
+    },
     /// A live owner exists there: forward the request.
     Forward(NodeId),
     /// No member of the pair has it.
@@ -230,13 +241,17 @@ impl Takeover {
 /// What the holder of a session knows when another node asks for it.
 #[derive(Clone, Copy, Debug)]
 pub struct PullView {
+    /// Whether this node owns the session or holds a copy.
     pub role: Role,
     /// The owner its copy names.
     pub owner: NodeId,
+    /// The node asking for the session.
     pub requester: NodeId,
+    /// This node.
     pub me: NodeId,
     /// Primary in sync mode: writes applied here still wait for their copy.
     pub waiting_writes: bool,
+    /// Our heartbeats say the owner is alive.
     pub owner_alive: bool,
     /// The requester could not reach the owner.
     pub owner_unreachable: bool,

@@ -16,63 +16,100 @@ const HEADER: usize = 4;
 /// Why bytes on a replication connection were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
+    /// The header announces more than [`MAX_FRAME`] bytes.
     #[error("frame of {len} bytes is over the {MAX_FRAME}-byte limit")]
-    TooLarge { len: usize },
+    TooLarge {
+        /// The announced length, in bytes.
+        len: usize,
+    },
+    /// The frame's bytes are not a postcard [`Envelope`].
     #[error("frame does not decode: {reason}")]
-    Malformed { reason: String },
+    Malformed {
+        /// The decoder's message.
+        reason: String,
+    },
 }
 
 /// Every frame: a correlation id (replies carry the id of their request) and a body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// Chosen by the caller, unique per connection; 0 during the handshake.
     pub id: u64,
+    /// The message.
     pub body: Body,
 }
 
+/// Every message on a replication connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body {
     // Connection start: mutual challenge-response with the cluster secret.
+    /// Client's first frame.
     Hello {
+        /// The client's node name, for logs.
         node: String,
+        /// Fresh random challenge for the server.
         nonce: [u8; 32],
     },
+    /// Server's answer to `Hello`: its proof, and a challenge back.
     Challenge {
+        /// Fresh random challenge for the client.
         nonce: [u8; 32],
+        /// HMAC of both nonces under the replication key, proving the server knows the cluster secret.
         proof: [u8; 32],
     },
+    /// Client's answer to `Challenge`.
     Proof {
+        /// HMAC of both nonces (in the other order, with the client's role) under the replication key.
         proof: [u8; 32],
     },
+    /// The client's proof is good: requests may follow.
     Welcome,
+    /// The client's proof is wrong; the server closes the connection.
     Refused {
+        /// Why, for the client's log.
         reason: String,
     },
 
     // Requests and their replies.
+    /// Heartbeat.
     Ping {
+        /// Sessions the sender holds: its load, for secondary choice.
         sessions: u64,
     },
+    /// Heartbeat answer.
     Pong {
+        /// Sessions the answerer holds.
         sessions: u64,
     },
     /// Copies from a primary to its secondary, one item per session.
     Batch {
+        /// The sending primary.
         from: NodeId,
+        /// One item per session, in queue order.
         items: Vec<Item>,
     },
+    /// Answer to a `Batch`.
     BatchReply {
+        /// One result per item, in the batch's order.
         results: Vec<ItemResult>,
     },
     /// A node that must serve a session it does not host asks for it (takeover).
     Pull {
+        /// The session wanted.
         sid: SessionId,
+        /// The node that will own it.
         requester: NodeId,
+        /// The requester tried the session's owner and could not reach it.
         owner_unreachable: bool,
     },
+    /// Answer to a `Pull`.
     PullReply {
+        /// Granted, or why not.
         result: PullResult,
     },
+    /// The request was not one the server answers.
     Error {
+        /// What was wrong, for logs.
         message: String,
     },
 }
@@ -82,24 +119,40 @@ pub enum Body {
 pub enum Item {
     /// Updates since `base`, from the owner at `epoch`.
     Deltas {
+        /// The session.
         sid: SessionId,
+        /// The sender's ownership epoch.
         epoch: u64,
+        /// The version the copy must be at for the first delta to apply.
         base: u64,
+        /// Consecutive deltas from `base + 1` on.
         deltas: Vec<Delta>,
     },
     /// The whole session (new copy, or resync after a gap).
-    Full { session: Session },
+    Full {
+        /// The session as the primary holds it.
+        session: Session,
+    },
     /// "I still own it at this version": renews the owner's read lease without data.
     Validate {
+        /// The session.
         sid: SessionId,
+        /// The sender's ownership epoch.
         epoch: u64,
+        /// The version the owner holds.
         version: u64,
     },
     /// The session ended (deleted or expired).
-    Remove { sid: SessionId, epoch: u64 },
+    Remove {
+        /// The session.
+        sid: SessionId,
+        /// The sender's ownership epoch; a copy at a higher epoch is kept.
+        epoch: u64,
+    },
 }
 
 impl Item {
+    /// The session the item is about.
     pub fn sid(&self) -> SessionId {
         match self {
             Item::Deltas { sid, .. } | Item::Validate { sid, .. } | Item::Remove { sid, .. } => {
@@ -113,12 +166,15 @@ impl Item {
 /// What a secondary did with an item.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ItemResult {
+    /// The copy is now at the item's version.
     Applied,
     /// The copy is missing or at another version: send the full state.
     NeedFull,
     /// A newer owner exists: the sender must stop acknowledging writes for this session.
     Fenced {
+        /// The newer owner.
         owner: NodeId,
+        /// Its epoch, higher than the sender's.
         epoch: u64,
     },
 }
@@ -128,12 +184,15 @@ pub enum ItemResult {
 pub enum PullResult {
     /// The session, now owned by the requester (epoch already raised); the granter keeps a copy as secondary.
     Granted {
+        /// The session, its `primary` now the requester.
         session: Session,
     },
     /// Ask this node instead: it owns the session and is alive.
     Redirect {
+        /// The live owner.
         owner: NodeId,
     },
+    /// No copy of the session here.
     NotFound,
     /// The session ended here (deleted or expired): not lost, start a fresh one.
     Ended,

@@ -18,10 +18,15 @@ use super::{Algorithm, Failover, LogFormat, ReplicationMode, Secret};
 pub struct ClusterFile {
     /// `[cluster] secret`.
     pub secret: Secret,
+    /// `[cookie]`.
     pub cookie: CookieSection,
+    /// `[lb]` and `[lb.health]`.
     pub lb: LbSection,
+    /// `[node]`.
     pub node: NodeSection,
+    /// `[replication]` and `[replication.batch]`.
     pub replication: ReplicationSection,
+    /// `[session]`.
     pub session: SessionSection,
     /// `[[nodes]]`, in order.
     pub nodes: Vec<NodeEntry>,
@@ -30,7 +35,9 @@ pub struct ClusterFile {
 /// `[cookie]`.
 #[derive(Debug, Clone, Default)]
 pub struct CookieSection {
+    /// `name`; `None` leaves the default `SRVSESSION`.
     pub name: Option<String>,
+    /// `key_id` of the current key; `None` leaves the default 1.
     pub key_id: Option<u8>,
     /// Raw TOML after the keys, e.g. `host_prefix = true`.
     pub extra: String,
@@ -39,13 +46,19 @@ pub struct CookieSection {
 /// `[lb]` and `[lb.health]`.
 #[derive(Debug, Clone)]
 pub struct LbSection {
+    /// `listen`: the balancer's client-facing address.
     pub listen: SocketAddr,
+    /// `admin`: the address of `/status`, `/metrics` and `/reload`.
     pub admin: SocketAddr,
+    /// `algorithm`; `None` leaves the default `least_connections`.
     pub algorithm: Option<Algorithm>,
+    /// `failover`; `None` leaves the default `rebalance`.
     pub failover: Option<Failover>,
+    /// `threads`: worker threads; `None` leaves the default 1.
     pub threads: Option<usize>,
     /// `grace_period_s`.
     pub grace_period: Option<Duration>,
+    /// `[lb.health]`.
     pub health: HealthSection,
     /// Raw TOML after the keys of `[lb]`, e.g. `"[lb.limits]\nread_timeout_ms = 1000"`.
     pub extra: String,
@@ -58,14 +71,18 @@ pub struct HealthSection {
     pub interval: Option<Duration>,
     /// `timeout_ms`.
     pub timeout: Option<Duration>,
+    /// `fall`: failed probes in a row that mark a node down; `None` leaves the default 2.
     pub fall: Option<u32>,
+    /// `rise`: passed probes in a row that mark it up again; `None` leaves the default 2.
     pub rise: Option<u32>,
 }
 
 /// `[node]`.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSection {
+    /// `expose_node`: add `X-Served-By`; `None` leaves the default false.
     pub expose_node: Option<bool>,
+    /// `log_format`; `None` leaves the default `text`.
     pub log_format: Option<LogFormat>,
     /// `grace_period_s`.
     pub grace_period: Option<Duration>,
@@ -76,6 +93,7 @@ pub struct NodeSection {
 /// `[replication]` and `[replication.batch]`.
 #[derive(Debug, Clone, Default)]
 pub struct ReplicationSection {
+    /// `mode`; `None` leaves the default `sync`.
     pub mode: Option<ReplicationMode>,
     /// `heartbeat_ms`.
     pub heartbeat: Option<Duration>,
@@ -96,6 +114,7 @@ pub struct ReplicationSection {
 pub struct SessionSection {
     /// `idle_timeout_s`.
     pub idle_timeout: Option<Duration>,
+    /// `max_session_bytes`; `None` leaves the default 256 KiB.
     pub max_session_bytes: Option<usize>,
     /// Raw TOML after the keys.
     pub extra: String,
@@ -104,14 +123,23 @@ pub struct SessionSection {
 /// One `[[nodes]]` entry.
 #[derive(Debug, Clone)]
 pub struct NodeEntry {
+    /// `name`: unique in the file.
     pub name: String,
+    /// `http`: the node's HTTP address.
     pub http: SocketAddr,
+    /// `repl`: the node's replication address.
     pub repl: SocketAddr,
+    /// `machine`; `None` leaves the default, the node's name.
     pub machine: Option<String>,
+    /// `zone`; `None` leaves the default `default`.
     pub zone: Option<String>,
+    /// `id`; `None` derives it from the name and the cluster secret.
     pub id: Option<u64>,
+    /// `weight`, 1 to 1000; `None` leaves the default 1.
     pub weight: Option<u32>,
+    /// `drain`; `None` leaves the default false.
     pub drain: Option<bool>,
+    /// `secondary`: the admin pin, another node's name; `None` lets the node choose.
     pub secondary: Option<String>,
     /// Raw TOML after the entry's keys.
     pub extra: String,

@@ -31,7 +31,9 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read: {source}")]
     Read {
+        /// The path as given.
         file: String,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -39,17 +41,25 @@ pub enum ConfigError {
     /// setting's values. `key` is the dotted key when the error's line holds one.
     #[error("{file}:{line}: {}{message}", key_prefix(.key.as_deref()))]
     Parse {
+        /// The path as given.
         file: String,
+        /// 1-based line of the problem; 0 when the parser names no place.
         line: usize,
+        /// Dotted key on that line, e.g. `lb.health.fall`, when there is one.
         key: Option<String>,
+        /// The parser's message, e.g. `unknown field \`listen_typo\``.
         message: String,
     },
     /// A value that breaks an invariant, or a required key left out.
     #[error("{file}:{line}: `{key}`: {message}")]
     Invalid {
+        /// The path as given.
         file: String,
+        /// 1-based line of the key, or of the table it belongs in when the key is missing.
         line: usize,
+        /// Dotted key, e.g. `nodes[1].repl`.
         key: String,
+        /// What is wrong and what is accepted.
         message: String,
     },
 }
@@ -61,7 +71,9 @@ fn key_prefix(key: Option<&str>) -> String {
 /// One cookie MAC key.
 #[derive(Debug, Clone)]
 pub struct CookieKey {
+    /// Key id carried in every cookie signed with this key, so a verifier knows which secret to use.
     pub id: u8,
+    /// HMAC-SHA256 secret, at least 16 bytes.
     pub secret: Secret,
 }
 
@@ -117,7 +129,9 @@ pub struct LbConfig {
     pub algorithm: Algorithm,
     /// Default `rebalance`.
     pub failover: Failover,
+    /// `[lb.health]`: how nodes are probed and marked down or up.
     pub health: HealthConfig,
+    /// `[lb.limits]`: client request limits and timeouts towards nodes.
     pub limits: LimitsConfig,
     /// Worker threads; default 1.
     pub threads: usize,
@@ -171,10 +185,13 @@ pub struct SessionConfig {
 /// One `[[nodes]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
+    /// Unique name: `node --name` picks its entry, logs and `X-Served-By` show it. Required.
     pub name: String,
     /// From `id`, else derived from the name and the cluster secret.
     pub id: NodeId,
+    /// Where the node serves HTTP (the balancer proxies here). Required.
     pub http: SocketAddr,
+    /// Where the node listens for replication from its peers. Required.
     pub repl: SocketAddr,
     /// Default: the node's name.
     pub machine: String,
@@ -182,6 +199,7 @@ pub struct NodeConfig {
     pub zone: String,
     /// 1 to 1000, default 1.
     pub weight: u32,
+    /// Takes no new sessions and hands its sessions over, so it can stop losing nothing. Default false.
     pub drain: bool,
     /// Admin pin: this node's sessions use that node as secondary when it is alive.
     pub secondary: Option<String>,
@@ -192,11 +210,17 @@ pub struct NodeConfig {
 pub struct ClusterConfig {
     /// `[cluster] secret`: signs cookies (as the current cookie key) and authenticates replication.
     pub secret: Secret,
+    /// `[cookie]`: the routing cookie's name and MAC keys.
     pub cookie: CookieConfig,
+    /// `[lb]`: the balancer.
     pub lb: LbConfig,
+    /// `[node]`: settings every node shares.
     pub node: NodeDefaults,
+    /// `[replication]`: how sessions are copied between nodes.
     pub replication: ReplicationConfig,
+    /// `[session]`: session expiry and size cap.
     pub session: SessionConfig,
+    /// `[[nodes]]`, in file order; names, ids and addresses are unique.
     pub nodes: Vec<NodeConfig>,
     /// Every pair (and lone node) by its summed segment.
     pub pairs: PairTable,

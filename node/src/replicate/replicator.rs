@@ -29,12 +29,19 @@ const MAX_BATCH: usize = 1024;
 /// What the replicator needs to know of the cluster file.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// This node's id, sent as the batches' sender.
     pub me: NodeId,
+    /// Which peers get copies of a session.
     pub topology: Topology,
+    /// `sync` writes wait for their copies; `async` ones do not.
     pub mode: ReplicationMode,
+    /// `[replication.batch] max_updates`: a peer's batch leaves once this many sessions are queued.
     pub max_updates: usize,
+    /// `[replication.batch] max_delay_ms`: longest a queued session waits for its batch to fill.
     pub max_delay: Duration,
+    /// `[replication] peer_timeout_ms`: how long a batch waits for its answer.
     pub peer_timeout: Duration,
+    /// `[replication] lease_ms`: how long after a batch was sent its acknowledgement lets the primary serve reads.
     pub lease: Duration,
 }
 
@@ -54,6 +61,7 @@ pub struct Replicator {
 }
 
 impl Replicator {
+    /// A replicator with no peer queues yet: call [`Replicator::add_peer`] for each peer.
     pub fn new(
         settings: Settings,
         store: Arc<Store>,
