@@ -14,20 +14,30 @@ use crate::membership::{Membership, Topology};
 /// One node in `/status`.
 #[derive(Debug, Serialize)]
 pub struct NodeStatus {
+    /// The node's name in the cluster file.
     pub name: String,
+    /// Its HTTP address (`ip:port`), where requests are proxied.
     pub addr: String,
+    /// Whether it currently takes requests (health checks and passive failures).
     pub healthy: bool,
+    /// Its relative share of new sessions, 1 to 1000.
     pub weight: u32,
+    /// Requests this balancer is proxying to it right now.
     pub in_flight: usize,
+    /// `drain = true`: it takes no new sessions.
     pub drain: bool,
 }
 
 /// The `/status` document.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// Config generation: 1 for the file read at start, +1 per accepted reload.
     pub generation: u64,
+    /// `[lb] algorithm` as the file spells it, e.g. `least_connections`.
     pub algorithm: String,
+    /// `[lb] failover` as the file spells it, e.g. `rebalance`.
     pub failover: String,
+    /// Every node, in file order.
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -60,6 +70,7 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The admin app over the balancer's live membership.
     pub fn new(membership: Arc<Membership>) -> Admin {
         Admin { membership }
     }

@@ -31,21 +31,27 @@ pub enum Target {
 /// The session a request belongs to, as far as routing is concerned: node indices into the current node list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pinned {
+    /// Index of the session's primary.
     pub primary: usize,
+    /// Index of its secondary; `None` for a session without one.
     pub secondary: Option<usize>,
 }
 
 /// How the balancer picks: `[lb] algorithm` and `failover`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// How new sessions (and failovers under `rebalance`) are spread.
     pub algorithm: Algorithm,
+    /// Where a request goes when its primary is down.
     pub failover: Failover,
 }
 
 /// One attempt of one request: the session it is pinned to, if any, and the nodes that already failed it.
 #[derive(Clone, Copy, Debug)]
 pub struct Attempt<'a> {
+    /// The session's nodes, from a valid cookie; `None` for a new session.
     pub pinned: Option<Pinned>,
+    /// Indices of the nodes this request already failed on: never chosen again.
     pub tried: &'a [usize],
 }
 
@@ -53,7 +59,9 @@ pub struct Attempt<'a> {
 /// choice (it rotates ties and drives round robin), `random` is a uniform draw for `Algorithm::Random`.
 #[derive(Clone, Copy, Debug)]
 pub struct Draw {
+    /// One more than the previous choice's ticket.
     pub ticket: u64,
+    /// A uniform random number.
     pub random: u64,
 }
 

@@ -39,7 +39,7 @@ impl ConnSet {
     /// Drops the entries whose descriptor no longer names their connection; returns how many are left.
     pub fn prune(&self) -> usize {
         let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        c.retain(|x| still_open(x));
+        c.retain(still_open);
         c.len()
     }
 

@@ -32,6 +32,7 @@ impl HealthTracker {
         }
     }
 
+    /// The state the checks so far lead to.
     pub fn healthy(&self) -> bool {
         self.healthy
     }

@@ -9,12 +9,30 @@ use node::config::LimitsConfig;
 /// Why a request is refused before it reaches a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// More headers than `max_headers` (431).
     #[error("{count} request headers, the limit is {limit}")]
-    TooManyHeaders { count: usize, limit: usize },
+    TooManyHeaders {
+        /// Headers in the request.
+        count: usize,
+        /// `max_headers`.
+        limit: usize,
+    },
+    /// A request head over `max_header_bytes` (431).
     #[error("{bytes} bytes of request head, the limit is {limit}")]
-    HeadTooLarge { bytes: usize, limit: usize },
+    HeadTooLarge {
+        /// Size of the head, in bytes.
+        bytes: usize,
+        /// `max_header_bytes`.
+        limit: usize,
+    },
+    /// A declared body over `max_body_bytes` (413).
     #[error("request body of {bytes} bytes, the limit is {limit}")]
-    BodyTooLarge { bytes: usize, limit: usize },
+    BodyTooLarge {
+        /// Declared size of the body (`Content-Length`), in bytes.
+        bytes: usize,
+        /// `max_body_bytes`.
+        limit: usize,
+    },
 }
 
 impl Rejection {

@@ -41,8 +41,11 @@ pub fn node_peer(addr: SocketAddr, limits: &LimitsConfig) -> HttpPeer {
 
 /// Runtime state of one node, shared by every generation that keeps the node.
 pub struct NodeState {
+    /// The node's name in the cluster file.
     pub name: String,
+    /// Its id, one term of the segments that name it.
     pub id: NodeId,
+    /// Its HTTP address, where requests are proxied.
     pub addr: SocketAddr,
     weight: AtomicU32,
     drain: AtomicBool,
@@ -78,18 +81,22 @@ impl NodeState {
         }
     }
 
+    /// Whether it takes requests: health checks pass and no connection to it failed since.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Its relative share of new sessions, 1 to 1000 (a reload may change it).
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }
 
+    /// Whether it is draining: no new sessions (a reload may change it).
     pub fn drain(&self) -> bool {
         self.drain.load(Ordering::Relaxed)
     }
 
+    /// Requests this balancer is proxying to it right now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -161,6 +168,7 @@ impl NodeState {
 pub struct InFlight(Arc<NodeState>);
 
 impl InFlight {
+    /// The node the request is on.
     pub fn node(&self) -> &Arc<NodeState> {
         &self.0
     }
@@ -174,8 +182,11 @@ impl Drop for InFlight {
 
 /// One config generation, immutable.
 pub struct Topology {
+    /// The validated cluster file of this generation.
     pub cfg: ClusterConfig,
+    /// Verifies routing cookies with this generation's keys.
     pub codec: CookieCodec,
+    /// Every node in file order; routing and balancing use indices into this list.
     pub nodes: Vec<Arc<NodeState>>,
     peers: Vec<HttpPeer>,
     by_id: HashMap<NodeId, usize, ahash::RandomState>,
@@ -271,9 +282,13 @@ impl Topology {
 /// What a reload changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadReport {
+    /// The new generation.
     pub generation: u64,
+    /// Names of nodes new in the file.
     pub added: Vec<String>,
+    /// Names of nodes no longer in the file.
     pub removed: Vec<String>,
+    /// Names of nodes whose address, id, weight or drain changed.
     pub changed: Vec<String>,
     /// Settings that only a restart applies (listen addresses, threads).
     pub ignored: Vec<String>,
@@ -339,6 +354,7 @@ impl Membership {
         self.ticket.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The balancer's metrics, shared by every generation.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

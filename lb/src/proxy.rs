@@ -459,6 +459,7 @@ pub struct LbApp {
 }
 
 impl LbApp {
+    /// Wraps the Pingora proxy built from [`Lb`]; `membership` gives the head deadline of the current file.
     pub fn new(proxy: HttpProxy<Lb>, membership: Arc<Membership>) -> LbApp {
         LbApp {
             proxy: Arc::new(proxy),

@@ -73,6 +73,7 @@ impl RouteCache {
     /// Longer headers are routed without the cache.
     pub const MAX_HEADER: usize = 256;
 
+    /// An empty cache; its slots are allocated on first use.
     pub fn new() -> RouteCache {
         RouteCache {
             hasher: ahash::RandomState::new(),
