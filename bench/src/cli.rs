@@ -14,16 +14,19 @@ use crate::report::Summary;
 use crate::spec::{parse_duration, parse_target, LoadSpec, Mix, MAX_RUN};
 use crate::{plot, runner};
 
+/// The `bench` command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "bench",
     about = "Synthetic session traffic that verifies every acknowledged update, under faults"
 )]
 pub struct Cli {
+    /// What to run.
     #[command(subcommand)]
     pub cmd: Cmd,
 }
 
+/// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Load against a running target.
@@ -34,26 +37,31 @@ pub enum Cmd {
         /// Cluster file; lets the bench decode routing cookies to see session ids on every answer.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The load to generate.
         #[command(flatten)]
         load: LoadArgs,
     },
     /// Start the lb and nodes of a cluster file, load the lb while injecting faults, stop everything, report.
     Cluster {
+        /// Cluster file: the lb and every node it lists are started on their configured addresses.
         #[arg(long)]
         config: PathBuf,
         /// ACTION:TARGET@TIME[+DURATION]: kill:n1@10s, stop:n2@5s+3s, restart:n1@20s, kill:primary@10s.
         #[arg(long = "fault")]
         faults: Vec<String>,
+        /// The load to generate.
         #[command(flatten)]
         load: LoadArgs,
     },
     /// The same load directly to a node, through lb, a minimal Pingora proxy and HAProxy (when installed).
     Compare {
+        /// Cluster file: the lb and nodes are started from it; the direct path and the proxies use its first node.
         #[arg(long)]
         config: PathBuf,
         /// Each path is measured this many times, in a rotating order; ratios are reported round by round.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The load to generate.
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -68,21 +76,26 @@ pub enum Cmd {
         /// Approximate size of each of those sessions.
         #[arg(long, default_value_t = 1024)]
         session_bytes: usize,
+        /// The load to generate.
         #[command(flatten)]
         load: LoadArgs,
     },
     /// Start the lb and every node of a cluster file in the foreground; Ctrl-C stops all of it.
     Up {
+        /// Cluster file to start.
         #[arg(long)]
         config: PathBuf,
     },
     /// The minimal Pingora proxy `compare` measures against (started by `compare` itself).
     #[command(hide = true)]
     MinimalProxy {
+        /// Address to accept clients on.
         #[arg(long)]
         listen: std::net::SocketAddr,
+        /// The one node every request is proxied to.
         #[arg(long)]
         upstream: std::net::SocketAddr,
+        /// Pingora worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Give the upstream the connect and read timeouts this cluster file sets for lb (default: none, as
@@ -92,6 +105,7 @@ pub enum Cmd {
     },
 }
 
+/// The flags that describe the load, shared by `run`, `cluster`, `compare` and `node`.
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     /// Sessions in total, spread over the virtual users.
@@ -106,6 +120,7 @@ pub struct LoadArgs {
     /// Total requests instead of a duration.
     #[arg(long)]
     pub requests: Option<u64>,
+    /// Relative weight of each operation: get, incr, patch, delete.
     #[arg(long, default_value = "incr=0.6,get=0.3,patch=0.1")]
     pub mix: String,
     /// Size of each patched value.
@@ -167,6 +182,10 @@ impl LoadArgs {
     }
 }
 
+/// Writes `text` to `path`, creating its directory first.
+///
+/// # Errors
+/// When the directory cannot be created or the file written.
 pub fn write_file(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

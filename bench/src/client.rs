@@ -48,6 +48,7 @@ impl Jar {
         }
     }
 
+    /// The value of cookie `name`, if the jar holds it.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.cookies
             .iter()
@@ -55,6 +56,7 @@ impl Jar {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Forgets every cookie: the next request starts a new session.
     pub fn clear(&mut self) {
         self.cookies.clear();
     }
@@ -70,13 +72,18 @@ pub struct Conn {
 
 /// A raw answer before verification.
 pub struct Raw {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// `X-Served-By`: the node that served, when the cluster exposes it.
     pub served_by: Option<String>,
+    /// `X-Session-Stale: 1`: the node recovered a copy older than the cookie.
     pub stale_flag: bool,
+    /// The whole body.
     pub body: Bytes,
 }
 
 impl Conn {
+    /// A connection to `target`, opened on first use; `timeout` bounds connecting and each request.
     pub fn new(target: SocketAddr, timeout: Duration) -> Conn {
         Conn {
             target,

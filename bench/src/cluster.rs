@@ -30,14 +30,21 @@ pub fn bin_dir() -> Result<PathBuf> {
 /// A cluster's processes, by key (`lb`, node names, or anything else started with [`Procs::spawn`]), over the
 /// shared controller [`Children`].
 pub struct Procs {
+    /// The cluster file every child is started with.
     pub config_path: PathBuf,
+    /// That file, validated.
     pub config: ClusterConfig,
+    /// Where each child's output goes, as `<key>.log`: `$TMPDIR/bench-<pid>`.
     pub log_dir: PathBuf,
     bin_dir: PathBuf,
     children: Children,
 }
 
 impl Procs {
+    /// Reads the cluster file; starts nothing yet. Children log at `warn` unless `RUST_LOG` says otherwise.
+    ///
+    /// # Errors
+    /// When the file is invalid, or the log directory or the bench's own directory cannot be found or made.
     pub fn new(config_path: &Path) -> Result<Procs> {
         let config = ClusterConfig::load(config_path)?;
         let log_dir = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
@@ -62,11 +69,19 @@ impl Procs {
         self.children.spawn(key, &program, args)
     }
 
+    /// Starts the `node` binary as `name`; returns its pid. Does not wait for it to be healthy.
+    ///
+    /// # Errors
+    /// When it cannot be started.
     pub fn start_node(&mut self, name: &str) -> Result<u32> {
         let cfg = self.config_path.display().to_string();
         self.spawn(name, Path::new("node"), &["--config", &cfg, "--name", name])
     }
 
+    /// Starts the `lb` binary under the key [`LB`]; returns its pid. Does not wait for it to be healthy.
+    ///
+    /// # Errors
+    /// When it cannot be started.
     pub fn start_lb(&mut self) -> Result<u32> {
         let cfg = self.config_path.display().to_string();
         self.spawn(LB, Path::new("lb"), &["--config", &cfg])
@@ -110,6 +125,10 @@ impl Procs {
         Ok(())
     }
 
+    /// Waits until node `name` answers its health endpoint (at most 30 s).
+    ///
+    /// # Errors
+    /// When `name` is not in the file, the node exits first, or 30 s pass; with the end of its log.
     pub async fn wait_node(&mut self, name: &str) -> Result<()> {
         let addr = self
             .config
@@ -142,10 +161,12 @@ impl Procs {
         }
     }
 
+    /// The pid of `key`, while it is ours.
     pub fn pid(&self, key: &str) -> Option<u32> {
         self.children.pid(key)
     }
 
+    /// Whether `key` is running (not exited, not killed).
     pub fn is_running(&mut self, key: &str) -> bool {
         self.children.is_running(key)
     }
@@ -160,6 +181,7 @@ impl Procs {
         self.children.kill(key);
     }
 
+    /// Sends `sig` (e.g. `libc::SIGSTOP`) to `key`.
     pub fn signal(&self, key: &str, sig: i32) {
         self.children.signal(key, sig);
     }
@@ -175,6 +197,7 @@ impl Procs {
         self.kill_all();
     }
 
+    /// kill -9 to every child, and reap.
     pub fn kill_all(&mut self) {
         self.children.kill_all();
     }

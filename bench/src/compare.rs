@@ -16,16 +16,22 @@ use crate::{cpu, runner};
 
 /// One measured path.
 pub struct Row {
+    /// The path, e.g. `direct n1`, `lb`.
     pub name: String,
+    /// Requests per second over the run.
     pub rps: f64,
+    /// 99th percentile latency, in milliseconds.
     pub p99_ms: f64,
     /// CPU of the proxy process during the run; `None` when there is no proxy.
     pub proxy_cpu: Option<Duration>,
+    /// Requests answered during the run.
     pub requests: u64,
+    /// An acknowledged update was lost or a session reset on this path.
     pub failed: bool,
 }
 
 impl Row {
+    /// Requests per CPU-second of the proxy; `None` without a proxy or with no CPU measured.
     pub fn per_cpu_s(&self) -> Option<f64> {
         self.proxy_cpu
             .filter(|c| !c.is_zero())
@@ -33,6 +39,11 @@ impl Row {
     }
 }
 
+/// Starts the cluster of `config`, measures every path `rounds_wanted` times (at least once), prints the table and
+/// writes `--json`; `Ok(false)` when a path lost an update or reset a session.
+///
+/// # Errors
+/// When the cluster or a proxy cannot be started, the file has no nodes, or the output cannot be written.
 pub async fn compare(config: &Path, load: &LoadArgs, rounds_wanted: usize) -> Result<bool> {
     let mut procs = Procs::new(config)?;
     procs.start_all(true).await?;

@@ -8,14 +8,18 @@ use crate::cluster::{http_status, Procs};
 use crate::live::busiest;
 use crate::spec::parse_duration;
 
+/// Why a `--fault` was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FaultError {
+    /// Not ACTION:TARGET@TIME[+DURATION] with a known action and valid durations (the text given).
     #[error("bad fault {0:?}: expected ACTION:TARGET@TIME[+DURATION], e.g. kill:n1@10s, stop:primary@5s+3s")]
     Syntax(String),
+    /// A `+DURATION` on `kill` or `restart` (the text given).
     #[error("fault {0:?}: only stop takes a +DURATION")]
     StrayDuration(String),
 }
 
+/// What a fault does to its process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// SIGKILL.
@@ -28,21 +32,31 @@ pub enum Action {
     Restart,
 }
 
+/// Which process a fault hits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// The node of this name.
     Node(String),
     /// The node that served the most in the last second.
     Primary,
 }
 
+/// One scheduled fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault {
+    /// When, from the start of the load.
     pub at: Duration,
+    /// What.
     pub action: Action,
+    /// To whom.
     pub target: Target,
 }
 
 impl Fault {
+    /// Parses `ACTION:TARGET@TIME[+DURATION]`; a `stop` without a duration lasts 3 s.
+    ///
+    /// # Errors
+    /// [`FaultError`] naming the text.
     pub fn parse(s: &str) -> Result<Fault, FaultError> {
         let err = || FaultError::Syntax(s.to_string());
         let (action, rest) = s.split_once(':').ok_or_else(err)?;
@@ -72,7 +86,9 @@ impl Fault {
 /// What happened, for the report and the plot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
+    /// When it was carried out, in ms from the start of the load.
     pub at_ms: u64,
+    /// What was done, e.g. `kill n1`, or why nothing was.
     pub label: String,
 }
 
@@ -83,6 +99,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The schedule of `faults`, in any order.
     pub fn new(mut faults: Vec<Fault>) -> Schedule {
         faults.sort_by_key(|f| std::cmp::Reverse(f.at));
         Schedule { pending: faults }
@@ -102,6 +119,7 @@ impl Schedule {
         }
     }
 
+    /// Adds a fault (a stop's continue).
     pub fn push(&mut self, f: Fault) {
         self.pending.push(f);
         self.pending.sort_by_key(|f| std::cmp::Reverse(f.at));

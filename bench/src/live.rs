@@ -50,8 +50,11 @@ impl Slot {
 /// One second of the run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Second {
+    /// Requests answered successfully in this second.
     pub ok: u64,
+    /// Requests that failed in this second.
     pub errors: u64,
+    /// 99th percentile latency of the successful ones, in milliseconds (bucketed).
     pub p99_ms: f64,
 }
 
@@ -60,8 +63,11 @@ pub struct Live {
     start: Instant,
     slots: Vec<Slot>,
     served: RwLock<Vec<(String, AtomicU64)>>,
+    /// Acknowledged changes found missing so far.
     pub lost_updates: AtomicU64,
+    /// Sessions silently replaced so far.
     pub session_resets: AtomicU64,
+    /// Answers that went back in version or were flagged stale so far.
     pub stale_reads: AtomicU64,
 }
 
@@ -79,10 +85,12 @@ impl Live {
         }
     }
 
+    /// When the run started.
     pub fn start(&self) -> Instant {
         self.start
     }
 
+    /// Milliseconds since the run started.
     pub fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
@@ -92,16 +100,19 @@ impl Live {
         &self.slots[i.min(self.slots.len() - 1)]
     }
 
+    /// Counts a successful request answered at `at` after `latency`.
     pub fn record_ok(&self, at: Instant, latency: Duration) {
         let s = self.slot(at);
         s.ok.fetch_add(1, Relaxed);
         s.lat[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
     }
 
+    /// Counts a failed request at `at`.
     pub fn record_error(&self, at: Instant) {
         self.slot(at).errors.fetch_add(1, Relaxed);
     }
 
+    /// Counts one answer `X-Served-By` node `node`.
     pub fn record_served(&self, node: &str) {
         {
             let r = self

@@ -22,10 +22,13 @@ const FIELDS: [&str; 4] = ["p0", "p1", "p2", "p3"];
 
 /// What one run measured.
 pub struct RunResult {
+    /// What every response revealed, summed.
     pub tally: Tally,
     /// Latency of successful requests, microseconds.
     pub latency: Histogram<u64>,
+    /// Wall time of the run.
     pub elapsed: Duration,
+    /// Sessions whose serving node changed at least once.
     pub sessions_failed_over: u64,
     /// Longest gap between two successful requests of a session that moved nodes.
     pub failover_max_gap_ms: u64,

@@ -1,3 +1,5 @@
+//! `bench`: synthetic session traffic against a cluster, verifying every acknowledged update (see `bench --help`).
+
 use std::process::ExitCode;
 
 use clap::Parser;

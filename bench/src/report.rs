@@ -13,15 +13,20 @@ use crate::load::RunResult;
 
 /// A finished run, ready to print.
 pub struct Summary {
+    /// What was loaded, as the report names it (e.g. `lb http://127.0.0.1:8080`).
     pub target: String,
+    /// What the load measured.
     pub result: RunResult,
+    /// The faults carried out, in order.
     pub faults: Vec<Applied>,
+    /// Per-second counts and latency, from the start of the run.
     pub timeline: Vec<Second>,
     /// CPU the generator itself used during the run.
     pub bench_cpu: Duration,
 }
 
 impl Summary {
+    /// Requests per second over the whole run.
     pub fn rps(&self) -> f64 {
         self.result.tally.requests as f64 / self.result.elapsed.as_secs_f64().max(1e-9)
     }
@@ -39,6 +44,7 @@ impl Summary {
         self.result.tally.lost_updates > 0 || self.result.tally.session_resets > 0
     }
 
+    /// The `--json` report.
     pub fn json(&self) -> Value {
         let t = &self.result.tally;
         json!({
@@ -73,6 +79,7 @@ impl Summary {
         })
     }
 
+    /// The summary table printed at the end of a run.
     pub fn table(&self) -> String {
         let t = &self.result.tally;
         let errors = if t.errors.is_empty() {

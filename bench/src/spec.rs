@@ -3,14 +3,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Why a load flag was refused; each case holds the text given.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
+    /// Not a number with an optional unit `ms`, `s`, `m` or `h`, or negative.
     #[error("bad duration {0:?}: expected e.g. 500ms, 10s, 2m")]
     Duration(String),
+    /// Not `op=weight` pairs of known operations with at least one positive weight.
     #[error(
         "bad mix {0:?}: expected e.g. incr=0.6,get=0.3,patch=0.1 (ops: get, incr, patch, delete)"
     )]
     Mix(String),
+    /// Not an `http://` URL of an IPv4 loopback address with a port.
     #[error("bad target {0:?}: expected http://127.x.y.z:PORT (loopback only)")]
     Target(String),
 }
@@ -40,9 +44,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, SpecError> {
 /// Relative weights of the operations a virtual user sends.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mix {
+    /// Weight of `GET /session`; default 0.3.
     pub get: f64,
+    /// Weight of `POST /session/incr/{key}`; default 0.6.
     pub incr: f64,
+    /// Weight of `PATCH /session`; default 0.1.
     pub patch: f64,
+    /// Weight of `DELETE /session`; default 0.
     pub delete: f64,
 }
 
@@ -60,13 +68,21 @@ impl Default for Mix {
 /// The operation kinds, for picking by weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
+    /// `GET /session`.
     Get,
+    /// `POST /session/incr/{key}`.
     Incr,
+    /// `PATCH /session`.
     Patch,
+    /// `DELETE /session`.
     Delete,
 }
 
 impl Mix {
+    /// Parses `op=weight,...`; operations left out weigh 0.
+    ///
+    /// # Errors
+    /// [`SpecError::Mix`] for an unknown operation, a negative or non-number weight, or all weights 0.
     pub fn parse(s: &str) -> Result<Mix, SpecError> {
         let err = || SpecError::Mix(s.to_string());
         let mut m = Mix {
@@ -136,14 +152,21 @@ pub fn parse_target(url: &str) -> Result<SocketAddr, SpecError> {
 /// Everything one load run needs.
 #[derive(Clone)]
 pub struct LoadSpec {
+    /// Where requests go (loopback).
     pub target: SocketAddr,
+    /// Sessions in total, spread over the virtual users; at least 1, default 100.
     pub sessions: usize,
+    /// Virtual users, each with one keep-alive connection; at least 1, default 16.
     pub concurrency: usize,
     /// The run stops at whichever bound comes first.
     pub duration: Duration,
+    /// Requests in total; `u64::MAX` when only the duration bounds the run.
     pub max_requests: u64,
+    /// Share of each operation.
     pub mix: Mix,
+    /// Size of each patched value, in bytes; default 32.
     pub value_bytes: usize,
+    /// Per-request timeout; default 5 s.
     pub timeout: Duration,
     /// Name of the routing cookie, for the cluster's own cookie among others (HAProxy adds its own).
     pub cookie_name: String,

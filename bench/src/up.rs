@@ -9,6 +9,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cluster::Procs;
 
+/// Starts every node and the lb of `config`, prints how to try it, and runs until Ctrl-C, SIGTERM or a child's
+/// exit; then stops everything (SIGTERM, SIGKILL after 5 s).
+///
+/// # Errors
+/// When the file is invalid, a signal handler cannot be installed, or the cluster does not come up.
 pub async fn up(config: &Path) -> Result<()> {
     let mut procs = Procs::new(config)?;
     let mut term = signal(SignalKind::terminate())?;

@@ -9,21 +9,36 @@ use serde_json::{Map, Value};
 /// What the client asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// `GET /session`.
     Get,
-    Incr { key: String },
-    Patch { key: String, value: String },
+    /// `POST /session/incr/{key}`.
+    Incr {
+        /// The counter to increment.
+        key: String,
+    },
+    /// `PATCH /session` setting one field.
+    Patch {
+        /// The field.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+    /// `DELETE /session`.
     Delete,
 }
 
 /// Why a request did not produce a usable answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorKind {
+    /// The connection could not be opened.
     Connect,
+    /// No answer (or no connection) within the per-request timeout.
     Timeout,
     /// The connection broke after the request was (maybe) sent.
     Io,
     /// A 2xx whose body is not what the API promises.
     BadBody,
+    /// A status other than 2xx (the status).
     Status(u16),
 }
 
@@ -43,23 +58,33 @@ impl ErrorKind {
 /// The parts of a successful response that verification looks at.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reply {
+    /// `X-Served-By`, when the cluster exposes it.
     pub served_by: Option<String>,
     /// `X-Session-Stale: 1`.
     pub stale_flag: bool,
     /// From the body (GET/PATCH) or from a decoded routing cookie; `None` when neither tells.
     pub session_id: Option<String>,
+    /// What the body says.
     pub body: Body,
 }
 
+/// A successful answer's body, as the API defines it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Body {
     /// GET and PATCH: the whole session.
     Session {
+        /// The session's version.
         version: u64,
+        /// The session's data.
         data: Map<String, Value>,
     },
     /// `POST /session/incr/{key}`.
-    Incr { value: i64, version: u64 },
+    Incr {
+        /// The counter after the increment.
+        value: i64,
+        /// The version the increment produced.
+        version: u64,
+    },
     /// DELETE's 204.
     #[default]
     Empty,
@@ -70,13 +95,16 @@ pub enum Body {
 pub struct Event {
     /// Milliseconds since the run started, when the response (or failure) arrived.
     pub at_ms: u64,
+    /// What was asked.
     pub op: Op,
+    /// The answer, or why there was none.
     pub outcome: Result<Reply, ErrorKind>,
 }
 
 /// What one response revealed. Counts are of acknowledged changes, not of responses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
+    /// Why the request failed, if it did.
     pub error: Option<ErrorKind>,
     /// Acknowledged changes found missing.
     pub lost_updates: u64,
@@ -137,6 +165,7 @@ impl SessionModel {
         self.failed_over
     }
 
+    /// Longest time between two successful requests of this session, in ms.
     pub fn max_gap_ms(&self) -> u64 {
         self.max_gap_ms
     }
@@ -343,18 +372,28 @@ fn counter_of(data: &Map<String, Value>, key: &str) -> i64 {
 /// Totals over many verdicts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
+    /// Requests made.
     pub requests: u64,
+    /// Requests answered successfully.
     pub ok: u64,
+    /// Failed requests by [`ErrorKind::label`].
     pub errors: BTreeMap<String, u64>,
+    /// Acknowledged changes found missing.
     pub lost_updates: u64,
+    /// Increments seen applied more often than they were sent.
     pub duplicates: u64,
+    /// Answers whose session version went backwards.
     pub stale_versions: u64,
+    /// Answers the cluster flagged `X-Session-Stale`.
     pub stale_flagged: u64,
+    /// Sessions silently replaced.
     pub session_resets: u64,
+    /// Answers from another node than the session's previous one.
     pub failovers: u64,
 }
 
 impl Tally {
+    /// Counts one response's verdict.
     pub fn add(&mut self, v: &Verdict) {
         let mut one = Tally {
             requests: 1,
@@ -375,6 +414,7 @@ impl Tally {
         self.merge(&one);
     }
 
+    /// Adds another tally's counts to this one.
     pub fn merge(&mut self, o: &Tally) {
         self.requests += o.requests;
         self.ok += o.ok;
@@ -389,6 +429,7 @@ impl Tally {
         self.failovers += o.failovers;
     }
 
+    /// Failed requests, of every kind.
     pub fn error_total(&self) -> u64 {
         self.errors.values().sum()
     }
