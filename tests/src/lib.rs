@@ -72,7 +72,9 @@ pub fn unused_port(ip: Ipv4Addr, taken: &mut HashSet<u16>) -> u16 {
 /// What cluster to start.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
+    /// Nodes, named `n1`, `n2`, ...; default 3.
     pub nodes: usize,
+    /// Start the balancer too; default false.
     pub lb: bool,
     /// `sync` or `async`.
     pub mode: &'static str,
@@ -112,19 +114,29 @@ impl Default for ClusterSpec {
 /// One node's addresses.
 #[derive(Clone, Debug)]
 pub struct NodeAddrs {
+    /// `n1`, `n2`, ...
     pub name: String,
+    /// Its HTTP address.
     pub http: SocketAddr,
+    /// Its replication address.
     pub repl: SocketAddr,
 }
 
 /// A running cluster of real processes.
 pub struct Cluster {
+    /// A fresh temporary directory: the cluster file and every process's log.
     pub dir: PathBuf,
+    /// `<dir>/cluster.toml`.
     pub config_path: PathBuf,
+    /// The cluster's own random loopback address; every process listens on it.
     pub ip: Ipv4Addr,
+    /// Every node, in file order.
     pub nodes: Vec<NodeAddrs>,
+    /// The balancer's client address (chosen even when `spec.lb` is false).
     pub lb_listen: SocketAddr,
+    /// The balancer's admin address.
     pub lb_admin: SocketAddr,
+    /// What the cluster was started from.
     pub spec: ClusterSpec,
     procs: Children,
     /// Every port handed out on `ip`, so no two addresses of the cluster share one.
@@ -404,11 +416,17 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 /// A response reduced to what tests look at.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The HTTP status.
     pub status: u16,
+    /// `X-Served-By`: the node that served.
     pub served_by: Option<String>,
+    /// The `Set-Cookie` value for the routing cookie, if the answer set or cleared it.
     pub set_cookie: Option<String>,
+    /// `X-Session-Stale: 1`: the node recovered a copy older than the cookie.
     pub stale: bool,
+    /// Every response header.
     pub headers: reqwest::header::HeaderMap,
+    /// The body as text.
     pub body: String,
 }
 
@@ -425,6 +443,7 @@ pub struct User {
     client: reqwest::blocking::Client,
     /// `NAME=value` of the routing cookie, once the cluster minted one.
     pub cookie: Option<String>,
+    /// Name of the routing cookie to keep; default `SRVSESSION`.
     pub cookie_name: String,
 }
 
@@ -435,6 +454,7 @@ impl Default for User {
 }
 
 impl User {
+    /// A user with no cookie yet, a 15 s request timeout, following `SRVSESSION`.
     pub fn new() -> User {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(15))
