@@ -348,8 +348,9 @@ impl<A: App> SessionService<A> {
         let need_lease = !slot.copies.is_empty() && m.lease_until <= now();
         if need_copy || need_lease {
             if need_lease {
-                let peers = replicate::want_validate(&mut slot);
-                self.replicator.enqueue_all(&peers, entry);
+                for peer in replicate::want_validate(&mut slot) {
+                    self.replicator.enqueue_urgent(peer, entry);
+                }
             }
             drop(slot);
             let waited = entry

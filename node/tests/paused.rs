@@ -428,3 +428,24 @@ async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_a
         "the watchdog gave up before the 3 s forward timeout: {took:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_read_that_must_renew_its_lease_does_not_wait_for_an_async_batch_to_fill() {
+    let (cfg, l) = cluster(2, |f| {
+        f.replication.mode = Some(ReplicationMode::Async);
+        f.replication.max_updates = Some(64);
+        f.replication.max_delay = Some(Duration::from_millis(1000));
+    })
+    .await;
+    let _nodes = start_all(&cfg, l);
+    sleep(Duration::from_millis(500)).await;
+    let (mut u, _) = session_on_n1(&cfg).await;
+    sleep(Duration::from_millis(1500)).await; // the first copy left; the 300 ms lease ran out
+    let started = Instant::now();
+    assert_eq!(u.send("GET", url(&cfg, "n1", "/session")).await.0, 200);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(100),
+        "a lease renewal leaves at once instead of waiting out max_delay: {took:?}"
+    );
+}

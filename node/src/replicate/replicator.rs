@@ -4,7 +4,8 @@
 //! the core ([`super`]) says about each answer. One batch is in flight per peer; whatever is queued meanwhile
 //! goes in the next, so under load one copy covers many updates (seed 000 claim 23). In `async` mode a batch
 //! also waits for `max_updates` queued sessions or `max_delay`, whichever comes first (seed 003 [0067]),
-//! unless the node is shutting down and flushing.
+//! unless something queued is urgent (a read waiting for its lease to be renewed) or the node is shutting
+//! down and flushing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -22,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::store::{now, Entry, Slot, Store};
 use crate::topology::Topology;
 use crate::wire::Item;
+
+/// A session queued for a peer, and whether a request waits on its copy leaving at once.
+type Queued = (Arc<Entry>, bool);
 
 /// Most sessions in one batch.
 const MAX_BATCH: usize = 1024;
@@ -51,7 +55,7 @@ pub struct Replicator {
     store: Arc<Store>,
     members: Arc<Membership>,
     metrics: Arc<Metrics>,
-    queues: RwLock<HashMap<NodeId, mpsc::UnboundedSender<Arc<Entry>>>>,
+    queues: RwLock<HashMap<NodeId, mpsc::UnboundedSender<Queued>>>,
     /// Sessions queued or in a batch not yet answered, over every peer.
     outstanding: AtomicI64,
     settled: Notify,
@@ -116,6 +120,16 @@ impl Replicator {
 
     /// Queues a session for copying to `peer`.
     pub fn enqueue(&self, peer: NodeId, entry: &Arc<Entry>) {
+        self.send(peer, entry, false);
+    }
+
+    /// Queues a session for `peer` and sends its batch without waiting for more: a request is waiting on it
+    /// (a read whose lease must be renewed), so batching would only add `max_delay` to that request.
+    pub fn enqueue_urgent(&self, peer: NodeId, entry: &Arc<Entry>) {
+        self.send(peer, entry, true);
+    }
+
+    fn send(&self, peer: NodeId, entry: &Arc<Entry>, urgent: bool) {
         if let Some(tx) = self
             .queues
             .read()
@@ -124,7 +138,7 @@ impl Replicator {
         {
             self.metrics.repl_queue.inc();
             self.outstanding.fetch_add(1, Ordering::AcqRel);
-            if tx.send(entry.clone()).is_err() {
+            if tx.send((entry.clone(), urgent)).is_err() {
                 self.settle(1);
             }
         }
@@ -218,16 +232,21 @@ impl Replicator {
     }
 
     /// One peer's task; runs until the peer is removed.
-    async fn run(self: Arc<Self>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Arc<Entry>>) {
+    async fn run(self: Arc<Self>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Queued>) {
         let batching = !self.sync();
         loop {
-            let Some(first) = rx.recv().await else { return };
+            let Some((first, mut urgent)) = rx.recv().await else {
+                return;
+            };
             let mut queued = vec![first];
-            if batching && !self.flushing.load(Ordering::Acquire) {
+            if batching && !urgent && !self.flushing.load(Ordering::Acquire) {
                 let deadline = tokio::time::Instant::now() + self.settings.max_delay;
-                while queued.len() < self.settings.max_updates {
+                while queued.len() < self.settings.max_updates && !urgent {
                     tokio::select! {
-                        e = rx.recv() => match e { Some(e) => queued.push(e), None => break },
+                        e = rx.recv() => match e {
+                            Some((e, u)) => { queued.push(e); urgent = u; }
+                            None => break,
+                        },
                         _ = tokio::time::sleep_until(deadline) => break,
                         _ = self.hurry.notified() => break,
                     }
@@ -235,7 +254,7 @@ impl Replicator {
             }
             while queued.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(e) => queued.push(e),
+                    Ok((e, _)) => queued.push(e),
                     Err(_) => break,
                 }
             }
