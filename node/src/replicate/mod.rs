@@ -216,8 +216,10 @@ fn apply_item(
             ItemResult::Applied
         }
         Item::Remove { epoch, .. } => {
+            // Fenced like any item: a late removal from an old owner must not drop the copy of another owner
+            // of that epoch (a grant's removal racing the new owner's full copy, or a promotion).
             if let Some(s) = &slot.session {
-                if s.epoch > epoch {
+                if fences(s, from, epoch) {
                     return fenced(s);
                 }
             }
@@ -239,9 +241,10 @@ pub enum AfterReply {
     /// The copy confirmed: renew the lease; every version up to `durable` is held by as many copies as a
     /// write needs (`None`: not yet).
     Acked { durable: Option<u64> },
-    /// The copy needs the full state: it was marked, queue the peer again.
+    /// The copy needs the full state: it was marked, queue the peer again. (Also the answer to a late
+    /// `Fenced` about an earlier tenure of this node: queueing the peer again is harmless.)
     Resend,
-    /// A newer owner exists: the local copy was dropped.
+    /// A newer owner exists: the local copy was dropped, unless it already is a copy for a newer owner.
     Fenced,
 }
 
@@ -274,12 +277,29 @@ pub fn on_reply(
             }
             AfterReply::Resend
         }
-        ItemResult::Fenced { .. } => {
-            slot.session = None;
-            slot.copies.clear();
-            AfterReply::Fenced
+        ItemResult::Fenced { owner, epoch } => {
+            // The answer may be late, about an item sent before this node handed the session over: it may
+            // hold a copy for that newer owner by now (kept: it may be the only other copy of acknowledged
+            // writes), or own the session again at a higher epoch (the answer is about an old tenure).
+            match slot.session.as_ref() {
+                Some(s) if slot.role == Role::Primary && !newer_owner(*owner, *epoch, s) => {
+                    AfterReply::Resend
+                }
+                Some(_) if slot.role == Role::Replica => AfterReply::Fenced,
+                _ => {
+                    slot.session = None;
+                    slot.copies.clear();
+                    AfterReply::Fenced
+                }
+            }
         }
     }
+}
+
+/// Whether `owner` at `epoch` is a newer owner than the one `s` names (the same epoch held by another node
+/// counts as newer: two owners of one epoch must both stop).
+fn newer_owner(owner: NodeId, epoch: u64, s: &Session) -> bool {
+    epoch > s.epoch || (epoch == s.epoch && owner != s.primary)
 }
 
 /// What the primary does when a send to a peer failed (the peer is marked down).

@@ -245,3 +245,79 @@ fn a_promoted_copy_is_owned_here_and_flags_staleness() {
     assert_eq!((sess.epoch, sess.primary, sess.secondary), (2, id(2), None));
     assert_eq!(s.role, Role::Primary);
 }
+
+/// Found by the simulator (tests/simulator.rs, crash walks): node 1 sends an item, then hands the session
+/// to node 2 before the answer comes; node 2, owner now, refuses the old item. That late `Fenced`
+/// must not drop the copy node 1 now holds for node 2: it may be the only other copy of acknowledged writes.
+#[test]
+fn a_late_fenced_answer_leaves_the_copy_held_for_the_new_owner() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    write(&mut p, "a");
+    let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
+    // Before the item arrives, node 2 takes the session over from node 1.
+    let now = Instant::now();
+    let (granted, _) = grant(&mut p, id(2), id(1), now, LEASE).unwrap();
+    install(&mut s, granted, 0, now);
+    let r = incoming(&mut s, id(1), item, now, LEASE);
+    assert!(matches!(r.result, ItemResult::Fenced { .. }));
+    assert_eq!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Fenced);
+    let kept = p
+        .session
+        .as_ref()
+        .expect("the copy for the new owner stays");
+    assert_eq!((kept.epoch, kept.primary, kept.version), (2, id(2), 1));
+}
+
+/// The same late answer reaching a node that owns the session again, at a higher epoch, is about its old
+/// tenure: the session stays, and so does its copy.
+#[test]
+fn a_late_fenced_answer_leaves_a_newer_tenure_alone() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    write(&mut p, "a");
+    let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
+    let now = Instant::now();
+    let (granted, _) = grant(&mut p, id(2), id(1), now, LEASE).unwrap();
+    install(&mut s, granted, 0, now);
+    let r = incoming(&mut s, id(1), item, now, LEASE);
+    // Node 1 takes it back (epoch 3) before the answer arrives.
+    let (back, _) = grant(&mut s, id(1), id(2), now, LEASE).unwrap();
+    install(&mut p, back, 0, now);
+    assert_ne!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Fenced);
+    assert_eq!(p.session.as_ref().map(|s| s.epoch), Some(3));
+    assert_eq!(p.copies.len(), 1, "its copy on node 2 stays");
+}
+
+/// Found by the simulator (crash walks): node 1 grants the session to node 3 (epoch 2) and tells its old
+/// copy on node 2 to drop it; before that removal arrives, node 3 re-homed its copy to node 2. The late
+/// removal names epoch 2 but comes from node 1, not node 2's owner at epoch 2: it is refused, as any item
+/// is, and node 3's copy stays.
+#[test]
+fn a_late_removal_from_an_old_owner_leaves_a_copy_of_the_same_epoch_alone() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    let now = Instant::now();
+    let (granted, old) = grant(&mut p, id(3), id(1), now, LEASE).unwrap();
+    assert_eq!(old, vec![id(2)]);
+    let mut taker = Slot::empty(now);
+    install(&mut taker, granted.clone(), 0, now);
+    let r = incoming(&mut s, id(3), Item::Full { session: granted }, now, LEASE);
+    assert_eq!(r.result, ItemResult::Applied);
+    let removal = Item::Remove { sid: SID, epoch: 2 };
+    let r = incoming(&mut s, id(1), removal, now, LEASE);
+    assert!(matches!(r.result, ItemResult::Fenced { .. }));
+    assert!(!r.forget && !r.ended);
+    assert_eq!(s.session.as_ref().map(|x| x.primary), Some(id(3)));
+}
+
+/// The owner's own removal at its epoch still removes the copy.
+#[test]
+fn the_owners_removal_at_its_epoch_removes_the_copy() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    let removal = Item::Remove { sid: SID, epoch: 1 };
+    let r = incoming(&mut s, id(1), removal, Instant::now(), LEASE);
+    assert_eq!(r.result, ItemResult::Applied);
+    assert!(r.forget && r.ended && s.session.is_none());
+}
