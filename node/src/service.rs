@@ -119,9 +119,15 @@ impl<A: App> SessionService<A> {
             let mut stale = false;
             // Where to send the request when a live owner elsewhere should serve it.
             let mut owner_elsewhere = None;
+            // A copy whose node the client's cookie does not name is an orphan: its owner moved the session's
+            // copies elsewhere (a re-homing after a failed send) and may have acknowledged writes since that
+            // this copy never got. Promoting it would overwrite them; the pair the cookie names is asked first.
+            let me = self.settings.me;
+            let named = pair.primary == me || pair.secondary == Some(me);
+            let orphan = slot.role == Role::Replica && slot.session.is_some() && !named;
             match (slot.session.as_ref(), slot.role) {
                 (Some(_), Role::Primary) => {}
-                (Some(s), Role::Replica) => {
+                (Some(s), Role::Replica) if named => {
                     let owner = s.primary;
                     if call.hops < MAX_HOPS
                         && !unreachable.contains(&owner)
@@ -135,10 +141,10 @@ impl<A: App> SessionService<A> {
                             .await;
                     }
                 }
-                (None, _) => {
+                _ => {
                     let owner = pair.primary;
                     let forwardable = call.hops < MAX_HOPS && !unreachable.contains(&owner);
-                    let found = if self.store.has_ended(cookie.session) {
+                    let found = if self.store.has_ended(cookie.session) && !orphan {
                         Recovered::Ended
                     } else if forwardable && self.responsive(owner).await {
                         Recovered::Forward(owner)
@@ -151,6 +157,13 @@ impl<A: App> SessionService<A> {
                     match found {
                         Recovered::Installed { stale: s } => stale = s,
                         Recovered::Forward(owner) => owner_elsewhere = Some(owner),
+                        // Nobody the cookie names has it: the orphan is the best copy left.
+                        Recovered::Lost if orphan => {
+                            stale = self
+                                .takeover
+                                .promote(&entry, &mut slot, cookie.version)
+                                .await;
+                        }
                         Recovered::Ended | Recovered::Lost => {
                             drop(slot);
                             self.drop_if_vacant(&entry);

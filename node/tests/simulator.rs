@@ -144,13 +144,14 @@ fn a_long_soak_through_crashes_and_empty_restarts_keeps_every_invariant() {
     );
 }
 
-// Known finding: a reply that times out makes the primary re-home its copy; the old secondary keeps a stale
-// copy nobody tells to drop, and promotes it when a request reaches it and its forward to the owner fails:
-// its full copy at the higher epoch then overwrites the newer one (invariant 1), and two promotions from one
-// epoch give two owners of the same epoch (invariant 2). See
-// `scenarios::an_orphaned_secondary_does_not_promote_its_stale_copy_over_a_newer_one`.
+// Known finding: with messages lost and late, two nodes can own one session at different epochs after
+// crashes (seed 60: n0 took it over at epoch 2 from n1 while n2 still served it at epoch 1 with no live copy,
+// acknowledging at once as a session without copies does); a late full copy from n0, dead by then, reaches
+// n2 and replaces its acknowledged write (invariant 1). Epochs are raised locally (+1), so two takeovers from
+// one epoch cannot be told apart: a fix is a protocol change. (The orphaned-secondary race this walk first
+// found is fixed: `scenarios::an_orphaned_secondary_does_not_promote_its_stale_copy_over_a_newer_one`.)
 #[test]
-#[ignore = "finding: orphaned secondaries promote stale copies (see the comment)"]
+#[ignore = "finding: two owners after crashes with lost messages (see the comment)"]
 fn random_walks_with_lost_and_late_messages_keep_every_invariant() {
     walks(
         "random_walks_with_lost_and_late_messages_keep_every_invariant",

@@ -240,7 +240,10 @@ fn apply_item(
 pub enum AfterReply {
     /// The copy confirmed: renew the lease; every version up to `durable` is held by as many copies as a
     /// write needs (`None`: not yet).
-    Acked { durable: Option<u64> },
+    Acked {
+        /// The highest version as many copies as a write needs now hold (`None`: not yet).
+        durable: Option<u64>,
+    },
     /// The copy needs the full state: it was marked, queue the peer again. (Also the answer to a late
     /// `Fenced` about an earlier tenure of this node: queueing the peer again is harmless.)
     Resend,

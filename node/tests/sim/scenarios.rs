@@ -166,14 +166,13 @@ fn two_nodes_racing_to_take_over_one_session_leave_one_owner() {
     assert_eq!(acked(&sim), 3, "both requests were answered, by the owner");
 }
 
-/// Finding (also the lost-messages walk): a timed-out answer makes node 0 re-home its copy from s to t;
-/// s keeps a stale copy that nobody tells to drop. A request reaching s whose forward to node 0 times out
-/// makes s promote that copy (epoch 2) and send it in full to t, over t's newer one; node 0 is then fenced:
-/// every write acknowledged since the re-homing is lost, with no node down. A fix needs the shell (promote
-/// only a copy at least as new as the client's cookie, or tell dropped copies to drop theirs) or the
-/// protocol (copies that outrank a full copy at a higher epoch).
+/// Found by the lost-messages walk, fixed in the shell: a timed-out answer makes node 0 re-home its copy
+/// from s to t; s keeps a stale copy that nobody tells to drop. A request reaching s whose forward to node 0
+/// times out made s promote that copy (epoch 2) and send it in full to t, over t's newer one, losing every
+/// write acknowledged since the re-homing with no node down. Now a copy the client's cookie does not name is
+/// an orphan: s asks the pair the cookie names (t, then node 0) instead, and promotes its own copy only when
+/// neither has the session.
 #[test]
-#[ignore = "finding: an orphaned secondary promotes its stale copy (see the doc comment)"]
 fn an_orphaned_secondary_does_not_promote_its_stale_copy_over_a_newer_one() {
     let mut sim = cluster(3);
     let (sid, s, t) = session_on_node_0(&mut sim);

@@ -68,9 +68,12 @@ impl Sim {
                 let s = e.slot.session.as_ref()?;
                 Some((e.slot.role, s.primary, e.slot.granted_until))
             });
+            // `SessionService::execute` treats a copy the cookie does not name as an orphan: asked for
+            // through the cookie's pair like a session not held here.
+            let named = cookie.primary == x || cookie.secondary == Some(x);
             let owner = match held {
                 Some((Role::Primary, _, _)) => return self.run(x, req, sid),
-                Some((Role::Replica, owner, granted_until)) => {
+                Some((Role::Replica, owner, granted_until)) if named => {
                     let owner = self.index(owner);
                     let forward = req.hops < MAX_HOPS && !unreachable.contains(&owner);
                     if !(forward && self.responsive(x, owner)) {
@@ -83,8 +86,8 @@ impl Sim {
                     }
                     owner
                 }
-                None => {
-                    if self.nodes[x].ended.contains(&sid) {
+                _ => {
+                    if held.is_none() && self.nodes[x].ended.contains(&sid) {
                         return self.fresh(x, req);
                     }
                     let owner = cookie.primary;
@@ -148,7 +151,7 @@ impl Sim {
     }
 
     /// `Takeover::promote`: the copy here becomes the owner (epoch + 1); new copies, the old owner excluded.
-    fn promote(&mut self, x: usize, req: Request, sid: SessionId) {
+    pub(super) fn promote(&mut self, x: usize, req: Request, sid: SessionId) {
         let cookie_version = req.cookie.map_or(0, |c| c.version);
         let now = self.now();
         let Some(e) = self.nodes[x].entries.get_mut(&sid) else {

@@ -161,6 +161,23 @@ impl Sim {
                 (p.round, p.next, p.busy) = (p.round + 1, 0, false);
                 continue;
             }
+            // Nobody the cookie names has it: an orphan copy held here is the best one left. Like the
+            // shell's promotion it waits out the lease it granted unless its owner is gone (here: the
+            // request stops and the client tries later).
+            let orphan = self.nodes[x].entries.get(&sid).and_then(|e| {
+                let s = e.slot.session.as_ref()?;
+                (e.slot.role == Role::Replica)
+                    .then(|| (self.index(s.primary), e.slot.granted_until))
+            });
+            if let Some(e) = self.nodes[x].entries.get_mut(&sid) {
+                e.pulling = None;
+            }
+            if let Some((owner, granted_until)) = orphan {
+                if !self.nodes[x].view[owner].gone && self.now() < granted_until {
+                    return;
+                }
+                return self.promote(x, p.req, sid);
+            }
             self.end_pull(x, sid);
             if p.req.op == Op::Write {
                 self.stats.lost_declared += 1;
