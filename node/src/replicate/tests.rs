@@ -246,22 +246,28 @@ fn a_promoted_copy_is_owned_here_and_flags_staleness() {
     assert_eq!(s.role, Role::Primary);
 }
 
-/// Found by the simulator (tests/simulator.rs, crash walks): node 1 sends an item, then hands the session
-/// to node 2 before the answer comes; node 2, owner now, refuses the old item. That late `Fenced`
-/// must not drop the copy node 1 now holds for node 2: it may be the only other copy of acknowledged writes.
-#[test]
-fn a_late_fenced_answer_leaves_the_copy_held_for_the_new_owner() {
+/// Node 1 sends a delta to node 2, then hands the session to node 2 before it arrives; node 2, owner now,
+/// refuses it. Returns both slots, node 2's answer and the version node 1 sent.
+fn a_late_item_refused_by_the_new_owner() -> (Slot, Slot, ItemResult, u64) {
     let (mut p, mut s) = pair();
     sync(&mut p, &mut s);
     write(&mut p, "a");
     let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
-    // Before the item arrives, node 2 takes the session over from node 1.
     let now = Instant::now();
     let (granted, _) = grant(&mut p, id(2), id(1), now, LEASE).unwrap();
     install(&mut s, granted, 0, now);
     let r = incoming(&mut s, id(1), item, now, LEASE);
     assert!(matches!(r.result, ItemResult::Fenced { .. }));
-    assert_eq!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Fenced);
+    (p, s, r.result, v)
+}
+
+/// Found by the simulator (tests/simulator.rs, crash walks): node 1 sends an item, then hands the session
+/// to node 2 before the answer comes; node 2, owner now, refuses the old item. That late `Fenced`
+/// must not drop the copy node 1 now holds for node 2: it may be the only other copy of acknowledged writes.
+#[test]
+fn a_late_fenced_answer_leaves_the_copy_held_for_the_new_owner() {
+    let (mut p, _, answer, v) = a_late_item_refused_by_the_new_owner();
+    assert_eq!(on_reply(&mut p, id(2), v, &answer, 1), AfterReply::Fenced);
     let kept = p
         .session
         .as_ref()
@@ -273,18 +279,12 @@ fn a_late_fenced_answer_leaves_the_copy_held_for_the_new_owner() {
 /// tenure: the session stays, and so does its copy.
 #[test]
 fn a_late_fenced_answer_leaves_a_newer_tenure_alone() {
-    let (mut p, mut s) = pair();
-    sync(&mut p, &mut s);
-    write(&mut p, "a");
-    let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
-    let now = Instant::now();
-    let (granted, _) = grant(&mut p, id(2), id(1), now, LEASE).unwrap();
-    install(&mut s, granted, 0, now);
-    let r = incoming(&mut s, id(1), item, now, LEASE);
+    let (mut p, mut s, answer, v) = a_late_item_refused_by_the_new_owner();
     // Node 1 takes it back (epoch 3) before the answer arrives.
+    let now = Instant::now();
     let (back, _) = grant(&mut s, id(1), id(2), now, LEASE).unwrap();
     install(&mut p, back, 0, now);
-    assert_ne!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Fenced);
+    assert_ne!(on_reply(&mut p, id(2), v, &answer, 1), AfterReply::Fenced);
     assert_eq!(p.session.as_ref().map(|s| s.epoch), Some(3));
     assert_eq!(p.copies.len(), 1, "its copy on node 2 stays");
 }
