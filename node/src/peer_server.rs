@@ -136,12 +136,13 @@ impl PeerServer {
     async fn receive(&self, from: NodeId, item: Item) -> ItemResult {
         let (entry, _) = self.store.get_or_insert(item.sid());
         let mut slot = entry.slot.lock().await;
-        let r = replicate::incoming(&mut slot, from, item, now(), self.lease);
+        let ended = self.store.ended_epoch(entry.id);
+        let r = replicate::incoming(&mut slot, from, item, now(), self.lease, ended);
         if r.fence {
             entry.update_mark(|m| m.fenced = true);
         }
-        if r.ended {
-            self.store.mark_ended(entry.id);
+        if let Some(epoch) = r.ended {
+            self.store.mark_ended(entry.id, epoch);
         }
         if r.forget {
             self.store.remove(&entry);

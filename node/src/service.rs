@@ -401,7 +401,7 @@ impl<A: App> SessionService<A> {
     /// Ends the primary session in `slot` here and queues the removal of its copies; returns it.
     pub fn end_session(&self, entry: &Arc<Entry>, slot: &mut Slot) -> Option<Session> {
         let (s, peers) = replicate::end(slot)?;
-        self.store.mark_ended(s.id);
+        self.store.mark_ended(s.id, s.epoch);
         if peers.is_empty() {
             self.store.remove(entry);
         }
@@ -484,8 +484,9 @@ impl<A: App> SessionService<A> {
                 Role::Replica => {
                     replicas += 1;
                     if idle_for > idle && !self.members.is_alive(s.primary) {
+                        let epoch = s.epoch;
                         slot.session = None;
-                        self.store.mark_ended(entry.id);
+                        self.store.mark_ended(entry.id, epoch);
                         self.store.remove(&entry);
                         self.metrics.expired.inc();
                     }

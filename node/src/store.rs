@@ -224,7 +224,7 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     /// Sessions that ended here, and when.
-    ended: Mutex<HashMap<SessionId, Instant, ahash::RandomState>>,
+    ended: Mutex<HashMap<SessionId, (Instant, u64), ahash::RandomState>>,
 }
 
 impl Default for Store {
@@ -267,20 +267,27 @@ impl Store {
         }
     }
 
-    /// Remembers that session `id` ended here (deleted or expired).
-    pub fn mark_ended(&self, id: SessionId) {
+    /// Remembers that session `id` ended here (deleted or expired) at ownership epoch `epoch`.
+    pub fn mark_ended(&self, id: SessionId, epoch: u64) {
         self.ended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, now());
+            .insert(id, (now(), epoch));
     }
 
     /// Whether session `id` ended here within [`TOMBSTONE_TTL`].
     pub fn has_ended(&self, id: SessionId) -> bool {
+        self.ended_epoch(id).is_some()
+    }
+
+    /// The epoch at which session `id` ended here, within [`TOMBSTONE_TTL`]: copies from older owners are
+    /// refused after it, so a late copy cannot bring a deleted session back.
+    pub fn ended_epoch(&self, id: SessionId) -> Option<u64> {
         self.ended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&id)
+            .get(&id)
+            .map(|(_, epoch)| *epoch)
     }
 
     /// Forgets sessions that ended before `now - TOMBSTONE_TTL`.
@@ -288,7 +295,7 @@ impl Store {
         self.ended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
     }
 
     /// Every entry at this moment (the maps are not held while the caller works on them).

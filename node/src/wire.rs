@@ -161,6 +161,16 @@ impl Item {
             Item::Full { session } => session.id,
         }
     }
+
+    /// The ownership epoch the sender claims.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Item::Deltas { epoch, .. }
+            | Item::Validate { epoch, .. }
+            | Item::Remove { epoch, .. } => *epoch,
+            Item::Full { session } => session.epoch,
+        }
+    }
 }
 
 /// What a secondary did with an item.
@@ -175,6 +185,12 @@ pub enum ItemResult {
         /// The newer owner.
         owner: NodeId,
         /// Its epoch, higher than the sender's.
+        epoch: u64,
+    },
+    /// The session ended here at `epoch`, later than the sender's tenure: the sender's copy is stale and must
+    /// not bring the session back.
+    Ended {
+        /// The ownership epoch at which the session ended.
         epoch: u64,
     },
 }

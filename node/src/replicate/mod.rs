@@ -136,26 +136,40 @@ pub struct Received {
     pub fence: bool,
     /// Nothing is left here: drop the entry.
     pub forget: bool,
-    /// The owner ended the session: remember that it ended, so its cookie is not counted as lost.
-    pub ended: bool,
+    /// The owner ended the session at this epoch: remember that it ended (its cookie is not counted as lost,
+    /// and older copies are refused).
+    pub ended: Option<u64>,
 }
 
 /// Copy side: applies an item from primary `from` to the local slot (a fresh empty slot when the session
-/// was not here).
+/// was not here). `ended` is the epoch at which the session ended here, if it did (its tombstone): an item
+/// from an older tenure is refused, so a late copy cannot bring a deleted session back.
 pub fn incoming(
     slot: &mut Slot,
     from: NodeId,
     item: Item,
     now: Instant,
     lease: Duration,
+    ended: Option<u64>,
 ) -> Received {
     let was_primary = slot.role == Role::Primary && slot.session.is_some();
-    let ends = matches!(item, Item::Remove { .. });
+    if let Some(epoch) = ended.filter(|e| slot.session.is_none() && item.epoch() < *e) {
+        return Received {
+            result: ItemResult::Ended { epoch },
+            fence: false,
+            forget: true,
+            ended: None,
+        };
+    }
+    let removal = match item {
+        Item::Remove { epoch, .. } => Some(epoch),
+        _ => None,
+    };
     let result = apply_item(slot, from, item, now, lease);
     Received {
         fence: was_primary && slot.role == Role::Replica,
         forget: slot.session.is_none(),
-        ended: ends && result == ItemResult::Applied,
+        ended: removal.filter(|_| result == ItemResult::Applied),
         result,
     }
 }
@@ -280,6 +294,16 @@ pub fn on_reply(
             }
             AfterReply::Resend
         }
+        // The session ended on the copy after this tenure: this copy is stale (an answer about an older tenure
+        // of this node, now at a higher epoch, is ignored).
+        ItemResult::Ended { epoch } => match slot.session.as_ref() {
+            Some(s) if s.epoch > *epoch => AfterReply::Resend,
+            _ => {
+                slot.session = None;
+                slot.copies.clear();
+                AfterReply::Fenced
+            }
+        },
         ItemResult::Fenced { owner, epoch } => {
             // The answer may be late, about an item sent before this node handed the session over: it may
             // hold a copy for that newer owner by now (kept: it may be the only other copy of acknowledged

@@ -34,7 +34,7 @@ fn sync(p: &mut Slot, s: &mut Slot) -> Vec<AfterReply> {
         let Some((item, v)) = outgoing(p, SID, id(2)) else {
             break;
         };
-        let r = incoming(s, id(1), item, Instant::now(), LEASE);
+        let r = incoming(s, id(1), item, Instant::now(), LEASE, None);
         seen.push(on_reply(p, id(2), v, &r.result, 1));
     }
     seen
@@ -79,8 +79,8 @@ fn a_resent_batch_is_not_applied_twice() {
     write(&mut p, "a");
     let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
     // Applied, but the reply was lost; the primary resends the same deltas.
-    incoming(&mut s, id(1), item.clone(), Instant::now(), LEASE);
-    let r = incoming(&mut s, id(1), item, Instant::now(), LEASE);
+    incoming(&mut s, id(1), item.clone(), Instant::now(), LEASE, None);
+    let r = incoming(&mut s, id(1), item, Instant::now(), LEASE, None);
     assert_eq!(r.result, ItemResult::NeedFull);
     assert_eq!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Resend);
     sync(&mut p, &mut s);
@@ -133,8 +133,8 @@ fn a_removed_session_is_removed_from_the_copy_once() {
     let (ended, peers) = end(&mut p).unwrap();
     assert_eq!((ended.id, peers), (SID, vec![id(2)]));
     let (item, _) = outgoing(&mut p, SID, id(2)).unwrap();
-    let r = incoming(&mut s, id(1), item, Instant::now(), LEASE);
-    assert!(r.ended && r.forget);
+    let r = incoming(&mut s, id(1), item, Instant::now(), LEASE, None);
+    assert!(r.ended == Some(1) && r.forget);
     assert!(s.session.is_none());
     assert!(outgoing(&mut p, SID, id(2)).is_none());
     assert!(p.is_vacant());
@@ -190,6 +190,7 @@ fn a_primary_that_learns_of_a_newer_owner_through_a_copy_is_fenced() {
         Item::Full { session: newer },
         Instant::now(),
         LEASE,
+        None,
     );
     assert_eq!(r.result, ItemResult::Applied);
     assert!(r.fence, "waiters on the old owner must give up");
@@ -256,7 +257,7 @@ fn a_late_item_refused_by_the_new_owner() -> (Slot, Slot, ItemResult, u64) {
     let now = Instant::now();
     let (granted, _) = grant(&mut p, id(2), id(1), now, LEASE).unwrap();
     install(&mut s, granted, 0, now);
-    let r = incoming(&mut s, id(1), item, now, LEASE);
+    let r = incoming(&mut s, id(1), item, now, LEASE, None);
     assert!(matches!(r.result, ItemResult::Fenced { .. }));
     (p, s, r.result, v)
 }
@@ -302,12 +303,19 @@ fn a_late_removal_from_an_old_owner_leaves_a_copy_of_the_same_epoch_alone() {
     assert_eq!(old, vec![id(2)]);
     let mut taker = Slot::empty(now);
     install(&mut taker, granted.clone(), 0, now);
-    let r = incoming(&mut s, id(3), Item::Full { session: granted }, now, LEASE);
+    let r = incoming(
+        &mut s,
+        id(3),
+        Item::Full { session: granted },
+        now,
+        LEASE,
+        None,
+    );
     assert_eq!(r.result, ItemResult::Applied);
     let removal = Item::Remove { sid: SID, epoch: 2 };
-    let r = incoming(&mut s, id(1), removal, now, LEASE);
+    let r = incoming(&mut s, id(1), removal, now, LEASE, None);
     assert!(matches!(r.result, ItemResult::Fenced { .. }));
-    assert!(!r.forget && !r.ended);
+    assert!(!r.forget && r.ended.is_none());
     assert_eq!(s.session.as_ref().map(|x| x.primary), Some(id(3)));
 }
 
@@ -317,7 +325,28 @@ fn the_owners_removal_at_its_epoch_removes_the_copy() {
     let (mut p, mut s) = pair();
     sync(&mut p, &mut s);
     let removal = Item::Remove { sid: SID, epoch: 1 };
-    let r = incoming(&mut s, id(1), removal, Instant::now(), LEASE);
+    let r = incoming(&mut s, id(1), removal, Instant::now(), LEASE, None);
     assert_eq!(r.result, ItemResult::Applied);
-    assert!(r.forget && r.ended && s.session.is_none());
+    assert!(r.forget && r.ended.is_some() && s.session.is_none());
+}
+
+/// Found by the simulator (forward-timeout walks): a removal at epoch 2 reaches the copy first; a full copy
+/// the epoch-1 owner sent earlier arrives after it. It must not bring the deleted session back, and its
+/// sender drops its stale copy.
+#[test]
+fn a_late_copy_from_an_older_owner_does_not_bring_a_removed_session_back() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    let (late, v) = {
+        p.copies[0].full = true;
+        outgoing(&mut p, SID, id(2)).unwrap()
+    };
+    let removal = Item::Remove { sid: SID, epoch: 2 };
+    let r = incoming(&mut s, id(3), removal, Instant::now(), LEASE, None);
+    assert_eq!(r.ended, Some(2));
+    let r = incoming(&mut s, id(1), late, Instant::now(), LEASE, r.ended);
+    assert_eq!(r.result, ItemResult::Ended { epoch: 2 });
+    assert!(s.session.is_none(), "the removed session stays removed");
+    assert_eq!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Fenced);
+    assert!(p.session.is_none(), "the stale sender drops its copy");
 }

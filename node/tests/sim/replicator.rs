@@ -184,13 +184,14 @@ impl Sim {
     fn receive(&mut self, y: usize, from: usize, item: Item) -> ItemResult {
         let sid = item.sid();
         let now = self.now();
+        let ended = self.nodes[y].ended.get(&sid).copied();
         let e = self.entry_or_insert(y, sid);
-        let r = replicate::incoming(&mut e.slot, node_id(from), item, now, LEASE);
+        let r = replicate::incoming(&mut e.slot, node_id(from), item, now, LEASE, ended);
         if r.fence {
             self.update_mark(y, sid, |m| m.fenced = true);
         }
-        if r.ended {
-            self.nodes[y].ended.insert(sid);
+        if let Some(epoch) = r.ended {
+            self.nodes[y].ended.insert(sid, epoch);
         }
         if r.forget {
             self.remove_entry(y, sid);

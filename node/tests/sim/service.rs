@@ -87,7 +87,7 @@ impl Sim {
                     owner
                 }
                 _ => {
-                    if held.is_none() && self.nodes[x].ended.contains(&sid) {
+                    if held.is_none() && self.nodes[x].ended.contains_key(&sid) {
                         return self.fresh(x, req);
                     }
                     let owner = cookie.primary;
@@ -234,10 +234,10 @@ impl Sim {
             .entries
             .get_mut(&sid)
             .expect("run on an entry");
-        let Some((_, peers)) = replicate::end(&mut e.slot) else {
+        let Some((ended, peers)) = replicate::end(&mut e.slot) else {
             return;
         };
-        self.nodes[x].ended.insert(sid);
+        self.nodes[x].ended.insert(sid, ended.epoch);
         if peers.is_empty() {
             self.remove_entry(x, sid);
         }

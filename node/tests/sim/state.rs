@@ -83,7 +83,7 @@ pub(crate) struct SimNode {
     pub(crate) alive: bool,
     pub(crate) entries: BTreeMap<SessionId, SimEntry>,
     /// Sessions that ended here (tombstones).
-    pub(crate) ended: BTreeSet<SessionId>,
+    pub(crate) ended: BTreeMap<SessionId, u64>,
     pub(crate) view: Vec<View>,
     /// The replicator's queues: (peer, session, entry) waiting for the peer's next batch.
     pub(crate) queue: BTreeSet<(usize, SessionId, u64)>,
@@ -100,7 +100,7 @@ impl SimNode {
         SimNode {
             alive: true,
             entries: BTreeMap::new(),
-            ended: BTreeSet::new(),
+            ended: BTreeMap::new(),
             view: vec![
                 View {
                     alive: alive_view,

@@ -23,7 +23,7 @@ impl Sim {
         owner_unreachable: bool,
     ) -> Option<PullResult> {
         let Some(e) = self.nodes[c].entries.get(&sid) else {
-            return Some(if self.nodes[c].ended.contains(&sid) {
+            return Some(if self.nodes[c].ended.contains_key(&sid) {
                 PullResult::Ended
             } else {
                 PullResult::NotFound
