@@ -31,8 +31,8 @@ pub struct Outbound<'a> {
     pub cookie: Option<&'a HeaderValue>,
     /// The request body, already read in full.
     pub body: &'a Bytes,
-    /// Request id sent as `x-lb-request-id`, so the owner applies a retried write once.
-    pub rid: &'a str,
+    /// Request id sent as `x-lb-request-id`, so the owner applies a retried write once; `None` for a read.
+    pub rid: Option<&'a str>,
     /// Forwards it went through so far.
     pub hops: u8,
 }
@@ -104,9 +104,11 @@ impl Forwarder {
         let mut req = Request::builder()
             .method(out.method.clone())
             .uri(format!("http://{}{}", peer.cfg.http, out.path))
-            .header(REQUEST_ID_HEADER, out.rid)
             .header(HOP_HEADER, (out.hops + 1).to_string())
             .header(CONTENT_TYPE, "application/json");
+        if let Some(rid) = out.rid {
+            req = req.header(REQUEST_ID_HEADER, rid);
+        }
         if let Some(c) = out.cookie {
             req = req.header(COOKIE, c.clone());
         }

@@ -32,8 +32,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpFront<A: App> {
     /// This node's name in the cluster file, for logs and `X-Served-By`.
     pub name: String,
-    /// Add `X-Served-By: <name>` to every response (`[node] expose_node`).
-    pub expose_node: bool,
+    /// `X-Served-By: <name>` for every response when `[node] expose_node` is set (built once, not per
+    /// response).
+    pub served_by: Option<HeaderValue>,
     /// Longest request body accepted, in bytes; 413 beyond (`[node] max_body_bytes`).
     pub max_body_bytes: usize,
     /// The replication mode as the file spells it, for `/_node/health`.
@@ -109,9 +110,9 @@ impl<A: App> HttpFront<A> {
             }
             _ => self.session_request(req).await,
         };
-        if self.expose_node && !resp.headers().contains_key(SERVED_BY_HEADER) {
-            if let Ok(v) = HeaderValue::from_str(&self.name) {
-                resp.headers_mut().insert(SERVED_BY_HEADER, v);
+        if let Some(v) = &self.served_by {
+            if !resp.headers().contains_key(SERVED_BY_HEADER) {
+                resp.headers_mut().insert(SERVED_BY_HEADER, v.clone());
             }
         }
         resp

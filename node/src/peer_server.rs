@@ -32,19 +32,11 @@ pub struct PeerServer {
 }
 
 impl PeerServer {
-    /// Accepts peers on `listener` until `stop` resolves; connections already open keep being served until
-    /// the process ends (peers may still need answers while this node shuts down).
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        stop: impl std::future::Future<Output = ()>,
-    ) {
-        tokio::pin!(stop);
+    /// Accepts peers on `listener` until the task is dropped: a stopping node keeps answering its peers
+    /// while it flushes its own copies.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let (stream, addr) = tokio::select! {
-                a = crate::connection::accept(&listener, "replication") => a,
-                _ = &mut stop => return,
-            };
+            let (stream, addr) = crate::connection::accept(&listener, "replication").await;
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.connection(stream, addr).await {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -20,7 +21,7 @@ use crate::membership::{Change, Membership};
 use crate::metrics::Metrics;
 use crate::peer_server::PeerServer;
 use crate::replicate::replicator::{self, Replicator};
-use crate::service::{self, SessionService};
+use crate::service::{self, OwnIds, SessionService};
 use crate::store::{now, Store};
 use crate::takeover::Takeover;
 use crate::topology::Topology;
@@ -141,6 +142,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         },
         settings: service::Settings {
             me: me.id,
+            topology,
             max_session_bytes: cfg.session.max_session_bytes,
             wait_limit: r.peer_timeout * 3,
             idle_timeout: cfg.session.idle_timeout,
@@ -159,6 +161,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
             store.clone(),
             metrics.clone(),
         ),
+        own_ids: OwnIds::new(),
     });
     let peers = Arc::new(PeerServer {
         key: auth_key(cfg.secret.expose()),
@@ -169,7 +172,11 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
     });
     let front = Arc::new(HttpFront {
         name: me.name.clone(),
-        expose_node: cfg.node.expose_node,
+        served_by: cfg
+            .node
+            .expose_node
+            .then(|| HeaderValue::from_str(&me.name).ok())
+            .flatten(),
         max_body_bytes: cfg.node.max_body_bytes,
         mode: r.mode.as_str(),
         service: service.clone(),
@@ -177,7 +184,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
     let (stop, stopped) = watch::channel(false);
     let background = vec![
         tokio::spawn(watch_changes(replicator.clone(), changes)),
-        tokio::spawn(peers.serve(listeners.repl, std::future::pending())),
+        tokio::spawn(peers.serve(listeners.repl)),
         tokio::spawn(heartbeats(members.clone(), store.clone(), r.heartbeat)),
         tokio::spawn(housekeeping(service)),
     ];

@@ -4,6 +4,7 @@
 //! queues the copies, releases the lock, and in `sync` mode answers only once the copies the topology needs
 //! hold the update.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::replicate::{self, replicator::Replicator};
 use crate::session::{Outcome, Session};
 use crate::store::{now, Entry, Role, Slot, Store, Waited};
 use crate::takeover::{Recovered, Takeover};
+use crate::topology::Topology;
 use crate::STALE_HEADER;
 
 /// Forwards one request may go through between nodes.
@@ -54,12 +56,46 @@ pub struct SessionCall<C> {
 pub struct Settings {
     /// This node's id.
     pub me: NodeId,
+    /// Where copies go.
+    pub topology: Topology,
     /// `[session] max_session_bytes`: the largest session data a write may leave, in bytes.
     pub max_session_bytes: usize,
     /// How long a request waits for its copies (or its lease) before giving up.
     pub wait_limit: Duration,
     /// `[session] idle_timeout_s`: a session untouched this long is removed.
     pub idle_timeout: Duration,
+}
+
+/// Request ids this node gives writes that came without one: a random prefix drawn once per process, and a
+/// counter. Unique across nodes and restarts (the prefix), with no system call per write.
+pub struct OwnIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl OwnIds {
+    /// A fresh prefix from the OS random source.
+    pub fn new() -> OwnIds {
+        OwnIds {
+            prefix: SessionId::random().0 as u64,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The next id, e.g. `node-5f3a...-17`.
+    fn next(&self) -> String {
+        format!(
+            "node-{:016x}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for OwnIds {
+    fn default() -> Self {
+        OwnIds::new()
+    }
 }
 
 /// How one attempt at running a request on a session held here ended.
@@ -91,6 +127,8 @@ pub struct SessionService<A: App> {
     pub takeover: Arc<Takeover>,
     /// Relays requests to a session's live owner.
     pub forwarder: Forwarder,
+    /// Ids for writes that came without one.
+    pub own_ids: OwnIds,
 }
 
 impl<A: App> SessionService<A> {
@@ -107,7 +145,7 @@ impl<A: App> SessionService<A> {
     /// instead of applying the write twice.
     pub async fn execute(&self, mut call: SessionCall<A::Call>) -> Reply {
         if call.rid.is_none() && self.app.may_write(&call.call) {
-            call.rid = Some(format!("node-{:032x}", SessionId::random().0));
+            call.rid = Some(self.own_ids.next());
         }
         let mut unreachable: Vec<NodeId> = Vec::new();
         for _ in 0..ATTEMPTS {
@@ -129,10 +167,7 @@ impl<A: App> SessionService<A> {
                 (Some(_), Role::Primary) => {}
                 (Some(s), Role::Replica) if named => {
                     let owner = s.primary;
-                    if call.hops < MAX_HOPS
-                        && !unreachable.contains(&owner)
-                        && self.responsive(owner).await
-                    {
+                    if may_forward(&call, &unreachable, owner) && self.responsive(owner).await {
                         owner_elsewhere = Some(owner);
                     } else {
                         stale = self
@@ -143,10 +178,11 @@ impl<A: App> SessionService<A> {
                 }
                 _ => {
                     let owner = pair.primary;
-                    let forwardable = call.hops < MAX_HOPS && !unreachable.contains(&owner);
                     let found = if self.store.has_ended(cookie.session) && !orphan {
                         Recovered::Ended
-                    } else if forwardable && self.responsive(owner).await {
+                    } else if may_forward(&call, &unreachable, owner)
+                        && self.responsive(owner).await
+                    {
                         Recovered::Forward(owner)
                     } else {
                         let owner_unreachable = !unreachable.is_empty();
@@ -181,7 +217,7 @@ impl<A: App> SessionService<A> {
             if let Some(owner) = owner_elsewhere {
                 drop(slot);
                 self.drop_if_vacant(&entry);
-                if call.hops < MAX_HOPS && !unreachable.contains(&owner) {
+                if may_forward(&call, &unreachable, owner) {
                     match self.forward(&call, owner).await {
                         Ok(r) => return r,
                         Err(()) => unreachable.push(owner),
@@ -239,7 +275,7 @@ impl<A: App> SessionService<A> {
         let (entry, _) = self.store.get_or_insert(sid);
         let mut slot = entry.slot.lock().await;
         let session = Session::new(sid, self.settings.me, secondary);
-        let targets = self.takeover.topology.copy_targets(&session);
+        let targets = self.settings.topology.copy_targets(&session);
         slot.session = Some(session);
         slot.role = Role::Primary;
         replicate::retarget(&mut slot, &targets);
@@ -309,13 +345,15 @@ impl<A: App> SessionService<A> {
             .answer(&call.call, Some(s), Applied::Write(outcome));
         let (sid, version, pair) = (s.id, s.version, pair_of(s));
         replicate::record(&mut slot, delta);
-        let peers: Vec<NodeId> = slot.copies.iter().map(|c| c.peer).collect();
-        if peers.is_empty() {
+        let copied_elsewhere = !slot.copies.is_empty();
+        if !copied_elsewhere {
             entry.update_mark(|m| m.copied = m.copied.max(version + 1));
         }
-        self.replicator.enqueue_all(&peers, entry);
+        for c in &slot.copies {
+            self.replicator.enqueue(c.peer, entry);
+        }
         drop(slot);
-        if self.replicator.sync() && !peers.is_empty() {
+        if self.replicator.sync() && copied_elsewhere {
             if let Some(ran) = self.wait_written(entry, version).await {
                 return ran;
             }
@@ -387,9 +425,9 @@ impl<A: App> SessionService<A> {
         call: &SessionCall<A::Call>,
     ) -> Reply {
         let seq = entry.mark().lease_seq;
+        let copied_elsewhere = !slot.copies.is_empty();
         let ended = self.end_session(entry, &mut slot);
         drop(slot);
-        let copied_elsewhere = ended.as_ref().is_some_and(|s| s.secondary.is_some());
         if self.replicator.sync() && copied_elsewhere {
             entry
                 .wait_mark(self.settings.wait_limit, |m| m.lease_seq > seq)
@@ -443,17 +481,13 @@ impl<A: App> SessionService<A> {
 
     /// Forwards the request to `owner`. `Err` when the owner could not answer.
     async fn forward(&self, call: &SessionCall<A::Call>, owner: NodeId) -> Result<Reply, ()> {
-        // Reads carry no id; the owner serves them as they are.
-        let rid = call
-            .rid
-            .clone()
-            .unwrap_or_else(|| format!("node-{:032x}", SessionId::random().0));
+        // Writes carry their id (the client's or ours, from `execute`); reads need none.
         let out = Outbound {
             method: &call.method,
             path: &call.path,
             cookie: call.cookie_header.as_ref(),
             body: &call.body,
-            rid: &rid,
+            rid: call.rid.as_deref(),
             hops: call.hops,
         };
         self.forwarder.send(owner, out).await
@@ -495,6 +529,11 @@ impl<A: App> SessionService<A> {
         }
         (primaries, replicas)
     }
+}
+
+/// Whether `call` may still be forwarded to `owner`: hops left, and `owner` not found unreachable already.
+fn may_forward<C>(call: &SessionCall<C>, unreachable: &[NodeId], owner: NodeId) -> bool {
+    call.hops < MAX_HOPS && !unreachable.contains(&owner)
 }
 
 fn pair_of(s: &Session) -> Pair {

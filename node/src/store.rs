@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::ids::NodeId;
-use crate::ids::SessionId;
+use crate::ids::{NodeId, SessionId};
 use crate::session::{Delta, Session};
 
 const SHARDS: usize = 64;

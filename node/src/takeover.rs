@@ -124,27 +124,25 @@ impl Takeover {
             Grant::AfterLease => tokio::time::sleep_until(slot.granted_until.into()).await,
             Grant::Now | Grant::CheckOwner => {}
         }
-        let was_primary = slot.role == Role::Primary;
         let Some((granted, old_copies)) =
             replicate::grant(&mut slot, requester, self.me, now(), self.lease)
         else {
             return PullResult::NotFound;
         };
         drop(slot);
-        if was_primary {
-            entry.update_mark(|m| m.fenced = true);
-            // Our old copies are orphans now; tell them to drop them (best effort: expiry covers a miss).
-            let items = vec![Item::Remove {
-                sid,
-                epoch: granted.epoch,
-            }];
-            for old in old_copies {
-                if let Some(p) = self.members.peer(old) {
-                    let (me, items, timeout) = (self.me, items.clone(), self.peer_timeout);
-                    tokio::spawn(async move {
-                        let _ = p.batch(me, items, timeout).await;
-                    });
-                }
+        // Whatever waits here (writes of an owner that just handed over) must not be acknowledged here now.
+        entry.update_mark(|m| m.fenced = true);
+        // An owner's old copies are orphans now; tell them to drop them (best effort: expiry covers a miss).
+        let items = vec![Item::Remove {
+            sid,
+            epoch: granted.epoch,
+        }];
+        for old in old_copies {
+            if let Some(p) = self.members.peer(old) {
+                let (me, items, timeout) = (self.me, items.clone(), self.peer_timeout);
+                tokio::spawn(async move {
+                    let _ = p.batch(me, items, timeout).await;
+                });
             }
         }
         self.metrics.pulls_granted.inc();
@@ -153,7 +151,7 @@ impl Takeover {
     }
 
     /// Pulls the session named by `cookie` from the nodes the topology names for `pair` into `slot` (held
-    /// locked by the caller, empty).
+    /// locked by the caller: empty, or an orphan copy the granted session replaces).
     pub async fn recover(
         &self,
         entry: &Arc<Entry>,

@@ -51,6 +51,13 @@ async fn cluster(n: usize, tune: impl FnOnce(&mut ClusterFile)) -> (ClusterConfi
     (cfg, listeners)
 }
 
+/// `async` mode with batches of `max_updates` sessions or 1 s, whichever comes first.
+fn async_batches(f: &mut ClusterFile, max_updates: usize) {
+    f.replication.mode = Some(ReplicationMode::Async);
+    f.replication.max_updates = Some(max_updates);
+    f.replication.max_delay = Some(Duration::from_millis(1000));
+}
+
 /// Starts every node that has listeners, in order n1, n2, ...
 fn start_all(cfg: &ClusterConfig, listeners: Vec<Listeners>) -> Vec<Running> {
     listeners
@@ -162,12 +169,7 @@ async fn session_on_n1(cfg: &ClusterConfig) -> (User, String) {
 
 #[tokio::test(start_paused = true)]
 async fn an_async_batch_waits_max_delay_when_it_does_not_fill_and_leaves_at_once_when_it_does() {
-    let (cfg, l) = cluster(2, |f| {
-        f.replication.mode = Some(ReplicationMode::Async);
-        f.replication.max_updates = Some(4);
-        f.replication.max_delay = Some(Duration::from_millis(1000));
-    })
-    .await;
+    let (cfg, l) = cluster(2, |f| async_batches(f, 4)).await;
     let _nodes = start_all(&cfg, l);
     sleep(Duration::from_millis(500)).await; // a heartbeat round: n2 is alive for n1
     let started = Instant::now();
@@ -255,10 +257,9 @@ async fn an_idle_session_expires_on_every_copy_after_the_idle_timeout() {
     assert_eq!(metric(&cfg, "n1", "node_sessions_expired_total").await, 1.0);
 }
 
-/// A peer on `addr` that answers heartbeats and confirms copies until `mute` is set; then it keeps its
+/// A peer on `listener` (bound by the test, so no other process can take its port meanwhile) that answers heartbeats and confirms copies until `mute` is set; then it keeps its
 /// connections open and answers nothing, as a paused process would.
-async fn muteable_peer(addr: SocketAddr, mute: Arc<AtomicBool>) {
-    let listener = TcpListener::bind(addr).await.unwrap();
+fn muteable_peer(listener: TcpListener, mute: Arc<AtomicBool>) {
     let key = auth_key(SECRET);
     tokio::spawn(async move {
         loop {
@@ -300,26 +301,24 @@ async fn a_secondary_that_stops_answering_heartbeats_is_replaced_after_the_peer_
     let (cfg, mut l) = cluster(3, |_| {}).await;
     // n2 is a stand-in that can go silent; n1 pins it as its secondary so the first copy goes there.
     let fake = l.remove(1);
-    let n2_repl = fake.repl.local_addr().unwrap();
-    drop(fake);
     let mute = Arc::new(AtomicBool::new(false));
-    muteable_peer(n2_repl, mute.clone()).await;
-    let text_cfg = {
+    muteable_peer(fake.repl, mute.clone());
+    let pinned = {
         let mut c = cfg.clone();
         c.nodes[0].secondary = Some("n2".into());
         c
     };
     let n3 = l.pop().unwrap();
     let n1 = l.pop().unwrap();
-    let _n1 = server::start(text_cfg.clone(), "n1", n1).unwrap();
-    let _n3 = server::start(text_cfg.clone(), "n3", n3).unwrap();
+    let _n1 = server::start(pinned.clone(), "n1", n1).unwrap();
+    let _n3 = server::start(pinned.clone(), "n3", n3).unwrap();
     sleep(Duration::from_millis(500)).await;
-    let (mut u, sid) = session_on_n1(&text_cfg).await;
+    let (mut u, sid) = session_on_n1(&pinned).await;
 
     mute.store(true, Ordering::SeqCst);
     let muted_at = Instant::now();
     // The local copy's view: no read of the session itself, whose lease renewal would also notice the mute.
-    let (c, s) = (&text_cfg, &sid);
+    let (c, s) = (&pinned, &sid);
     until(
         "n1 to give the session a new secondary",
         Duration::from_secs(5),
@@ -339,9 +338,7 @@ async fn a_secondary_that_stops_answering_heartbeats_is_replaced_after_the_peer_
         took < Duration::from_millis(4000),
         "soon after peer_timeout: {took:?}"
     );
-    let (status, v) = u
-        .send("POST", url(&text_cfg, "n1", "/session/incr/n"))
-        .await;
+    let (status, v) = u.send("POST", url(&pinned, "n1", "/session/incr/n")).await;
     assert_eq!(
         (status, v["value"].as_i64()),
         (200, Some(2)),
@@ -361,11 +358,9 @@ async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_a
     let (cfg, mut l) = cluster(2, |_| {}).await;
     // n2 is a stand-in owner: its replication port answers until muted, its HTTP port accepts and never answers.
     let fake = l.remove(1);
-    let n2_repl = fake.repl.local_addr().unwrap();
     let n2_http = fake.http;
-    drop(fake.repl);
     let mute = Arc::new(AtomicBool::new(false));
-    muteable_peer(n2_repl, mute.clone()).await;
+    muteable_peer(fake.repl, mute.clone());
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((s, _)) = n2_http.accept().await {
@@ -431,12 +426,7 @@ async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_a
 
 #[tokio::test(start_paused = true)]
 async fn a_read_that_must_renew_its_lease_does_not_wait_for_an_async_batch_to_fill() {
-    let (cfg, l) = cluster(2, |f| {
-        f.replication.mode = Some(ReplicationMode::Async);
-        f.replication.max_updates = Some(64);
-        f.replication.max_delay = Some(Duration::from_millis(1000));
-    })
-    .await;
+    let (cfg, l) = cluster(2, |f| async_batches(f, 64)).await;
     let _nodes = start_all(&cfg, l);
     sleep(Duration::from_millis(500)).await;
     let (mut u, _) = session_on_n1(&cfg).await;

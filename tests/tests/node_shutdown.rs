@@ -1,11 +1,11 @@
 //! A planned stop loses nothing: SIGTERM on a node finishes its requests in flight and flushes every queued
 //! copy before it exits, even in `async` mode with long batches.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{Cluster, ClusterSpec, User};
+use cluster_tests::{wait_until, Cluster, ClusterSpec, User};
 
 #[test]
 fn sigterm_under_async_load_flushes_every_acknowledged_update_and_exits_within_the_grace_period() {
@@ -18,17 +18,21 @@ fn sigterm_under_async_load_flushes_every_acknowledged_update_and_exits_within_t
     let mut c = Cluster::start(spec).unwrap();
     let n1 = c.node_url("n1");
     let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
     // Four users, each with a session owned by n1, increment as fast as n1 answers until it stops answering.
     let users: Vec<_> = (0..4)
         .map(|_| {
-            let (n1, stop) = (n1.clone(), stop.clone());
+            let (n1, stop, acks) = (n1.clone(), stop.clone(), acks.clone());
             std::thread::spawn(move || {
                 let mut u = User::new();
                 let mut acked = 0i64;
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < deadline {
                     match u.incr(&n1, "n") {
-                        Ok(r) if r.status == 200 => acked = r.json()["value"].as_i64().unwrap(),
+                        Ok(r) if r.status == 200 => {
+                            acked = r.json()["value"].as_i64().unwrap();
+                            acks.fetch_add(1, Ordering::SeqCst);
+                        }
                         Ok(r) => panic!("n1 answered {} while stopping: {}", r.status, r.body),
                         // Refused or closed: n1 stopped accepting. Nothing was applied for this one.
                         Err(_) if stop.load(Ordering::SeqCst) => break,
@@ -39,18 +43,18 @@ fn sigterm_under_async_load_flushes_every_acknowledged_update_and_exits_within_t
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        Duration::from_secs(10),
+        "the users to get 200 increments acknowledged",
+        || acks.load(Ordering::SeqCst) >= 200,
+    )
+    .unwrap();
     stop.store(true, Ordering::SeqCst);
-    let sent = Instant::now();
     c.signal("n1", libc::SIGTERM);
     let status = c
-        .wait_exit("n1", Duration::from_secs(15))
-        .expect("n1 exits within its grace period");
+        .wait_exit("n1", Duration::from_secs(20))
+        .expect("n1 exits after SIGTERM");
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
-    assert!(
-        sent.elapsed() < Duration::from_secs(10),
-        "within the 10 s grace period"
-    );
 
     for h in users {
         let (mut u, acked) = h.join().unwrap();
@@ -70,4 +74,10 @@ fn sigterm_under_async_load_flushes_every_acknowledged_update_and_exits_within_t
             "the recovered copy is as new as the client's cookie"
         );
     }
+    // Within the 10 s grace period as the node itself measures it: it says so when it runs out.
+    let log = c.log("n1");
+    assert!(
+        log.contains("node stopped") && !log.contains("at the end of the grace period"),
+        "n1 finished its requests and confirmed every copy within its grace period:\n{log}"
+    );
 }

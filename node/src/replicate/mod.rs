@@ -115,9 +115,15 @@ pub fn outgoing(slot: &mut Slot, sid: crate::ids::SessionId, peer: NodeId) -> Op
     None
 }
 
+/// Whether ownership `a` (owner, epoch) outranks `b`: a higher epoch, or the same epoch held by another node
+/// (two owners of one epoch must both stop).
+fn outranks(a: (NodeId, u64), b: (NodeId, u64)) -> bool {
+    a.1 > b.1 || (a.1 == b.1 && a.0 != b.0)
+}
+
 /// Whether a copy `have` must refuse an item from `from` claiming ownership at `epoch`.
 fn fences(have: &Session, from: NodeId, epoch: u64) -> bool {
-    have.epoch > epoch || (have.epoch == epoch && have.primary != from)
+    outranks((have.primary, have.epoch), (from, epoch))
 }
 
 fn fenced(have: &Session) -> ItemResult {
@@ -298,35 +304,32 @@ pub fn on_reply(
         // of this node, now at a higher epoch, is ignored).
         ItemResult::Ended { epoch } => match slot.session.as_ref() {
             Some(s) if s.epoch > *epoch => AfterReply::Resend,
-            _ => {
-                slot.session = None;
-                slot.copies.clear();
-                AfterReply::Fenced
-            }
+            _ => drop_copy(slot),
         },
         ItemResult::Fenced { owner, epoch } => {
             // The answer may be late, about an item sent before this node handed the session over: it may
             // hold a copy for that newer owner by now (kept: it may be the only other copy of acknowledged
             // writes), or own the session again at a higher epoch (the answer is about an old tenure).
             match slot.session.as_ref() {
-                Some(s) if slot.role == Role::Primary && !newer_owner(*owner, *epoch, s) => {
+                Some(s)
+                    if slot.role == Role::Primary
+                        && !outranks((*owner, *epoch), (s.primary, s.epoch)) =>
+                {
                     AfterReply::Resend
                 }
                 Some(_) if slot.role == Role::Replica => AfterReply::Fenced,
-                _ => {
-                    slot.session = None;
-                    slot.copies.clear();
-                    AfterReply::Fenced
-                }
+                _ => drop_copy(slot),
             }
         }
     }
 }
 
-/// Whether `owner` at `epoch` is a newer owner than the one `s` names (the same epoch held by another node
-/// counts as newer: two owners of one epoch must both stop).
-fn newer_owner(owner: NodeId, epoch: u64, s: &Session) -> bool {
-    epoch > s.epoch || (epoch == s.epoch && owner != s.primary)
+/// A newer owner exists, or the session ended after this tenure: the local copy goes, so this node can never
+/// acknowledge another write for it.
+fn drop_copy(slot: &mut Slot) -> AfterReply {
+    slot.session = None;
+    slot.copies.clear();
+    AfterReply::Fenced
 }
 
 /// What the primary does when a send to a peer failed (the peer is marked down).

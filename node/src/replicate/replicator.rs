@@ -20,9 +20,14 @@ use crate::config::ReplicationMode;
 use crate::ids::NodeId;
 use crate::membership::{Change, Membership};
 use crate::metrics::Metrics;
-use crate::store::{now, Entry, Slot, Store};
+use crate::store::{now, Cursor, Entry, Slot, Store};
 use crate::topology::Topology;
 use crate::wire::Item;
+
+/// Whether one of a session's copies goes to `peer`.
+fn copies_to(copies: &[Cursor], peer: NodeId) -> bool {
+    copies.iter().any(|c| c.peer == peer)
+}
 
 /// A session queued for a peer, and whether a request waits on its copy leaving at once.
 type Queued = (Arc<Entry>, bool);
@@ -115,7 +120,7 @@ impl Replicator {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&peer);
         let me = self.clone();
-        tokio::spawn(async move { me.rehome_all(move |c| c.contains(&peer), peer).await });
+        tokio::spawn(async move { me.rehome_all(move |c| copies_to(c, peer), peer).await });
     }
 
     /// Queues a session for copying to `peer`.
@@ -183,7 +188,7 @@ impl Replicator {
         match change {
             Change::Down(peer) => {
                 warn!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer down: re-homing its copies");
-                tokio::spawn(async move { me.rehome_all(move |c| c.contains(&peer), peer).await });
+                tokio::spawn(async move { me.rehome_all(move |c| copies_to(c, peer), peer).await });
             }
             Change::Up(peer) => {
                 info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
@@ -192,13 +197,12 @@ impl Replicator {
         }
     }
 
-    /// Gives every primary session whose copy targets match `pred` new ones (never `avoid` while it is
-    /// down) and queues full copies; runs in the background, one session lock at a time.
-    async fn rehome_all(self: Arc<Self>, pred: impl Fn(&[NodeId]) -> bool, avoid: NodeId) {
+    /// Gives every primary session whose copies match `pred` new ones (never `avoid` while it is down) and
+    /// queues full copies; runs in the background, one session lock at a time.
+    async fn rehome_all(self: Arc<Self>, pred: impl Fn(&[Cursor]) -> bool, avoid: NodeId) {
         for entry in self.store.entries() {
             let mut slot = entry.slot.lock().await;
-            let Some(s) = slot.primary() else { continue };
-            if pred(&self.settings.topology.copy_targets(s)) {
+            if slot.primary().is_some() && pred(&slot.copies) {
                 let exclude = if self.members.is_alive(avoid) {
                     vec![]
                 } else {
@@ -296,7 +300,7 @@ impl Replicator {
             .await;
         self.metrics
             .repl_rtt
-            .observe(sent_at.elapsed().as_secs_f64());
+            .observe(now().saturating_duration_since(sent_at).as_secs_f64());
         let results = match reply {
             Ok(results) => results,
             Err(e) => {
