@@ -144,6 +144,7 @@ mod tests {
                 secret: "routing-test-secret".into(),
             },
             previous: vec![],
+            header: None,
         });
         (codec, PairTable::build(ids.clone()).unwrap(), ids)
     }

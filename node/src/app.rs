@@ -5,16 +5,23 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::body::{full, ReplyBody, RequestBody};
 use crate::session::{Outcome, Session, SessionError};
 
 /// The answer type every app and the service produce.
-pub type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<ReplyBody>;
+
+/// A client's request as the front received it: the head, and the body read whole or streaming once.
+pub struct ClientRequest {
+    /// Method, URI and headers.
+    pub parts: Parts,
+    /// The body.
+    pub body: RequestBody,
+}
 
 /// What a request does to its session: the change the service applies, records and replicates.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +38,7 @@ pub enum Change {
 }
 
 /// What was done, for building the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// A read ([`Change::Nothing`]).
     Read,
@@ -45,12 +52,21 @@ pub enum Applied {
 pub trait App: Send + Sync + 'static {
     /// A request as this app understands it.
     type Call: Send + Sync;
+    /// What [`App::run`] hands on to [`App::answer`] (the application's answer, held while the change is
+    /// applied and copied); `()` for an app that builds its answer from the session alone.
+    type Pending: Send;
+
+    /// `Some(n)`: request bodies up to `n` bytes are read before [`App::parse`], larger ones stream to
+    /// [`App::run`] once. Default `None`: every body is read whole (up to `[node] max_body_bytes`).
+    fn streams_bodies_over(&self) -> Option<usize> {
+        None
+    }
 
     /// Turns a request into a call. `Err` is answered at once, before any session is touched (a client
     /// error: 400, 404, 405, 413; never a 5xx).
     // The refusal is the answer itself, built once per refused request: boxing it would buy nothing.
     #[allow(clippy::result_large_err)]
-    fn parse(&self, parts: &Parts, body: Bytes) -> Result<Self::Call, Reply>;
+    fn parse(&self, req: &ClientRequest) -> Result<Self::Call, Reply>;
 
     /// The call's name in metrics (`node_requests_total{op=...}`) and logs. Default: `request`.
     fn label(&self, _call: &Self::Call) -> &'static str {
@@ -69,18 +85,33 @@ pub trait App: Send + Sync + 'static {
         false
     }
 
-    /// Runs `call` against the session, under its FIFO lock: what to change. `Err` is answered as is and
-    /// changes nothing.
+    /// Runs `call` against the session, under its FIFO lock: what to change, and what to answer with once
+    /// it is applied. `Err` is answered as is and changes nothing.
     fn run(
         &self,
         call: &Self::Call,
+        req: &ClientRequest,
         session: &Session,
-    ) -> impl Future<Output = Result<Change, Reply>> + Send;
+    ) -> impl Future<Output = Result<(Change, Self::Pending), Reply>> + Send;
 
-    /// The answer once the change is applied and copied as the mode requires, or for a replay, from the
-    /// outcome recorded under the request id. `session` is the session as it is now (for a deletion, as it
-    /// was). Default: 204 for a deletion, else the session as JSON.
-    fn answer(&self, _call: &Self::Call, session: Option<&Session>, applied: Applied) -> Reply {
+    /// The outcome to record under the request id for a write, so that a retry gets the same answer without
+    /// running again. Default `None`: the service records what the change did ([`Outcome::Patched`],
+    /// [`Outcome::Incremented`]).
+    fn outcome(&self, _pending: &Self::Pending) -> Option<Outcome> {
+        None
+    }
+
+    /// The answer once the change is applied and copied as the mode requires (`pending` is what
+    /// [`App::run`] returned), or for a replay (`pending` is `None`) from the outcome recorded under the
+    /// request id. `session` is the session as it is now (for a deletion, as it was). Default: 204 for a
+    /// deletion, else the session as JSON.
+    fn answer(
+        &self,
+        _call: &Self::Call,
+        _pending: Option<Self::Pending>,
+        session: Option<&Session>,
+        applied: Applied,
+    ) -> Reply {
         match (applied, session) {
             (Applied::Deleted, _) | (_, None) => empty(StatusCode::NO_CONTENT),
             (_, Some(s)) => json_reply(
@@ -88,6 +119,12 @@ pub trait App: Send + Sync + 'static {
                 &json!({"id": s.id.to_string(), "version": s.version, "data": Value::Object(s.data.clone())}),
             ),
         }
+    }
+
+    /// The session as this app is showing it to a call in flight, for `/_node/sessions/{id}` while the
+    /// session's lock is held by that call. Default `None`: the front reads the store.
+    fn local_view(&self, _id: crate::ids::SessionId) -> Option<Reply> {
+        None
     }
 
     /// The answer when the change could not be applied (the session is unchanged). Default: 400 for a patch
@@ -117,7 +154,7 @@ pub fn text_reply(status: StatusCode, body: String) -> Reply {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(full(body))
         .expect("valid response")
 }
 
@@ -130,6 +167,6 @@ pub fn error_reply(status: StatusCode, message: &str) -> Reply {
 pub fn empty(status: StatusCode) -> Reply {
     Response::builder()
         .status(status)
-        .body(Full::new(Bytes::new()))
+        .body(full(""))
         .expect("valid response")
 }

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use hyper::header::{HeaderValue, ALLOW};
-use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::app::{empty, error_reply, json_reply, text_reply, App, Applied, Change, Reply};
+use crate::app::{
+    empty, error_reply, json_reply, text_reply, App, Applied, Change, ClientRequest, Reply,
+};
 use crate::membership::Membership;
 use crate::session::{Outcome, Session};
 
@@ -49,8 +49,12 @@ pub struct BuiltinApi {
 
 impl App for BuiltinApi {
     type Call = Op;
+    type Pending = ();
 
-    fn parse(&self, parts: &Parts, body: Bytes) -> Result<Op, Reply> {
+    fn parse(&self, req: &ClientRequest) -> Result<Op, Reply> {
+        let parts = &req.parts;
+        // Every body is read whole for this app (`streams_bodies_over` is `None`).
+        let body = req.body.bytes().cloned().unwrap_or_default();
         let path = parts.uri.path();
         let m = &parts.method;
         if path == "/session" || path == "/session/" {
@@ -98,16 +102,28 @@ impl App for BuiltinApi {
         matches!(op, Op::Delete)
     }
 
-    async fn run(&self, op: &Op, _session: &Session) -> Result<Change, Reply> {
-        Ok(match op {
+    async fn run(
+        &self,
+        op: &Op,
+        _req: &ClientRequest,
+        _session: &Session,
+    ) -> Result<(Change, ()), Reply> {
+        let change = match op {
             Op::Get => Change::Nothing,
             Op::Patch(p) => Change::Patch(p.clone()),
             Op::Incr(key) => Change::Increment(key.clone()),
             Op::Delete => Change::Delete,
-        })
+        };
+        Ok((change, ()))
     }
 
-    fn answer(&self, _op: &Op, session: Option<&Session>, applied: Applied) -> Reply {
+    fn answer(
+        &self,
+        _op: &Op,
+        _pending: Option<()>,
+        session: Option<&Session>,
+        applied: Applied,
+    ) -> Reply {
         match (applied, session) {
             (Applied::Write(Outcome::Incremented { value, version }), _) => {
                 json_reply(StatusCode::OK, &json!({"value": value, "version": version}))

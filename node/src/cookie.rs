@@ -103,6 +103,7 @@ impl Key {
 /// Signs and verifies routing cookies with the cluster's cookie keys.
 pub struct CookieCodec {
     name: String,
+    header: Option<String>,
     current: Key,
     previous: Vec<Key>,
 }
@@ -112,6 +113,7 @@ impl CookieCodec {
     pub fn new(cfg: &CookieConfig) -> CookieCodec {
         CookieCodec {
             name: cfg.name.clone(),
+            header: cfg.header.clone(),
             current: Key::new(&cfg.current),
             previous: cfg.previous.iter().map(Key::new).collect(),
         }
@@ -120,6 +122,18 @@ impl CookieCodec {
     /// The cookie's name, e.g. `SRVSESSION`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The request header that may carry the token instead of the cookie (`[cookie] header`), lowercase.
+    pub fn token_header(&self) -> Option<&str> {
+        self.header.as_deref()
+    }
+
+    /// The routing cookie a session token header carries (its whole value is the token); `None` when it is
+    /// not a valid token.
+    pub fn find_token(&self, value: &[u8]) -> Option<RoutingCookie> {
+        let text = std::str::from_utf8(value).ok()?;
+        self.decode(text.trim()).ok()
     }
 
     /// The signed value, signed with the current key.
@@ -230,6 +244,7 @@ mod tests {
                 secret: secret.into(),
             },
             previous,
+            header: None,
         }
     }
 

@@ -5,36 +5,52 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE, RETRY_AFTER, SET_COOKIE};
-use hyper::{Method, Request, Response};
+use hyper::header::{HeaderMap, HeaderName, CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::http::request::Parts;
+use hyper::{Request, Response};
 use hyper_util::rt::TokioExecutor;
 use tracing::warn;
 
+use crate::body::{boxed, ReplyBody};
 use crate::ids::NodeId;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::{REQUEST_ID_HEADER, SERVED_BY_HEADER, STALE_HEADER};
+use crate::REQUEST_ID_HEADER;
 
 /// Internal header counting node-to-node forwards of one request, so a stale view cannot loop it.
 pub const HOP_HEADER: &str = "x-node-hop";
 
 /// The request as received, to be sent on.
 pub struct Outbound<'a> {
-    /// The client's method.
-    pub method: &'a Method,
-    /// Path and query, as received.
-    pub path: &'a str,
-    /// The client's `Cookie` header, so the owner sees the same routing cookie.
-    pub cookie: Option<&'a HeaderValue>,
-    /// The request body, already read in full.
-    pub body: &'a Bytes,
+    /// The client's method, path and headers (the owner sees the same routing cookie or token).
+    pub parts: &'a Parts,
+    /// The request body.
+    pub body: ReplyBody,
     /// Request id sent as `x-lb-request-id`, so the owner applies a retried write once; `None` for a read.
     pub rid: Option<&'a str>,
     /// Forwards it went through so far.
     pub hops: u8,
+}
+
+/// Whether a header belongs to one connection only (RFC 9110 §7.6.1) and is not relayed.
+pub fn hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || matches!(
+            name.as_str(),
+            "keep-alive" | "proxy-connection" | "te" | "trailer" | "proxy-authorization"
+        )
+}
+
+/// Copies the end-to-end headers of `from` into `to`, leaving out those `skip` names.
+pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, skip: impl Fn(&HeaderName) -> bool) {
+    for (k, v) in from {
+        if !hop_by_hop(k) && !skip(k) {
+            to.append(k.clone(), v.clone());
+        }
+    }
 }
 
 /// Whether an error comes from a refused connection (the process is not running).
@@ -55,7 +71,7 @@ pub fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
 pub struct Forwarder {
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
+        ReplyBody,
     >,
     timeout: Duration,
     heartbeat: Duration,
@@ -97,22 +113,28 @@ impl Forwarder {
         &self,
         owner: NodeId,
         out: Outbound<'_>,
-    ) -> Result<Response<Full<Bytes>>, ()> {
+    ) -> Result<Response<ReplyBody>, ()> {
         let Some(peer) = self.members.peer(owner) else {
             return Err(());
         };
+        let path = out
+            .parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
         let mut req = Request::builder()
-            .method(out.method.clone())
-            .uri(format!("http://{}{}", peer.cfg.http, out.path))
-            .header(HOP_HEADER, (out.hops + 1).to_string())
-            .header(CONTENT_TYPE, "application/json");
-        if let Some(rid) = out.rid {
-            req = req.header(REQUEST_ID_HEADER, rid);
+            .method(out.parts.method.clone())
+            .uri(format!("http://{}{}", peer.cfg.http, path))
+            .body(out.body)
+            .map_err(|_| ())?;
+        let h = req.headers_mut();
+        copy_headers(&out.parts.headers, h, |k| {
+            k == HOST || k == HOP_HEADER || k == REQUEST_ID_HEADER
+        });
+        h.insert(HOP_HEADER, u16::from(out.hops + 1).into());
+        if let Some(rid) = out.rid.and_then(|r| r.parse().ok()) {
+            h.insert(REQUEST_ID_HEADER, rid);
         }
-        if let Some(c) = out.cookie {
-            req = req.header(COOKIE, c.clone());
-        }
-        let req = req.body(Full::new(out.body.clone())).map_err(|_| ())?;
         self.metrics.forwards.inc();
         // A paused owner keeps the connection open and never answers: give up as soon as it also stops answering
         // heartbeats, rather than after the whole timeout. A slow but live owner is waited for.
@@ -150,22 +172,9 @@ impl Forwarder {
             }
         };
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|_| ())?.to_bytes();
-        let mut out = Response::builder()
-            .status(parts.status)
-            .body(Full::new(body))
-            .expect("valid");
-        for (k, v) in parts.headers.iter() {
-            if k == CONTENT_TYPE
-                || k == SET_COOKIE
-                || k == SERVED_BY_HEADER
-                || k == STALE_HEADER
-                || k == RETRY_AFTER
-                || k == hyper::header::ALLOW
-            {
-                out.headers_mut().append(k.clone(), v.clone());
-            }
-        }
+        let mut out = Response::new(boxed(body));
+        *out.status_mut() = parts.status;
+        copy_headers(&parts.headers, out.headers_mut(), |_| false);
         Ok(out)
     }
 }

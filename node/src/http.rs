@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::app::{error_reply, json_reply, App, Reply};
+use crate::app::{error_reply, json_reply, App, ClientRequest, Reply};
+use crate::body::{self, RequestBody};
 use crate::forward::HOP_HEADER;
 use crate::ids::SessionId;
 use crate::service::{SessionCall, SessionService};
@@ -94,7 +95,7 @@ impl<A: App> HttpFront<A> {
                 &json!({"name": self.name, "sessions": self.service.store.len(), "mode": self.mode}),
             ),
             (&Method::GET, "/_node/metrics") => {
-                let mut r = Response::new(Full::new(Bytes::from(self.service.metrics.render())));
+                let mut r = Response::new(body::full(self.service.metrics.render()));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -121,17 +122,38 @@ impl<A: App> HttpFront<A> {
     async fn session_request(&self, req: Request<Incoming>) -> Reply {
         let (parts, body) = req.into_parts();
         let limit = self.max_body_bytes;
-        let Some(body) = read_body(body, limit).await else {
-            return error_reply(
+        let too_large = || {
+            error_reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("body over {limit} bytes"),
-            );
+            )
         };
         let app = &self.service.app;
-        let call = match app.parse(&parts, body.clone()) {
+        let body = match app.streams_bodies_over() {
+            None => match read_body(body, limit).await {
+                Some(b) => RequestBody::Read(b),
+                None => return too_large(),
+            },
+            Some(buffer) => {
+                let declared = parts
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > limit as u64) {
+                    return too_large();
+                }
+                match body::request_body(body, buffer.min(limit)).await {
+                    Some(b) => b,
+                    None => return error_reply(StatusCode::BAD_REQUEST, "the request body broke off"),
+                }
+            }
+        };
+        let req = ClientRequest { parts, body };
+        let call = match app.parse(&req) {
             Ok(c) => c,
             Err(r) => return r,
         };
+        let parts = &req.parts;
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let rid = header(REQUEST_ID_HEADER)
             .filter(|r| {
@@ -141,10 +163,16 @@ impl<A: App> HttpFront<A> {
             })
             .map(str::to_string);
         let hops = header(HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
-        let cookie = self
-            .service
-            .codec
-            .find(parts.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
+        let codec = &self.service.codec;
+        // A token in the configured header wins over the cookie: a client that sends it manages its session
+        // by hand, and a stale cookie a library keeps sending must not override it.
+        let token = codec
+            .token_header()
+            .and_then(|h| parts.headers.get(h))
+            .and_then(|v| codec.find_token(v.as_bytes()));
+        let by_token = token.is_some();
+        let cookie = token
+            .or_else(|| codec.find(parts.headers.get_all(COOKIE).iter().map(|v| v.as_bytes())))
             .and_then(|c| self.service.pairs().decode(c.segment).map(|p| (c, p)));
         let label = app.label(&call);
         let span = tracing::info_span!(
@@ -159,14 +187,8 @@ impl<A: App> HttpFront<A> {
         }
         let call = SessionCall {
             call,
-            path: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default(),
-            method: parts.method,
-            cookie_header: parts.headers.get(COOKIE).cloned(),
-            body,
+            req,
+            by_token,
             rid,
             hops,
             cookie,
@@ -191,6 +213,9 @@ impl<A: App> HttpFront<A> {
         let Ok(raw) = u128::from_str_radix(id, 16) else {
             return error_reply(StatusCode::BAD_REQUEST, "the id is 32 hex digits");
         };
+        if let Some(r) = self.service.app.local_view(SessionId(raw)) {
+            return r;
+        }
         let Some(entry) = self.service.store.get(SessionId(raw)) else {
             return error_reply(StatusCode::NOT_FOUND, "no copy here");
         };

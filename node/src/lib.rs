@@ -7,8 +7,10 @@
 //!
 //! With the default `server` feature, the node itself, in the order a request's data flows:
 //! - `http`: the HTTP front: node-reserved `/_node/` paths; everything else to the session service.
+//! - `body`: request and answer bodies: read whole or streamed once, idle timeouts.
 //! - `app`: the seam to the application that serves requests: parse, run (what changes), answer.
 //! - `builtin`: the built-in session API, the first app.
+//! - `sidecar`: the second app: a real application beside the node, the session in headers.
 //! - `service`: the session service: locate, lock, run the app, apply and record, queue copies, wait.
 //! - `session`: a session's state and the pure operations on it (merge patch, increment, outcomes).
 //! - `store`: the sharded in-memory session table; per session a FIFO lock, a slot and copy cursors.
@@ -31,6 +33,8 @@ pub mod ids;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
+pub mod body;
+#[cfg(feature = "server")]
 pub mod builtin;
 #[cfg(feature = "server")]
 pub mod connection;
@@ -52,6 +56,8 @@ pub mod server;
 pub mod service;
 #[cfg(feature = "server")]
 pub mod session;
+#[cfg(feature = "server")]
+pub mod sidecar;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]

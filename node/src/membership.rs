@@ -379,6 +379,7 @@ mod tests {
             weight: 1,
             drain: false,
             secondary: None,
+            upstream: None,
         }
     }
 

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 
+use crate::app::App;
 use crate::builtin::BuiltinApi;
 use crate::config::{self, ClusterConfig, NodeConfig};
 use crate::connection::auth_key;
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::peer_server::PeerServer;
 use crate::replicate::replicator::{self, Replicator};
 use crate::service::{self, OwnIds, SessionService};
+use crate::sidecar::Sidecar;
 use crate::store::{now, Store};
 use crate::takeover::Takeover;
 use crate::topology::Topology;
@@ -136,10 +138,22 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         replicator: replicator.clone(),
     });
     let pairs = Arc::new(RwLock::new(Arc::new(cfg.pairs.clone())));
-    let service = Arc::new(SessionService {
-        app: BuiltinApi {
-            members: members.clone(),
-        },
+    let peers = Arc::new(PeerServer {
+        key: auth_key(cfg.secret.expose()),
+        lease: r.lease,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        takeover: takeover.clone(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut background = vec![
+        tokio::spawn(watch_changes(replicator.clone(), changes)),
+        tokio::spawn(peers.serve(listeners.repl)),
+        tokio::spawn(heartbeats(members.clone(), store.clone(), r.heartbeat)),
+    ];
+    let front = Front {
+        cfg: &cfg,
+        me: &me,
         settings: service::Settings {
             me: me.id,
             topology,
@@ -147,53 +161,29 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
             wait_limit: r.peer_timeout * 3,
             idle_timeout: cfg.session.idle_timeout,
         },
-        codec: CookieCodec::new(&cfg.cookie),
         pairs: pairs.clone(),
-        store: store.clone(),
+        store,
         members: members.clone(),
         metrics: metrics.clone(),
         replicator: replicator.clone(),
-        takeover: takeover.clone(),
-        forwarder: Forwarder::new(
-            r.peer_timeout,
-            r.heartbeat,
-            members.clone(),
-            store.clone(),
-            metrics.clone(),
-        ),
-        own_ids: OwnIds::new(),
-    });
-    let peers = Arc::new(PeerServer {
-        key: auth_key(cfg.secret.expose()),
-        lease: r.lease,
-        store: store.clone(),
-        metrics: metrics.clone(),
         takeover,
-    });
-    let front = Arc::new(HttpFront {
-        name: me.name.clone(),
-        served_by: cfg
-            .node
-            .expose_node
-            .then(|| HeaderValue::from_str(&me.name).ok())
-            .flatten(),
-        max_body_bytes: cfg.node.max_body_bytes,
-        mode: r.mode.as_str(),
-        service: service.clone(),
-    });
-    let (stop, stopped) = watch::channel(false);
-    let background = vec![
-        tokio::spawn(watch_changes(replicator.clone(), changes)),
-        tokio::spawn(peers.serve(listeners.repl)),
-        tokio::spawn(heartbeats(members.clone(), store.clone(), r.heartbeat)),
-        tokio::spawn(housekeeping(service)),
-    ];
-    let http = tokio::spawn(
-        front
-            .serve(listeners.http, stopped)
-            .instrument(tracing::Span::current()),
-    );
-    info!(node = %me.name, http = %me.http, repl = %me.repl, mode = ?r.mode, "node started");
+    };
+    let (http, housekeeping) = match me.upstream {
+        Some(app) => front.start(
+            Sidecar::new(app, me.http, cfg.sidecar.clone()),
+            listeners.http,
+            stopped,
+        ),
+        None => front.start(
+            BuiltinApi {
+                members: members.clone(),
+            },
+            listeners.http,
+            stopped,
+        ),
+    };
+    background.push(housekeeping);
+    info!(node = %me.name, http = %me.http, repl = %me.repl, mode = ?r.mode, upstream = ?me.upstream, "node started");
     Ok(Running {
         grace: cfg.node.grace_period,
         me,
@@ -205,6 +195,69 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         http,
         background,
     })
+}
+
+/// What the HTTP front and its session service are built from, whichever app serves.
+struct Front<'a> {
+    cfg: &'a ClusterConfig,
+    me: &'a NodeConfig,
+    settings: service::Settings,
+    pairs: Arc<RwLock<Arc<crate::ids::PairTable>>>,
+    store: Arc<Store>,
+    members: Arc<Membership>,
+    metrics: Arc<Metrics>,
+    replicator: Arc<Replicator>,
+    takeover: Arc<Takeover>,
+}
+
+impl Front<'_> {
+    /// Builds the session service around `app` and starts serving `listener`; returns the front's task and
+    /// the housekeeping task.
+    fn start<A: App>(
+        self,
+        app: A,
+        listener: TcpListener,
+        stopped: watch::Receiver<bool>,
+    ) -> (JoinHandle<()>, JoinHandle<()>) {
+        let r = &self.cfg.replication;
+        let service = Arc::new(SessionService {
+            app,
+            settings: self.settings,
+            codec: CookieCodec::new(&self.cfg.cookie),
+            pairs: self.pairs,
+            store: self.store.clone(),
+            members: self.members.clone(),
+            metrics: self.metrics.clone(),
+            replicator: self.replicator,
+            takeover: self.takeover,
+            forwarder: Forwarder::new(
+                r.peer_timeout,
+                r.heartbeat,
+                self.members,
+                self.store,
+                self.metrics,
+            ),
+            own_ids: OwnIds::new(),
+        });
+        let front = Arc::new(HttpFront {
+            name: self.me.name.clone(),
+            served_by: self
+                .cfg
+                .node
+                .expose_node
+                .then(|| HeaderValue::from_str(&self.me.name).ok())
+                .flatten(),
+            max_body_bytes: self.cfg.node.max_body_bytes,
+            mode: r.mode.as_str(),
+            service: service.clone(),
+        });
+        let http = tokio::spawn(
+            front
+                .serve(listener, stopped)
+                .instrument(tracing::Span::current()),
+        );
+        (http, tokio::spawn(housekeeping(service)))
+    }
 }
 
 /// Runs node `name` of `cfg` on `listeners` until `shutdown` resolves, then shuts it down gracefully (see
@@ -302,7 +355,7 @@ async fn heartbeats(members: Arc<Membership>, store: Arc<Store>, every: Duration
 }
 
 /// Expiry and gauges, about once a second.
-async fn housekeeping(service: Arc<SessionService<BuiltinApi>>) {
+async fn housekeeping<A: App>(service: Arc<SessionService<A>>) {
     let idle = service.settings.idle_timeout;
     let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);

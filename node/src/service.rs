@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::header::{HeaderValue, RETRY_AFTER, SET_COOKIE};
-use hyper::{Method, StatusCode};
+use hyper::header::{HeaderName, HeaderValue, RETRY_AFTER, SET_COOKIE};
+use hyper::StatusCode;
 use tracing::warn;
 
-use crate::app::{error_reply, App, Applied, Change, Reply};
+use crate::app::{error_reply, App, Applied, Change, ClientRequest, Reply};
 use crate::cookie::{CookieCodec, RoutingCookie};
 use crate::forward::{Forwarder, Outbound};
 use crate::ids::{NodeId, Pair, PairTable, SessionId};
@@ -35,14 +34,10 @@ const ATTEMPTS: usize = 5;
 pub struct SessionCall<C> {
     /// What the app parsed the request into.
     pub call: C,
-    /// The client's method, for a forward.
-    pub method: Method,
-    /// Path and query as received, for a forward.
-    pub path: String,
-    /// The client's `Cookie` header as received, for a forward.
-    pub cookie_header: Option<HeaderValue>,
-    /// The request body, for a forward.
-    pub body: Bytes,
+    /// The request as received: for the app, and for a forward.
+    pub req: ClientRequest,
+    /// The routing token came in the `[cookie] header`, not the cookie: the answer carries the new one there.
+    pub by_token: bool,
     /// The balancer's request id; for a write without one, this node's own (see [`SessionService::execute`]).
     pub rid: Option<String>,
     /// Node-to-node forwards so far.
@@ -240,7 +235,7 @@ impl<A: App> SessionService<A> {
     /// nothing to do, anything else starts a fresh session.
     async fn fresh(&self, call: &SessionCall<A::Call>) -> Reply {
         if self.app.ends_session(&call.call) {
-            self.deleted(call, None)
+            self.deleted(call, None, None)
         } else {
             self.create(call).await
         }
@@ -302,7 +297,7 @@ impl<A: App> SessionService<A> {
         let s = slot.session.as_ref().expect("primary slot holds a session");
         if let Some(o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)) {
             self.metrics.dedup_hits.inc();
-            let reply = self.app.answer(&call.call, Some(s), Applied::Write(o));
+            let reply = self.app.answer(&call.call, None, Some(s), Applied::Write(o));
             let (sid, version, pair) = (s.id, s.version, pair_of(s));
             let wait = self.replicator.sync() && !slot.copies.is_empty();
             drop(slot);
@@ -311,19 +306,22 @@ impl<A: App> SessionService<A> {
                     return ran;
                 }
             }
-            return Ran::Answered(self.finish(reply, sid, cookie, pair, version, stale));
+            return Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale));
         }
-        let change = match self.app.run(&call.call, s).await {
+        let (change, pending) = match self.app.run(&call.call, &call.req, s).await {
             Ok(c) => c,
             Err(reply) => return Ran::Answered(reply),
         };
         let limit = self.settings.max_session_bytes;
         let s = slot.session.as_mut().expect("primary slot holds a session");
         let (outcome, mut delta) = match change {
-            Change::Nothing => return self.read(entry, slot, call, cookie, stale).await,
-            Change::Delete => return Ran::Answered(self.delete(entry, slot, call).await),
+            Change::Nothing => return self.read(entry, slot, call, pending, cookie, stale).await,
+            Change::Delete => return Ran::Answered(self.delete(entry, slot, call, pending).await),
             Change::Patch(p) => match s.patch(&p, limit) {
-                Ok(d) => (Outcome::Patched, d),
+                Ok(d) => (
+                    self.app.outcome(&pending).unwrap_or(Outcome::Patched),
+                    d,
+                ),
                 Err(e) => return Ran::Answered(self.app.refused(&call.call, e)),
             },
             Change::Increment(key) => match s.incr(&key) {
@@ -338,11 +336,11 @@ impl<A: App> SessionService<A> {
             },
         };
         if let Some(rid) = &call.rid {
-            s.record(&mut delta, rid, outcome);
+            s.record(&mut delta, rid, outcome.clone());
         }
         let reply = self
             .app
-            .answer(&call.call, Some(s), Applied::Write(outcome));
+            .answer(&call.call, Some(pending), Some(s), Applied::Write(outcome));
         let (sid, version, pair) = (s.id, s.version, pair_of(s));
         replicate::record(&mut slot, delta);
         let copied_elsewhere = !slot.copies.is_empty();
@@ -358,7 +356,7 @@ impl<A: App> SessionService<A> {
                 return ran;
             }
         }
-        Ran::Answered(self.finish(reply, sid, cookie, pair, version, stale))
+        Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale))
     }
 
     /// Waits until the copies hold `version`. `None` when they do; else how the request ends: fenced (locate
@@ -388,11 +386,14 @@ impl<A: App> SessionService<A> {
         entry: &Arc<Entry>,
         mut slot: tokio::sync::MutexGuard<'_, Slot>,
         call: &SessionCall<A::Call>,
+        pending: A::Pending,
         cookie: Option<RoutingCookie>,
         stale: bool,
     ) -> Ran {
         let s = slot.session.as_ref().expect("primary slot holds a session");
-        let reply = self.app.answer(&call.call, Some(s), Applied::Read);
+        let reply = self
+            .app
+            .answer(&call.call, Some(pending), Some(s), Applied::Read);
         let (sid, version, pair) = (s.id, s.version, pair_of(s));
         let m = entry.mark();
         let need_copy = self.replicator.sync() && !m.covers(version);
@@ -414,7 +415,7 @@ impl<A: App> SessionService<A> {
                 return Ran::Fenced;
             }
         }
-        Ran::Answered(self.finish(reply, sid, cookie, pair, version, stale))
+        Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale))
     }
 
     /// Ends the session on every copy and answers the deletion.
@@ -423,6 +424,7 @@ impl<A: App> SessionService<A> {
         entry: &Arc<Entry>,
         mut slot: tokio::sync::MutexGuard<'_, Slot>,
         call: &SessionCall<A::Call>,
+        pending: A::Pending,
     ) -> Reply {
         let seq = entry.mark().lease_seq;
         let copied_elsewhere = !slot.copies.is_empty();
@@ -433,7 +435,7 @@ impl<A: App> SessionService<A> {
                 .wait_mark(self.settings.wait_limit, |m| m.lease_seq > seq)
                 .await;
         }
-        self.deleted(call, ended.as_ref())
+        self.deleted(call, Some(pending), ended.as_ref())
     }
 
     /// Ends the primary session in `slot` here and queues the removal of its copies; returns it.
@@ -448,16 +450,40 @@ impl<A: App> SessionService<A> {
     }
 
     /// The app's answer to a deletion, with the routing cookie cleared.
-    fn deleted(&self, call: &SessionCall<A::Call>, session: Option<&Session>) -> Reply {
-        let mut r = self.app.answer(&call.call, session, Applied::Deleted);
-        set_header(&mut r, SET_COOKIE, &self.codec.clear_cookie(false));
+    fn deleted(
+        &self,
+        call: &SessionCall<A::Call>,
+        pending: Option<A::Pending>,
+        session: Option<&Session>,
+    ) -> Reply {
+        let mut r = self
+            .app
+            .answer(&call.call, pending, session, Applied::Deleted);
+        if call.by_token {
+            if let Some(h) = self.token_header() {
+                r.headers_mut().insert(h, HeaderValue::from_static(""));
+            }
+        } else {
+            set_header(&mut r, SET_COOKIE, &self.codec.clear_cookie(false));
+        }
         r
     }
 
-    /// The app's answer, with a fresh cookie when the client's is missing or out of date.
+    /// `[cookie] header` as a header name, when set.
+    fn token_header(&self) -> Option<HeaderName> {
+        self.codec
+            .token_header()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+    }
+
+    /// The app's answer, with a fresh cookie when the client's is missing or out of date: in the token header
+    /// when the client sent its token there, else as `Set-Cookie` (and, for a new session, in the token header
+    /// too when one is configured, so a client without cookies can start one).
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         mut r: Reply,
+        call: &SessionCall<A::Call>,
         sid: SessionId,
         cookie: Option<RoutingCookie>,
         pair: Pair,
@@ -470,7 +496,14 @@ impl<A: App> SessionService<A> {
             version,
         };
         if cookie != Some(current) {
-            set_header(&mut r, SET_COOKIE, &self.codec.set_cookie(&current, false));
+            if !call.by_token {
+                set_header(&mut r, SET_COOKIE, &self.codec.set_cookie(&current, false));
+            }
+            if call.by_token || cookie.is_none() {
+                if let Some(h) = self.token_header() {
+                    set_header(&mut r, h, &self.codec.encode(&current));
+                }
+            }
         }
         if stale {
             r.headers_mut()
@@ -482,11 +515,13 @@ impl<A: App> SessionService<A> {
     /// Forwards the request to `owner`. `Err` when the owner could not answer.
     async fn forward(&self, call: &SessionCall<A::Call>, owner: NodeId) -> Result<Reply, ()> {
         // Writes carry their id (the client's or ours, from `execute`); reads need none.
+        let Some(body) = call.req.body.take() else {
+            // A large upload already streamed to an app once cannot be sent again.
+            return Ok(unavailable("the request body was already sent once; retry the request"));
+        };
         let out = Outbound {
-            method: &call.method,
-            path: &call.path,
-            cookie: call.cookie_header.as_ref(),
-            body: &call.body,
+            parts: &call.req.parts,
+            body,
             rid: call.rid.as_deref(),
             hops: call.hops,
         };

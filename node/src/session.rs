@@ -18,7 +18,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 
 /// What a write did, kept so that a retry of it gets the same answer. Compact on purpose: every session keeps
 /// [`OUTCOMES_KEPT`] of them, and they travel with every copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// `POST /session/incr/{key}` answered `{"value": value, "version": version}`.
     Incremented {
@@ -29,6 +29,20 @@ pub enum Outcome {
     },
     /// `PATCH /session` was applied; a retry is answered with the session as it is then.
     Patched,
+    /// An application's answer to a write (sidecar mode), as the retry gets it again.
+    Replied(RecordedReply),
+}
+
+/// An application's answer kept for a replay: status, the end-to-end headers, and the body when it was no
+/// larger than `[sidecar] replay_body_bytes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedReply {
+    /// The HTTP status code.
+    pub status: u16,
+    /// Header names (lowercase) and values, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body; `None` when it was over the size kept.
+    pub body: Option<Vec<u8>>,
 }
 
 /// A request id as kept in the session: the 64-bit FNV-1a hash of the balancer's id. Deterministic, so every
@@ -151,7 +165,7 @@ impl Session {
         self.outcomes
             .iter()
             .find(|(k, _)| *k == key)
-            .map(|(_, o)| *o)
+            .map(|(_, o)| o.clone())
     }
 
     /// Applies a merge patch as one update.
@@ -209,8 +223,8 @@ impl Session {
     /// Remembers the outcome of request `rid` in the session and in its delta.
     pub fn record(&mut self, delta: &mut Delta, rid: &str, outcome: Outcome) {
         let key = request_key(rid);
+        delta.outcome = Some((key, outcome.clone()));
         self.remember(key, outcome);
-        delta.outcome = Some((key, outcome));
     }
 
     fn remember(&mut self, key: u64, outcome: Outcome) {
@@ -236,8 +250,8 @@ impl Session {
         };
         merge_patch(&mut self.data, &p);
         self.version = d.version;
-        if let Some((key, o)) = d.outcome {
-            self.remember(key, o);
+        if let Some((key, o)) = &d.outcome {
+            self.remember(*key, o.clone());
         }
         Ok(())
     }

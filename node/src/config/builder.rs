@@ -28,6 +28,8 @@ pub struct ClusterFile {
     pub replication: ReplicationSection,
     /// `[session]`.
     pub session: SessionSection,
+    /// `[sidecar]`.
+    pub sidecar: SidecarSection,
     /// `[[nodes]]`, in order.
     pub nodes: Vec<NodeEntry>,
 }
@@ -39,6 +41,8 @@ pub struct CookieSection {
     pub name: Option<String>,
     /// `key_id` of the current key; `None` leaves the default 1.
     pub key_id: Option<u8>,
+    /// `header`: the request header that may carry the routing token; `None` for cookies only.
+    pub header: Option<String>,
     /// Raw TOML after the keys, e.g. `host_prefix = true`.
     pub extra: String,
 }
@@ -86,6 +90,21 @@ pub struct NodeSection {
     pub log_format: Option<LogFormat>,
     /// `grace_period_s`.
     pub grace_period: Option<Duration>,
+    /// `upstream`: every node's app, `http://IP:PORT`; `None` for the built-in API.
+    pub upstream: Option<String>,
+    /// Raw TOML after the keys.
+    pub extra: String,
+}
+
+/// `[sidecar]`.
+#[derive(Debug, Clone, Default)]
+pub struct SidecarSection {
+    /// `session_header_bytes`; `None` leaves the default 8 KiB.
+    pub session_header_bytes: Option<usize>,
+    /// `replay_body_bytes`; `None` leaves the default 16 KiB.
+    pub replay_body_bytes: Option<usize>,
+    /// `read_timeout_ms`.
+    pub read_timeout: Option<Duration>,
     /// Raw TOML after the keys.
     pub extra: String,
 }
@@ -141,6 +160,8 @@ pub struct NodeEntry {
     pub drain: Option<bool>,
     /// `secondary`: the admin pin, another node's name; `None` lets the node choose.
     pub secondary: Option<String>,
+    /// `upstream`: this node's app, `http://IP:PORT`; `None` leaves `[node] upstream`.
+    pub upstream: Option<String>,
     /// Raw TOML after the entry's keys.
     pub extra: String,
 }
@@ -158,6 +179,7 @@ impl NodeEntry {
             weight: None,
             drain: None,
             secondary: None,
+            upstream: None,
             extra: String::new(),
         }
     }
@@ -182,6 +204,7 @@ impl ClusterFile {
             node: NodeSection::default(),
             replication: ReplicationSection::default(),
             session: SessionSection::default(),
+            sidecar: SidecarSection::default(),
             nodes: Vec::new(),
         }
     }
@@ -197,6 +220,7 @@ impl ClusterFile {
         out.table("[cookie]", |t| {
             t.string("name", c.name.as_deref());
             t.value("key_id", c.key_id);
+            t.string("header", c.header.as_deref());
             t.raw(&c.extra);
         });
 
@@ -223,6 +247,7 @@ impl ClusterFile {
             t.value("expose_node", n.expose_node);
             t.string("log_format", n.log_format.map(LogFormat::as_str));
             t.secs("grace_period_s", n.grace_period);
+            t.string("upstream", n.upstream.as_deref());
             t.raw(&n.extra);
         });
 
@@ -246,6 +271,14 @@ impl ClusterFile {
             t.raw(&s.extra);
         });
 
+        let sc = &self.sidecar;
+        out.table("[sidecar]", |t| {
+            t.value("session_header_bytes", sc.session_header_bytes);
+            t.value("replay_body_bytes", sc.replay_body_bytes);
+            t.millis("read_timeout_ms", sc.read_timeout);
+            t.raw(&sc.extra);
+        });
+
         for e in &self.nodes {
             // An entry is written even when empty: its position is what makes it `nodes[i]`.
             out.header("[[nodes]]");
@@ -258,6 +291,7 @@ impl ClusterFile {
             out.value("weight", e.weight);
             out.value("drain", e.drain);
             out.string("secondary", e.secondary.as_deref());
+            out.string("upstream", e.upstream.as_deref());
             out.raw(&e.extra);
         }
         out.0

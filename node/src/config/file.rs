@@ -20,6 +20,7 @@ pub(super) struct FileConfig {
     pub node: FileNodeDefaults,
     pub replication: FileReplication,
     pub session: FileSession,
+    pub sidecar: FileSidecar,
     pub nodes: Vec<FileNode>,
 }
 
@@ -37,6 +38,8 @@ pub(super) struct FileCookie {
     pub host_prefix: bool,
     pub key_id: u8,
     pub previous_keys: Vec<FileCookieKey>,
+    /// `None`: sessions travel in the cookie only.
+    pub header: Option<String>,
 }
 
 impl Default for FileCookie {
@@ -46,6 +49,7 @@ impl Default for FileCookie {
             host_prefix: false,
             key_id: 1,
             previous_keys: Vec::new(),
+            header: None,
         }
     }
 }
@@ -140,6 +144,8 @@ pub(super) struct FileNodeDefaults {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
+    /// `None`: the built-in session API.
+    pub upstream: Option<String>,
 }
 
 impl Default for FileNodeDefaults {
@@ -149,6 +155,7 @@ impl Default for FileNodeDefaults {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             log_format: LogFormat::Text,
             grace_period_s: 10,
+            upstream: None,
         }
     }
 }
@@ -211,6 +218,28 @@ impl Default for FileSession {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub(super) struct FileSidecar {
+    pub session_header_bytes: usize,
+    pub replay_body_bytes: usize,
+    pub buffer_body_bytes: usize,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+}
+
+impl Default for FileSidecar {
+    fn default() -> Self {
+        FileSidecar {
+            session_header_bytes: 8 * 1024,
+            replay_body_bytes: 16 * 1024,
+            buffer_body_bytes: 64 * 1024,
+            connect_timeout_ms: 1_000,
+            read_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub(super) struct FileNode {
     /// Required.
     pub name: Option<String>,
@@ -226,6 +255,8 @@ pub(super) struct FileNode {
     pub weight: u32,
     pub drain: bool,
     pub secondary: Option<String>,
+    /// `None`: `[node] upstream`.
+    pub upstream: Option<String>,
 }
 
 impl Default for FileNode {
@@ -240,6 +271,7 @@ impl Default for FileNode {
             weight: 1,
             drain: false,
             secondary: None,
+            upstream: None,
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct CookieConfig {
     pub current: CookieKey,
     /// Keys still accepted during a rotation (`[[cookie.previous_keys]]`).
     pub previous: Vec<CookieKey>,
+    /// `header = "x-session-token"`: a request header (lowercase) that may carry the routing token instead of
+    /// the cookie, for clients without cookies; the node answers with the new token in the same header.
+    /// Default: none.
+    pub header: Option<String>,
 }
 
 /// `[lb.health]`: the balancer's probes of `/_node/health`.
@@ -182,6 +186,24 @@ pub struct SessionConfig {
     pub max_session_bytes: usize,
 }
 
+/// `[sidecar]`: how a node talks to the application behind it (when it has an `upstream`).
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// Largest session data sent inline in `X-Session`, in bytes; above it the app gets `X-Session-Ref` and
+    /// reads `/_node/sessions/{id}`. Default 8 KiB, at most 64 KiB.
+    pub session_header_bytes: usize,
+    /// Largest answer body kept for a replayed write, in bytes; above it a replay carries the status and
+    /// headers with an empty body. Default 16 KiB.
+    pub replay_body_bytes: usize,
+    /// Request bodies up to this size are read before the app is called, so a retry can send them again;
+    /// larger ones stream to the app once. Default 64 KiB.
+    pub buffer_body_bytes: usize,
+    /// To the app; default 1 s.
+    pub connect_timeout: Duration,
+    /// For the app's answer head, then between body chunks; default 30 s.
+    pub read_timeout: Duration,
+}
+
 /// One `[[nodes]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -203,6 +225,9 @@ pub struct NodeConfig {
     pub drain: bool,
     /// Admin pin: this node's sessions use that node as secondary when it is alive.
     pub secondary: Option<String>,
+    /// Sidecar mode: the application every non-`/_node/` request goes to (`upstream = "http://IP:PORT"`, in
+    /// the entry or in `[node]`). Default: none, the built-in session API.
+    pub upstream: Option<SocketAddr>,
 }
 
 /// The validated cluster file.
@@ -220,6 +245,8 @@ pub struct ClusterConfig {
     pub replication: ReplicationConfig,
     /// `[session]`: session expiry and size cap.
     pub session: SessionConfig,
+    /// `[sidecar]`: limits and timeouts towards the application.
+    pub sidecar: SidecarConfig,
     /// `[[nodes]]`, in file order; names, ids and addresses are unique.
     pub nodes: Vec<NodeConfig>,
     /// Every pair (and lone node) by its summed segment.

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use super::file::{
     FileConfig, FileCookie, FileLb, FileNode, FileNodeDefaults, FileReplication, FileSession,
+    FileSidecar,
 };
 use super::{
     ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig, LimitsConfig, NodeConfig,
-    NodeDefaults, ReplicationConfig, Secret, SessionConfig, Topology,
+    NodeDefaults, ReplicationConfig, Secret, SessionConfig, SidecarConfig, Topology,
 };
 use crate::ids::{NodeId, PairTable};
 
@@ -98,10 +99,17 @@ impl FileConfig {
         let secret = check_secret("cluster.secret", self.cluster.secret)?;
         let cookie = self.cookie.validate(&secret)?;
         let lb = self.lb.validate()?;
+        let upstream = self
+            .node
+            .upstream
+            .as_deref()
+            .map(|u| parse_upstream("node.upstream", u))
+            .transpose()?;
         let node = self.node.validate()?;
         let replication = self.replication.validate()?;
         let session = self.session.validate()?;
-        let nodes = validate_nodes(&secret, self.nodes)?;
+        let sidecar = self.sidecar.validate()?;
+        let nodes = validate_nodes(&secret, self.nodes, upstream)?;
         let pairs = PairTable::build(nodes.iter().map(|n| n.id)).map_err(|(a, b)| {
             Violation::new(
                 "nodes",
@@ -115,6 +123,7 @@ impl FileConfig {
             node,
             replication,
             session,
+            sidecar,
             nodes,
             pairs,
         })
@@ -152,7 +161,9 @@ impl FileCookie {
             let secret = check_secret(&key("secret"), k.secret)?;
             previous.push(CookieKey { id, secret });
         }
+        let header = self.header.as_deref().map(check_token_header).transpose()?;
         Ok(CookieConfig {
+            header,
             name,
             current: CookieKey {
                 id: self.key_id,
@@ -259,6 +270,25 @@ impl FileReplication {
     }
 }
 
+impl FileSidecar {
+    fn validate(self) -> Result<SidecarConfig, Violation> {
+        // A header line over 64 KiB is refused by most HTTP servers the app could run on.
+        if self.session_header_bytes > 64 * 1024 {
+            return Err(Violation::new(
+                "sidecar.session_header_bytes",
+                format!("{}: at most 65536", self.session_header_bytes),
+            ));
+        }
+        Ok(SidecarConfig {
+            session_header_bytes: self.session_header_bytes,
+            replay_body_bytes: self.replay_body_bytes,
+            buffer_body_bytes: self.buffer_body_bytes,
+            connect_timeout: ms("sidecar.connect_timeout_ms", self.connect_timeout_ms)?,
+            read_timeout: ms("sidecar.read_timeout_ms", self.read_timeout_ms)?,
+        })
+    }
+}
+
 impl FileSession {
     fn validate(self) -> Result<SessionConfig, Violation> {
         if self.idle_timeout_s == 0 {
@@ -274,7 +304,49 @@ impl FileSession {
     }
 }
 
-fn validate_nodes(secret: &Secret, raw: Vec<FileNode>) -> Result<Vec<NodeConfig>, Violation> {
+/// Headers the node and balancer own: a session token header may not reuse one of them.
+const RESERVED_HEADERS: [&str; 5] = [
+    "cookie",
+    "set-cookie",
+    crate::REQUEST_ID_HEADER,
+    "x-node-hop",
+    "x-served-by",
+];
+
+/// `[cookie] header`: a lowercase header name that is not one of ours.
+fn check_token_header(name: &str) -> Result<String, Violation> {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+        return Err(Violation::new(
+            "cookie.header",
+            format!("`{name}`: a header name of 1-64 lowercase letters, digits, `-` or `_`"),
+        ));
+    }
+    if RESERVED_HEADERS.contains(&name) || name.starts_with("x-session") {
+        return Err(Violation::new(
+            "cookie.header",
+            format!("`{name}` is a header the cluster uses for itself; pick another name"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// `upstream = "http://IP:PORT"`: the app beside the node, reached over plain HTTP.
+fn parse_upstream(key: &str, value: &str) -> Result<SocketAddr, Violation> {
+    let rest = value.strip_prefix("http://").ok_or_else(|| {
+        Violation::new(
+            key,
+            format!("`{value}`: expected http://IP:PORT (the app runs beside the node, over plain HTTP)"),
+        )
+    })?;
+    parse_addr(key, rest.trim_end_matches('/'))
+}
+
+fn validate_nodes(
+    secret: &Secret,
+    raw: Vec<FileNode>,
+    default_upstream: Option<SocketAddr>,
+) -> Result<Vec<NodeConfig>, Violation> {
     let mut nodes: Vec<NodeConfig> = Vec::with_capacity(raw.len());
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for (i, n) in raw.into_iter().enumerate() {
@@ -331,7 +403,20 @@ fn validate_nodes(secret: &Secret, raw: Vec<FileNode>) -> Result<Vec<NodeConfig>
                 format!("{}: expected 1 to 1000", n.weight),
             ));
         }
+        let upstream = match n.upstream.as_deref() {
+            Some(u) => Some(parse_upstream(&key("upstream"), u)?),
+            None => default_upstream,
+        };
+        if let Some(u) = upstream {
+            if u == http || u == repl {
+                return Err(Violation::new(
+                    key("upstream"),
+                    format!("{u} is the node's own address; the app needs a port of its own"),
+                ));
+            }
+        }
         nodes.push(NodeConfig {
+            upstream,
             machine: n.machine.unwrap_or_else(|| name.clone()),
             name,
             id,
