@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -92,6 +92,11 @@ pub struct ClusterSpec {
     pub max_delay_ms: u64,
     /// `[replication.batch] max_updates` (async batching).
     pub max_updates: usize,
+    /// Sidecar mode: every node gets an `upstream` on a port of its own ([`NodeAddrs::app`]); the test starts
+    /// the apps there. Default false.
+    pub sidecar: bool,
+    /// `[cookie] header`: the session token header, e.g. `x-session-token`. Default none.
+    pub token_header: Option<&'static str>,
 }
 
 impl Default for ClusterSpec {
@@ -107,6 +112,8 @@ impl Default for ClusterSpec {
             idle_timeout_s: 600,
             max_delay_ms: 5,
             max_updates: 64,
+            sidecar: false,
+            token_header: None,
         }
     }
 }
@@ -120,6 +127,8 @@ pub struct NodeAddrs {
     pub http: SocketAddr,
     /// Its replication address.
     pub repl: SocketAddr,
+    /// Its application's address (`upstream`), in sidecar mode.
+    pub app: Option<SocketAddr>,
 }
 
 /// A running cluster of real processes.
@@ -175,11 +184,13 @@ pub fn render_config(
     }
     file.session.idle_timeout = Some(Duration::from_secs(spec.idle_timeout_s));
     file.session.extra = spec.session_extra.clone();
+    file.cookie.header = spec.token_header.map(str::to_string);
     for (i, n) in nodes.iter().enumerate() {
         let mut entry = NodeEntry::new(n.name.clone(), n.http, n.repl);
         entry.machine = Some(format!("m{}", i + 1));
         entry.zone = Some(format!("z{}", i % 2 + 1));
         entry.extra = spec.node_extra.get(&i).cloned().unwrap_or_default();
+        entry.upstream = n.app.map(|a| format!("http://{a}"));
         file.nodes.push(entry);
     }
     file.render()
@@ -209,6 +220,7 @@ impl Cluster {
                 name: format!("n{}", i + 1),
                 http: addr(),
                 repl: addr(),
+                app: spec.sidecar.then(&mut addr),
             })
             .collect();
         let dir = std::env::temp_dir().join(format!(
@@ -242,10 +254,12 @@ impl Cluster {
     pub fn add_node(&mut self) -> Result<String> {
         let name = format!("n{}", self.nodes.len() + 1);
         let (http, repl) = (self.unused_addr(), self.unused_addr());
+        let app = self.spec.sidecar.then(|| self.unused_addr());
         self.nodes.push(NodeAddrs {
             name: name.clone(),
             http,
             repl,
+            app,
         });
         self.spec.nodes = self.nodes.len();
         self.rewrite_config()?;
@@ -293,6 +307,12 @@ impl Cluster {
                 self.log(name)
             )
         })
+    }
+
+    /// Starts any program as one of the cluster's processes (an application beside a node, say), under `key`:
+    /// its log is `<dir>/<key>.log`, and it is killed with the cluster.
+    pub fn start_process<S: AsRef<OsStr>>(&mut self, key: &str, program: &Path, args: &[S]) -> Result<u32> {
+        self.procs.spawn(key, program, args)
     }
 
     /// Starts the lb and waits until its admin status answers.
@@ -607,6 +627,7 @@ mod tests {
                 name: format!("n{i}"),
                 http: addr(9000 + i),
                 repl: addr(9100 + i),
+                app: None,
             })
             .collect();
         let text = render_config(&spec, &nodes, addr(8080), addr(8081));
