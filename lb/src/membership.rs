@@ -268,6 +268,19 @@ impl Topology {
         }
     }
 
+    /// Routes a request by a session token in the `[cookie] header`, when one is configured and `headers`
+    /// carry a valid token; `None` otherwise (the request is then routed by its cookie). A token wins over a
+    /// cookie, as on the node. Not cached: a token's verification is one HMAC.
+    pub fn route_token(&self, headers: &http::HeaderMap) -> Option<Route> {
+        let value = headers.get(self.codec.token_header()?)?;
+        let cookie = self.codec.find_token(value.as_bytes())?;
+        Some(routing::resolve(
+            &self.cfg.pairs,
+            |id| self.by_id.get(&id).copied(),
+            Some(cookie),
+        ))
+    }
+
     /// Every node's state as the chooser sees it, in node order.
     pub fn views(&self) -> Vec<NodeView> {
         self.nodes.iter().map(|n| n.view()).collect()

@@ -198,12 +198,14 @@ impl ProxyHttp for Lb {
             session.respond_error(r.status()).await?;
             return Ok(true);
         }
-        ctx.route = topology.route(
-            req.headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .map(|v| v.as_bytes()),
-        );
+        ctx.route = topology.route_token(&req.headers).unwrap_or_else(|| {
+            topology.route(
+                req.headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        });
         session.set_read_timeout(Some(topology.cfg.lb.limits.read_timeout));
         ctx.topology = Some(topology);
         Ok(false)

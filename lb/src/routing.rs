@@ -1,7 +1,7 @@
 //! From `Cookie` headers to the nodes a request is pinned to. Pure and stateless: two balancers holding the same
 //! cluster file route every cookie identically, because the segment alone names the pair (DESIGN §3).
 
-use node::cookie::CookieCodec;
+use node::cookie::{CookieCodec, RoutingCookie};
 use node::ids::{NodeId, PairTable, SessionId};
 
 use crate::balance::Pinned;
@@ -32,7 +32,17 @@ pub fn route<'a>(
     index_of: impl Fn(NodeId) -> Option<usize>,
     cookie_headers: impl IntoIterator<Item = &'a [u8]>,
 ) -> Route {
-    let Some(cookie) = codec.find(cookie_headers) else {
+    resolve(pairs, index_of, codec.find(cookie_headers))
+}
+
+/// The route of a verified cookie (from the `Cookie` header or the `[cookie] header` token); `None` routes
+/// as a new session.
+pub fn resolve(
+    pairs: &PairTable,
+    index_of: impl Fn(NodeId) -> Option<usize>,
+    cookie: Option<RoutingCookie>,
+) -> Route {
+    let Some(cookie) = cookie else {
         return Route::FRESH;
     };
     let pinned = pairs.decode(cookie.segment).and_then(|pair| {

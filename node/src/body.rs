@@ -237,7 +237,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         let stream = http_body_util::StreamBody::new(ReceiverStream(rx));
         let body = IdleTimeout::new(stream, Duration::from_secs(3));
-        let err = body.collect().await.err().expect("stalls");
+        let err = body.collect().await.expect_err("stalls");
         assert!(err.to_string().contains("no body data"), "{err}");
     }
 

@@ -109,19 +109,11 @@ impl Forwarder {
 impl Forwarder {
     /// Sends `out` to `owner`'s HTTP port and relays its answer. `Err` when the owner could not answer: the caller
     /// then treats it as unreachable (a refused connection also marks it gone).
-    pub async fn send(
-        &self,
-        owner: NodeId,
-        out: Outbound<'_>,
-    ) -> Result<Response<ReplyBody>, ()> {
+    pub async fn send(&self, owner: NodeId, out: Outbound<'_>) -> Result<Response<ReplyBody>, ()> {
         let Some(peer) = self.members.peer(owner) else {
             return Err(());
         };
-        let path = out
-            .parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str());
+        let path = out.parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = Request::builder()
             .method(out.parts.method.clone())
             .uri(format!("http://{}{}", peer.cfg.http, path))

@@ -144,7 +144,9 @@ impl<A: App> HttpFront<A> {
                 }
                 match body::request_body(body, buffer.min(limit)).await {
                     Some(b) => b,
-                    None => return error_reply(StatusCode::BAD_REQUEST, "the request body broke off"),
+                    None => {
+                        return error_reply(StatusCode::BAD_REQUEST, "the request body broke off")
+                    }
                 }
             }
         };

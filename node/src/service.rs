@@ -297,7 +297,9 @@ impl<A: App> SessionService<A> {
         let s = slot.session.as_ref().expect("primary slot holds a session");
         if let Some(o) = call.rid.as_deref().and_then(|r| s.outcome_of(r)) {
             self.metrics.dedup_hits.inc();
-            let reply = self.app.answer(&call.call, None, Some(s), Applied::Write(o));
+            let reply = self
+                .app
+                .answer(&call.call, None, Some(s), Applied::Write(o));
             let (sid, version, pair) = (s.id, s.version, pair_of(s));
             let wait = self.replicator.sync() && !slot.copies.is_empty();
             drop(slot);
@@ -318,10 +320,7 @@ impl<A: App> SessionService<A> {
             Change::Nothing => return self.read(entry, slot, call, pending, cookie, stale).await,
             Change::Delete => return Ran::Answered(self.delete(entry, slot, call, pending).await),
             Change::Patch(p) => match s.patch(&p, limit) {
-                Ok(d) => (
-                    self.app.outcome(&pending).unwrap_or(Outcome::Patched),
-                    d,
-                ),
+                Ok(d) => (self.app.outcome(&pending).unwrap_or(Outcome::Patched), d),
                 Err(e) => return Ran::Answered(self.app.refused(&call.call, e)),
             },
             Change::Increment(key) => match s.incr(&key) {
@@ -517,7 +516,9 @@ impl<A: App> SessionService<A> {
         // Writes carry their id (the client's or ours, from `execute`); reads need none.
         let Some(body) = call.req.body.take() else {
             // A large upload already streamed to an app once cannot be sent again.
-            return Ok(unavailable("the request body was already sent once; retry the request"));
+            return Ok(unavailable(
+                "the request body was already sent once; retry the request",
+            ));
         };
         let out = Outbound {
             parts: &call.req.parts,

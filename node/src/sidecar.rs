@@ -118,11 +118,18 @@ impl Sidecar {
     }
 
     /// Sends the request and waits for the answer's head, within the read timeout.
-    async fn call_app(&self, req: Request<ReplyBody>) -> Result<Response<hyper::body::Incoming>, Reply> {
+    async fn call_app(
+        &self,
+        req: Request<ReplyBody>,
+    ) -> Result<Response<hyper::body::Incoming>, Reply> {
         match tokio::time::timeout(self.settings.read_timeout, self.client.request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
-                let why = if refused(&e) { "refused the connection" } else { "failed" };
+                let why = if refused(&e) {
+                    "refused the connection"
+                } else {
+                    "failed"
+                };
                 warn!(upstream = %self.upstream, error = %e, "application {why}");
                 Err(app_unavailable(
                     StatusCode::BAD_GATEWAY,
@@ -211,7 +218,12 @@ impl App for Sidecar {
             (body::boxed(IdleTimeout::new(incoming, idle)), None)
         } else {
             // A write's answer is kept for a replay: read it up to the size kept.
-            match body::read_up_to(IdleTimeout::new(incoming, idle), self.settings.replay_body_bytes).await {
+            match body::read_up_to(
+                IdleTimeout::new(incoming, idle),
+                self.settings.replay_body_bytes,
+            )
+            .await
+            {
                 Read::Whole(b) => {
                     let rec = record(parts.status, &headers, Some(b.to_vec()));
                     (full(b), Some(rec))
@@ -284,7 +296,9 @@ fn change_of(h: &HeaderMap) -> Result<Change, String> {
     let delete = h.get(SESSION_DELETE).map(|v| v.as_bytes());
     let patch = h.get(SESSION_PATCH);
     match (delete, patch) {
-        (Some(_), Some(_)) => Err("the application sent both X-Session-Patch and X-Session-Delete".into()),
+        (Some(_), Some(_)) => {
+            Err("the application sent both X-Session-Patch and X-Session-Delete".into())
+        }
         (Some(b"1"), None) => Ok(Change::Delete),
         (Some(other), None) => Err(format!(
             "X-Session-Delete must be `1`, not `{}`",
@@ -322,18 +336,23 @@ fn replay(rec: &RecordedReply) -> Reply {
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
     for (k, v) in &rec.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
             r.headers_mut().append(k, v);
         }
     }
-    r.headers_mut().insert(REPLAYED, HeaderValue::from_static(marker));
+    r.headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static(marker));
     r
 }
 
 /// `status` with a JSON error and `Retry-After: 1`: the app could not be reached or did not answer.
 fn app_unavailable(status: StatusCode, message: &str) -> Reply {
     let mut r = error_reply(status, message);
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
@@ -365,13 +384,21 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         pairs
             .iter()
-            .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap()))
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn an_answer_without_session_headers_changes_nothing() {
-        assert_eq!(change_of(&headers(&[("content-type", "text/html")])), Ok(Change::Nothing));
+        assert_eq!(
+            change_of(&headers(&[("content-type", "text/html")])),
+            Ok(Change::Nothing)
+        );
     }
 
     #[test]
@@ -390,7 +417,10 @@ mod tests {
 
     #[test]
     fn delete_must_be_one_and_cannot_come_with_a_patch() {
-        assert_eq!(change_of(&headers(&[(SESSION_DELETE, "1")])), Ok(Change::Delete));
+        assert_eq!(
+            change_of(&headers(&[(SESSION_DELETE, "1")])),
+            Ok(Change::Delete)
+        );
         assert!(change_of(&headers(&[(SESSION_DELETE, "yes")])).is_err());
         assert!(change_of(&headers(&[(SESSION_DELETE, "1"), (SESSION_PATCH, "{}")])).is_err());
     }
@@ -406,7 +436,11 @@ mod tests {
 
     #[test]
     fn a_replay_carries_the_recorded_status_headers_and_body() {
-        let h = headers(&[("location", "/cart"), ("date", "x"), ("content-length", "2")]);
+        let h = headers(&[
+            ("location", "/cart"),
+            ("date", "x"),
+            ("content-length", "2"),
+        ]);
         let rec = record(StatusCode::SEE_OTHER, &h, Some(b"ok".to_vec()));
         assert!(rec.headers.iter().all(|(k, _)| k != "date"));
         let r = replay(&rec);
@@ -426,7 +460,13 @@ mod tests {
 
     #[test]
     fn client_copies_of_sidecar_and_internal_headers_are_recognised() {
-        for h in ["x-session", "x-session-patch", "x-session-id", "x-lb-request-id", "x-node-hop"] {
+        for h in [
+            "x-session",
+            "x-session-patch",
+            "x-session-id",
+            "x-lb-request-id",
+            "x-node-hop",
+        ] {
             assert!(internal_header(&HeaderName::from_static(h)), "{h}");
         }
         assert!(!internal_header(&HeaderName::from_static("cookie")));

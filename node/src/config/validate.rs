@@ -305,12 +305,19 @@ impl FileSession {
 }
 
 /// Headers the node and balancer own: a session token header may not reuse one of them.
-const RESERVED_HEADERS: [&str; 5] = [
+const RESERVED_HEADERS: [&str; 12] = [
     "cookie",
     "set-cookie",
     crate::REQUEST_ID_HEADER,
     "x-node-hop",
     "x-served-by",
+    "x-session",
+    "x-session-id",
+    "x-session-version",
+    "x-session-ref",
+    "x-session-patch",
+    "x-session-delete",
+    crate::STALE_HEADER,
 ];
 
 /// `[cookie] header`: a lowercase header name that is not one of ours.
@@ -322,7 +329,7 @@ fn check_token_header(name: &str) -> Result<String, Violation> {
             format!("`{name}`: a header name of 1-64 lowercase letters, digits, `-` or `_`"),
         ));
     }
-    if RESERVED_HEADERS.contains(&name) || name.starts_with("x-session") {
+    if RESERVED_HEADERS.contains(&name) {
         return Err(Violation::new(
             "cookie.header",
             format!("`{name}` is a header the cluster uses for itself; pick another name"),
