@@ -154,6 +154,29 @@ fn the_app_gets_the_session_in_headers_and_its_patch_is_applied_copied_and_strip
 }
 
 #[test]
+fn an_app_that_answers_delete_ends_the_session_on_every_copy_and_clears_the_cookie() {
+    let shop = Shop::start(2, false, |_| {});
+    let n1 = shop.c.node_url("n1");
+    let mut u = User::new();
+    assert_eq!(u.send(&n1, "POST", "/add/apple", None).unwrap().status, 200);
+    let id = shop.show(&mut u, &n1)["id"].as_str().unwrap().to_string();
+    let r = u.send(&n1, "POST", "/forget", None).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "bye"));
+    assert!(header(&r, "x-session-delete").is_none());
+    assert!(u.cookie.is_none(), "the routing cookie is cleared: {r:?}");
+    wait_until(Duration::from_secs(5), "no node holds a copy", || {
+        shop.c.nodes.iter().all(|n| {
+            let url = format!("{}/_node/sessions/{id}", shop.c.node_url(&n.name));
+            reqwest::blocking::get(url).is_ok_and(|r| r.status() == 404)
+        })
+    })
+    .unwrap();
+    let fresh = shop.show(&mut u, &n1);
+    assert_ne!(fresh["id"], id.as_str(), "the next request starts a new session");
+    assert_eq!(items(&fresh["session"]), Vec::<String>::new());
+}
+
+#[test]
 fn a_bad_change_from_the_app_is_a_502_with_a_reason_and_the_session_is_unchanged() {
     let shop = Shop::start(2, false, |_| {});
     let n1 = shop.c.node_url("n1");
