@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SETUP := .ci/setup
 
-.PHONY: run test bench bench-node bench-lb soak check fmt setup
+.PHONY: run test bench bench-node bench-lb bench-sidecar soak check fmt setup
 
 setup:
 	@bash $(SETUP)
@@ -38,6 +38,15 @@ bench-lb: setup
 	mkdir -p target/bench
 	target/release/bench compare --config config/local.toml --sessions 1000 --concurrency 64 --duration 10s \
 		--mix get=1 --json target/bench/compare.json
+
+# The cart example app alone (its own sessions) against lb + sidecar nodes in sync mode in front of it, same
+# workload in one invocation: req/s, p50/p99 and CPU per request of apps, nodes and lb, as ratios.
+# ORDER=sidecar-first measures the sidecar configuration first.
+bench-sidecar: setup
+	$(CARGO) build --release --bins
+	mkdir -p target/bench
+	target/release/bench shop --config config/local.toml --apps 2 --concurrency 32 --duration 10s \
+		--order $(or $(ORDER),alone-first) --json target/bench/shop.json
 
 # Long fault-injection runs; not part of `make test`.
 soak: setup

@@ -80,6 +80,12 @@ pub enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// The cart example app alone against lb + sidecar nodes in front of it: req/s, p99 and CPU per request.
+    Shop {
+        /// The configurations, the workload and the output.
+        #[command(flatten)]
+        args: crate::shop::ShopArgs,
+    },
     /// Start the lb and every node of a cluster file in the foreground; Ctrl-C stops all of it.
     Up {
         /// Cluster file to start.
@@ -249,6 +255,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             session_bytes,
             load,
         } => crate::nodeperf::node_perf(&config, &load, memory_sessions, session_bytes).await,
+        Cmd::Shop { args } => crate::shop::shop(&args).await,
         Cmd::Up { config } => crate::up::up(&config).await.map(|()| true),
         Cmd::MinimalProxy { .. } => unreachable!("served before the runtime starts"),
     }

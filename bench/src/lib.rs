@@ -16,6 +16,7 @@
 //! - [`compare`]: direct vs `lb` vs minimal Pingora vs HAProxy, as ratios.
 //! - [`minimal_proxy`]: the minimal Pingora proxy `compare` measures against.
 //! - [`nodeperf`]: `bench node`, one node's increments/s unreplicated, sync and async, and memory per session.
+//! - [`shop`]: `bench shop`, the cart example app alone against lb + sidecar nodes, as ratios (issue 9).
 //! - [`up`]: `bench up`, the local cluster in the foreground for `make run`.
 //! - [`cli`]: subcommands and flags.
 
@@ -33,6 +34,7 @@ pub mod plot;
 pub mod procs;
 pub mod report;
 pub mod runner;
+pub mod shop;
 pub mod spec;
 pub mod up;
 pub mod verify;
