@@ -96,9 +96,10 @@ where
     Read::Whole(buf.freeze())
 }
 
-/// A client body as the front hands it on: read whole up to `buffer` bytes, streamed beyond.
-pub async fn request_body(body: Incoming, buffer: usize) -> Option<RequestBody> {
-    match read_up_to(body, buffer).await {
+/// A client body as the front hands it on: read whole up to `buffer` bytes, streamed beyond; a stream that
+/// passes `limit` bytes fails there (the app sees a broken upload, the node's memory is not at stake).
+pub async fn request_body(body: Incoming, buffer: usize, limit: usize) -> Option<RequestBody> {
+    match read_up_to(http_body_util::Limited::new(body, limit), buffer).await {
         Read::Whole(b) => Some(RequestBody::Read(b)),
         Read::Over(s) => Some(RequestBody::Streaming(Mutex::new(Some(s)))),
         Read::Failed => None,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::{HeaderMap, HeaderName, CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{HeaderMap, HeaderName, CONNECTION, TRANSFER_ENCODING, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioExecutor;
@@ -120,8 +120,9 @@ impl Forwarder {
             .body(out.body)
             .map_err(|_| ())?;
         let h = req.headers_mut();
+        // The client's `Host` goes on: an app behind the owner builds its links from it.
         copy_headers(&out.parts.headers, h, |k| {
-            k == HOST || k == HOP_HEADER || k == REQUEST_ID_HEADER
+            k == HOP_HEADER || k == REQUEST_ID_HEADER
         });
         h.insert(HOP_HEADER, u16::from(out.hops + 1).into());
         if let Some(rid) = out.rid.and_then(|r| r.parse().ok()) {

@@ -142,7 +142,7 @@ impl<A: App> HttpFront<A> {
                 if declared.is_some_and(|n| n > limit as u64) {
                     return too_large();
                 }
-                match body::request_body(body, buffer.min(limit)).await {
+                match body::request_body(body, buffer.min(limit), limit).await {
                     Some(b) => b,
                     None => {
                         return error_reply(StatusCode::BAD_REQUEST, "the request body broke off")

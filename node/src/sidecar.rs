@@ -147,6 +147,15 @@ impl Sidecar {
     }
 }
 
+/// Removes a session from the lent copies when the call that lent it ends.
+struct Lent<'a>(&'a Sidecar, SessionId);
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.0.lent_map().remove(&self.1);
+    }
+}
+
 /// The app's answer, held until its change is applied and copied.
 pub struct Held {
     status: StatusCode,
@@ -204,9 +213,9 @@ impl App for Sidecar {
             ));
         };
         let out = self.request(req, s, body);
-        let answered = self.call_app(out).await;
-        self.lent_map().remove(&s.id);
-        let (parts, incoming) = answered?.into_parts();
+        // Whatever ends the call (an answer, an error, the client going away), the lent copy goes.
+        let _lent = Lent(self, s.id);
+        let (parts, incoming) = self.call_app(out).await?.into_parts();
         let change = change_of(&parts.headers).map_err(|why| {
             warn!(session = %s.id.log_hash(), %why, "application answered a bad session change; nothing applied");
             error_reply(StatusCode::BAD_GATEWAY, &why)
