@@ -99,6 +99,8 @@ pub struct ClusterSpec {
     pub sidecar: bool,
     /// `[cookie] header`: the session token header, e.g. `x-session-token`. Default none.
     pub token_header: Option<&'static str>,
+    /// Extra TOML for `[sidecar]`, e.g. `read_timeout_ms = 100`.
+    pub sidecar_extra: String,
 }
 
 impl Default for ClusterSpec {
@@ -116,6 +118,7 @@ impl Default for ClusterSpec {
             max_updates: 64,
             sidecar: false,
             token_header: None,
+            sidecar_extra: String::new(),
         }
     }
 }
@@ -187,6 +190,7 @@ pub fn render_config(
     file.session.idle_timeout = Some(Duration::from_secs(spec.idle_timeout_s));
     file.session.extra = spec.session_extra.clone();
     file.cookie.header = spec.token_header.map(str::to_string);
+    file.sidecar.extra = spec.sidecar_extra.clone();
     for (i, n) in nodes.iter().enumerate() {
         let mut entry = NodeEntry::new(n.name.clone(), n.http, n.repl);
         entry.machine = Some(format!("m{}", i + 1));

@@ -283,6 +283,19 @@ fn when_the_app_is_down_the_client_gets_502_with_retry_after_and_nothing_changes
 }
 
 #[test]
+fn an_app_slower_than_the_read_timeout_gets_504_with_retry_after_and_nothing_changes() {
+    let shop = Shop::start(1, false, |s| s.sidecar_extra = "read_timeout_ms = 10".into());
+    let n1 = shop.c.node_url("n1");
+    let mut u = User::new();
+    // `/slow` waits 30 ms before answering with its patch.
+    let r = u.send(&n1, "POST", "/slow/1", None).unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(header(&r, "retry-after"), Some("1"));
+    let shown = shop.show(&mut u, &n1);
+    assert_eq!(shown["version"], "0", "nothing was applied: {shown}");
+}
+
+#[test]
 fn a_session_over_the_header_cap_reaches_the_app_by_reference() {
     // The default cap is 8 KiB: a 16 KiB blob goes by reference.
     let shop = Shop::start(1, false, |_| {});
