@@ -359,6 +359,51 @@ repl = "127.0.0.1:9102"
     }
 
     #[test]
+    fn an_upstream_in_node_applies_to_every_node_and_an_entry_may_override_it() {
+        let text = GOOD
+            .replace(
+                "[lb]\n",
+                "[node]\nupstream = \"http://127.0.0.1:3000\"\n\n[lb]\n",
+            )
+            .replace(
+                "repl = \"127.0.0.1:9102\"",
+                "repl = \"127.0.0.1:9102\"\nupstream = \"http://127.0.0.1:3002/\"",
+            );
+        let c = ClusterConfig::from_toml("t.toml", &text).unwrap();
+        assert_eq!(c.nodes[0].upstream, Some("127.0.0.1:3000".parse().unwrap()));
+        assert_eq!(c.nodes[1].upstream, Some("127.0.0.1:3002".parse().unwrap()));
+        assert_eq!(c.sidecar.session_header_bytes, 8 * 1024);
+        assert_eq!(c.sidecar.replay_body_bytes, 16 * 1024);
+        assert_eq!(c.sidecar.read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_upstream_that_is_not_plain_http_to_an_address_is_refused() {
+        let with = |u: &str| {
+            GOOD.replace(
+                "repl = \"127.0.0.1:9101\"",
+                &format!("repl = \"127.0.0.1:9101\"\nupstream = \"{u}\""),
+            )
+        };
+        let err = error(&with("https://127.0.0.1:3000"));
+        assert!(err.starts_with("t.toml:13: `nodes[0].upstream`: "), "{err}");
+        assert!(err.contains("expected http://IP:PORT"), "{err}");
+        let err = error(&with("http://127.0.0.1:9001"));
+        assert!(err.contains("the node's own address"), "{err}");
+    }
+
+    #[test]
+    fn a_session_token_header_must_be_a_lowercase_name_that_is_not_ours() {
+        let with =
+            |h: &str| GOOD.replace("[lb]\n", &format!("[cookie]\nheader = \"{h}\"\n\n[lb]\n"));
+        let c = ClusterConfig::from_toml("t.toml", &with("x-session-token")).unwrap();
+        assert_eq!(c.cookie.header.as_deref(), Some("x-session-token"));
+        assert!(error(&with("X-Token")).contains("lowercase"));
+        assert!(error(&with("x-session-patch")).contains("uses for itself"));
+        assert!(error(&with("cookie")).contains("uses for itself"));
+    }
+
+    #[test]
     fn an_unknown_key_is_refused_with_its_line() {
         let err = error(&GOOD.replace("[lb]\n", "[lb]\nlisten_typo = 1\n"));
         assert!(err.starts_with("t.toml:6: `lb.listen_typo`:"), "{err}");
