@@ -1,7 +1,10 @@
 //! The seam between the session service and the application that serves requests (Pingora's `ProxyHttp` is
 //! the model): the service locates the session, locks it, and asks the [`App`] what a request does to it; the
-//! app answers with a [`Change`] and, once the change is applied and copied, builds the answer. The built-in
-//! session API (`builtin`) is one app; a sidecar proxy to a real application is another.
+//! app answers with a [`Change`] and whatever it needs to build the answer later ([`App::Pending`]: nothing
+//! for the built-in API, the application's whole answer for the sidecar). Once the change is applied and
+//! copied, [`App::answer`] builds the answer; a retried write is answered from the outcome recorded in the
+//! session instead, without running again. The built-in session API (`builtin`) is one app; the sidecar proxy
+//! to a real application (`sidecar`) is the other.
 
 use std::future::Future;
 
