@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SETUP := .ci/setup
 
-.PHONY: run test bench bench-node bench-lb bench-sidecar soak check fmt setup
+.PHONY: run run-sidecar test bench bench-node bench-lb bench-sidecar soak check fmt setup
 
 setup:
 	@bash $(SETUP)
@@ -11,6 +11,12 @@ setup:
 run: setup
 	$(CARGO) build --release --bins
 	target/release/bench up --config config/local.toml
+
+# The example shop (node/examples/cart, Flask) behind lb + 3 nodes in sidecar mode from config/sidecar.toml:
+# one app per node, then the cluster in the foreground; the shop is at http://127.0.0.1:8180/. Ctrl-C stops all.
+run-sidecar: setup
+	$(CARGO) build --release --bins
+	bash node/examples/cart/run.sh config/sidecar.toml
 
 # Every test: unit tests and the integration tests that start the real binaries.
 test: setup

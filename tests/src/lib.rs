@@ -18,6 +18,8 @@ use bench::procs::Children;
 use node::config::builder::{HealthSection, NodeEntry, ReplicationSection};
 use node::config::ClusterFile;
 
+pub mod webdriver;
+
 /// Directory holding the built binaries: `$SRV_BIN_DIR`, else `<target>/debug`.
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("SRV_BIN_DIR") {

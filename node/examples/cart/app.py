@@ -16,6 +16,7 @@ import threading
 import urllib.request
 import uuid
 
+import flask.cli
 from flask import Flask, g, jsonify, redirect, render_template, request
 
 # Prices in cents, so totals add up exactly.
@@ -176,7 +177,9 @@ def main():
     global store
     if args.own_sessions:
         store = OwnSessions()
+    # Quiet: three of these run beside a cluster in one terminal; a line per request or a banner each is noise.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    flask.cli.show_server_banner = lambda *args: None
     app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
 
 
