@@ -34,11 +34,19 @@ pub async fn up(config: &Path) -> Result<()> {
         .iter()
         .map(|n| format!("{} http://{}", n.name, n.http))
         .collect();
+    // In sidecar mode the paths belong to the app behind the nodes, not to the built-in API.
+    let sidecar = procs.config.nodes.iter().any(|n| n.upstream.is_some());
+    let try_it = if sidecar {
+        format!("open: http://{lb}/  (each node's app answers; the session lives in the nodes)")
+    } else {
+        format!(
+            "try:  curl -si -c /tmp/jar -b /tmp/jar -X POST http://{lb}/session/incr/visits\n        \
+             curl -s  -c /tmp/jar -b /tmp/jar http://{lb}/session"
+        )
+    };
     println!(
         "\n  cluster up: lb http://{lb}  (admin http://{admin}/status, /metrics)\n  nodes: {}\n  logs:  {}\n\n  \
-         try:  curl -si -c /tmp/jar -b /tmp/jar -X POST http://{lb}/session/incr/visits\n        \
-         curl -s  -c /tmp/jar -b /tmp/jar http://{lb}/session\n  (the routing cookie is {cookie})\n  \
-         Ctrl-C stops everything.\n",
+         {try_it}\n  (the routing cookie is {cookie})\n  Ctrl-C stops everything.\n",
         nodes.join(", "),
         procs.log_dir.display()
     );
