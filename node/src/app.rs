@@ -58,6 +58,8 @@ pub trait App: Send + Sync + 'static {
     /// What [`App::run`] hands on to [`App::answer`] (the application's answer, held while the change is
     /// applied and copied); `()` for an app that builds its answer from the session alone.
     type Pending: Send;
+    /// What [`App::prepare`] takes from the locked session for [`App::run`].
+    type Prepared: Send;
 
     /// `Some(n)`: request bodies up to `n` bytes are read before [`App::parse`], larger ones stream to
     /// [`App::run`] once. Default `None`: every body is read whole (up to `[node] max_body_bytes`).
@@ -88,13 +90,25 @@ pub trait App: Send + Sync + 'static {
         false
     }
 
-    /// Runs `call` against the session, under its FIFO lock: what to change, and what to answer with once
-    /// it is applied. `Err` is answered as is and changes nothing.
-    fn run(
+    /// Takes from the session what [`App::run`] needs, while the session is locked. `Err` is answered as is
+    /// and changes nothing.
+    // The refusal is the answer itself, as for `parse`.
+    #[allow(clippy::result_large_err)]
+    fn prepare(
         &self,
         call: &Self::Call,
         req: &ClientRequest,
         session: &Session,
+    ) -> Result<Self::Prepared, Reply>;
+
+    /// Runs `call` in the session's turn (no other request of the session runs meanwhile) but with the
+    /// session unlocked, so a slow application holds up nothing else: what to change, and what to answer with
+    /// once it is applied. `Err` is answered as is and changes nothing.
+    fn run(
+        &self,
+        call: &Self::Call,
+        req: &ClientRequest,
+        prepared: Self::Prepared,
     ) -> impl Future<Output = Result<(Change, Self::Pending), Reply>> + Send;
 
     /// The outcome to record under the request id for a write, so that a retry gets the same answer without

@@ -50,6 +50,7 @@ pub struct BuiltinApi {
 impl App for BuiltinApi {
     type Call = Op;
     type Pending = ();
+    type Prepared = Change;
 
     fn parse(&self, req: &ClientRequest) -> Result<Op, Reply> {
         let parts = &req.parts;
@@ -102,18 +103,21 @@ impl App for BuiltinApi {
         matches!(op, Op::Delete)
     }
 
-    async fn run(
-        &self,
-        op: &Op,
-        _req: &ClientRequest,
-        _session: &Session,
-    ) -> Result<(Change, ()), Reply> {
-        let change = match op {
+    fn prepare(&self, op: &Op, _req: &ClientRequest, _session: &Session) -> Result<Change, Reply> {
+        Ok(match op {
             Op::Get => Change::Nothing,
             Op::Patch(p) => Change::Patch(p.clone()),
             Op::Incr(key) => Change::Increment(key.clone()),
             Op::Delete => Change::Delete,
-        };
+        })
+    }
+
+    async fn run(
+        &self,
+        _op: &Op,
+        _req: &ClientRequest,
+        change: Change,
+    ) -> Result<(Change, ()), Reply> {
         Ok((change, ()))
     }
 

@@ -148,6 +148,7 @@ impl<A: App> SessionService<A> {
                 return self.fresh(&call).await;
             };
             let (entry, _) = self.store.get_or_insert(cookie.session);
+            let turn = entry.turn.lock().await;
             let mut slot = entry.slot.lock().await;
             let mut stale = false;
             // Where to send the request when a live owner elsewhere should serve it.
@@ -197,6 +198,7 @@ impl<A: App> SessionService<A> {
                         }
                         Recovered::Ended | Recovered::Lost => {
                             drop(slot);
+                            drop(turn);
                             self.drop_if_vacant(&entry);
                             if matches!(found, Recovered::Lost)
                                 && !self.app.ends_session(&call.call)
@@ -211,6 +213,7 @@ impl<A: App> SessionService<A> {
             }
             if let Some(owner) = owner_elsewhere {
                 drop(slot);
+                drop(turn);
                 self.drop_if_vacant(&entry);
                 if may_forward(&call, &unreachable, owner) {
                     match self.forward(&call, owner).await {
@@ -223,7 +226,9 @@ impl<A: App> SessionService<A> {
             if stale {
                 self.metrics.stale.inc();
             }
-            match self.run(&entry, slot, &call, Some(cookie), stale).await {
+            let ran = self.run(&entry, slot, &call, Some(cookie), stale).await;
+            drop(turn);
+            match ran {
                 Ran::Answered(r) => return r,
                 Ran::Fenced => continue,
             }
@@ -310,7 +315,26 @@ impl<A: App> SessionService<A> {
             }
             return Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale));
         }
-        let (change, pending) = match self.app.run(&call.call, &call.req, s).await {
+        let prepared = match self.app.prepare(&call.call, &call.req, s) {
+            Ok(p) => p,
+            Err(reply) => return Ran::Answered(reply),
+        };
+        // The app runs with the slot unlocked (the caller holds the session's turn): copies, pulls and
+        // housekeeping go on meanwhile. A pull may hand the session to another node in that time; then the
+        // app's change is not applied here and the request is located again.
+        let (epoch, version) = (s.epoch, s.version);
+        drop(slot);
+        let ran = self.app.run(&call.call, &call.req, prepared).await;
+        let mut slot = entry.slot.lock().await;
+        let still_ours = slot.role == Role::Primary
+            && slot
+                .session
+                .as_ref()
+                .is_some_and(|s| s.epoch == epoch && s.version == version);
+        if !still_ours {
+            return Ran::Fenced;
+        }
+        let (change, pending) = match ran {
             Ok(c) => c,
             Err(reply) => return Ran::Answered(reply),
         };
@@ -409,9 +433,17 @@ impl<A: App> SessionService<A> {
                     (!need_copy || x.covers(version)) && (!need_lease || x.lease_seq > m.lease_seq)
                 })
                 .await;
-            // A read has no effect: whatever stopped it, locating the session again is safe.
-            if waited != Waited::Done {
-                return Ran::Fenced;
+            match waited {
+                Waited::Done => {}
+                // Another node owns the session now: it serves the request.
+                Waited::Fenced => return Ran::Fenced,
+                // Locating again would run the app again; the client retries instead (by then the silent
+                // copy is declared dead, and this node serves without it).
+                Waited::TimedOut => {
+                    return Ran::Answered(unavailable(
+                        "this node could not confirm it still owns the session; retry",
+                    ))
+                }
             }
         }
         Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale))

@@ -5,7 +5,7 @@
 //! answer is recorded in the session, so a retry of it is answered again without reaching the app.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ahash::AHashMap;
@@ -61,7 +61,13 @@ pub struct Sidecar {
     client: Client<HttpConnector, ReplyBody>,
     /// Sessions too large for a header, as shown to the app while its call is in flight (the session's lock
     /// is held then, so `/_node/sessions/{id}` reads them here).
-    lent: Mutex<AHashMap<SessionId, Bytes>>,
+    lent: LentMap,
+}
+
+type LentMap = Arc<Mutex<AHashMap<SessionId, Bytes>>>;
+
+fn lock(map: &LentMap) -> std::sync::MutexGuard<'_, AHashMap<SessionId, Bytes>> {
+    map.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sidecar {
@@ -78,12 +84,13 @@ impl Sidecar {
             node_http,
             settings,
             client,
-            lent: Mutex::new(AHashMap::new()),
+            lent: LentMap::default(),
         }
     }
 
-    /// The request to the app: the client's, without hop-by-hop and internal headers, with the session's.
-    fn request(&self, req: &ClientRequest, s: &Session, body: ReplyBody) -> Request<ReplyBody> {
+    /// The request to the app: the client's, without hop-by-hop and internal headers, with the session's; and
+    /// the lent copy of a session too large for a header, which lasts as long as the call.
+    fn request(&self, req: &ClientRequest, s: &Session, body: ReplyBody) -> Outgoing {
         let parts = &req.parts;
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut out = Request::new(body);
@@ -96,25 +103,31 @@ impl Sidecar {
         let id = format!("{:032x}", s.id.0);
         h.insert(SESSION_VERSION, s.version.into());
         let data = ascii_json(&Value::Object(s.data.clone()));
-        if data.len() <= self.settings.session_header_bytes {
-            if let Ok(v) = HeaderValue::from_str(&data) {
+        let inline = (data.len() <= self.settings.session_header_bytes)
+            .then(|| HeaderValue::from_str(&data).ok())
+            .flatten();
+        let mut lent = None;
+        match inline {
+            Some(v) => {
                 h.insert(SESSION, v);
             }
-        } else {
-            let url = format!("http://{}/_node/sessions/{id}", self.node_http);
-            if let Ok(v) = HeaderValue::from_str(&url) {
-                h.insert(SESSION_REF, v);
+            None => {
+                let url = format!("http://{}/_node/sessions/{id}", self.node_http);
+                if let Ok(v) = HeaderValue::from_str(&url) {
+                    h.insert(SESSION_REF, v);
+                }
+                lock(&self.lent).insert(s.id, Bytes::from(data));
+                lent = Some(Lent(self.lent.clone(), s.id));
             }
-            self.lent_map().insert(s.id, Bytes::from(data));
         }
         if let Ok(v) = HeaderValue::from_str(&id) {
             h.insert(SESSION_ID, v);
         }
-        out
-    }
-
-    fn lent_map(&self) -> std::sync::MutexGuard<'_, AHashMap<SessionId, Bytes>> {
-        self.lent.lock().unwrap_or_else(|p| p.into_inner())
+        Outgoing {
+            req: out,
+            sid: s.id,
+            _lent: lent,
+        }
     }
 
     /// Sends the request and waits for the answer's head, within the read timeout.
@@ -147,13 +160,20 @@ impl Sidecar {
     }
 }
 
-/// Removes a session from the lent copies when the call that lent it ends.
-struct Lent<'a>(&'a Sidecar, SessionId);
+/// Removes a session from the lent copies when the call that lent it ends, however it ends.
+pub struct Lent(LentMap, SessionId);
 
-impl Drop for Lent<'_> {
+impl Drop for Lent {
     fn drop(&mut self) {
-        self.0.lent_map().remove(&self.1);
+        lock(&self.0).remove(&self.1);
     }
+}
+
+/// The request for the app, built while the session was locked.
+pub struct Outgoing {
+    req: Request<ReplyBody>,
+    sid: SessionId,
+    _lent: Option<Lent>,
 }
 
 /// The app's answer, held until its change is applied and copied.
@@ -173,6 +193,7 @@ pub struct SidecarCall {
 impl App for Sidecar {
     type Call = SidecarCall;
     type Pending = Held;
+    type Prepared = Outgoing;
 
     fn streams_bodies_over(&self) -> Option<usize> {
         Some(self.settings.buffer_body_bytes)
@@ -200,24 +221,31 @@ impl App for Sidecar {
         !call.safe
     }
 
-    async fn run(
+    fn prepare(
         &self,
         _call: &SidecarCall,
         req: &ClientRequest,
         s: &Session,
-    ) -> Result<(Change, Held), Reply> {
+    ) -> Result<Outgoing, Reply> {
         let Some(body) = req.body.take() else {
             return Err(app_unavailable(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the request body was already sent once; retry the request",
             ));
         };
-        let out = self.request(req, s, body);
-        // Whatever ends the call (an answer, an error, the client going away), the lent copy goes.
-        let _lent = Lent(self, s.id);
-        let (parts, incoming) = self.call_app(out).await?.into_parts();
+        Ok(self.request(req, s, body))
+    }
+
+    async fn run(
+        &self,
+        _call: &SidecarCall,
+        _req: &ClientRequest,
+        out: Outgoing,
+    ) -> Result<(Change, Held), Reply> {
+        let Outgoing { req, sid, _lent } = out;
+        let (parts, incoming) = self.call_app(req).await?.into_parts();
         let change = change_of(&parts.headers).map_err(|why| {
-            warn!(session = %s.id.log_hash(), %why, "application answered a bad session change; nothing applied");
+            warn!(session = %sid.log_hash(), %why, "application answered a bad session change; nothing applied");
             error_reply(StatusCode::BAD_GATEWAY, &why)
         })?;
         let mut headers = HeaderMap::new();
@@ -239,7 +267,7 @@ impl App for Sidecar {
                 }
                 Read::Over(rest) => (rest, Some(record(parts.status, &headers, None))),
                 Read::Failed => {
-                    warn!(session = %s.id.log_hash(), "application's answer broke off; nothing applied");
+                    warn!(session = %sid.log_hash(), "application's answer broke off; nothing applied");
                     return Err(app_unavailable(
                         StatusCode::BAD_GATEWAY,
                         "the application's answer broke off; nothing was changed",
@@ -291,7 +319,7 @@ impl App for Sidecar {
     }
 
     fn local_view(&self, id: SessionId) -> Option<Reply> {
-        let data = self.lent_map().get(&id).cloned()?;
+        let data = lock(&self.lent).get(&id).cloned()?;
         let data: Value = serde_json::from_slice(&data).ok()?;
         Some(json_reply(
             StatusCode::OK,
@@ -369,12 +397,13 @@ fn app_unavailable(status: StatusCode, message: &str) -> Reply {
 /// valid header value; control characters are escaped by the serializer already.
 pub fn ascii_json(v: &Value) -> String {
     let text = v.to_string();
-    if text.is_ascii() {
+    if text.bytes().all(|b| b.is_ascii() && b != 0x7f) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if c.is_ascii() {
+        // DEL is ASCII but not a valid header byte; the serializer leaves it as it is.
+        if c.is_ascii() && c != '\x7f' {
             out.push(c);
         } else {
             let mut units = [0u16; 2];
@@ -436,7 +465,7 @@ mod tests {
 
     #[test]
     fn non_ascii_session_data_is_escaped_into_a_valid_header_value() {
-        let v = json!({"name": "Zoë 🍎", "n": 1});
+        let v = json!({"name": "Zoë 🍎\u{7f}", "n": 1});
         let text = ascii_json(&v);
         assert!(text.is_ascii());
         assert!(HeaderValue::from_str(&text).is_ok());

@@ -124,7 +124,11 @@ pub struct Mark {
 pub struct Entry {
     /// The session's id.
     pub id: SessionId,
-    /// The session's local state; its FIFO lock orders the requests on one session.
+    /// The session's turn: a request takes it first and keeps it until answered, so an application sees one
+    /// request of a session at a time, in arrival order (FIFO).
+    pub turn: tokio::sync::Mutex<()>,
+    /// The session's local state, locked only while it is read or changed: never across an application's
+    /// call, so copies, pulls and other sessions' requests do not wait on a slow app.
     pub slot: tokio::sync::Mutex<Slot>,
     // A plain mutex and one Notify rather than a watch channel: a few dozen bytes per session, not hundreds.
     mark: Mutex<Mark>,
@@ -148,6 +152,7 @@ impl Entry {
         };
         Entry {
             id,
+            turn: tokio::sync::Mutex::new(()),
             slot: tokio::sync::Mutex::new(Slot::empty(now)),
             mark: Mutex::new(mark),
             changed: Notify::new(),

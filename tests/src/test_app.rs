@@ -5,6 +5,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /show` | the session and header names it received; no change |
+//! | `GET /hold` | waits for a permit from [`TestApp::hold`], then answers like `/show` |
 //! | `POST /add/{item}` | appends `item` to `items`; a `Set-Cookie` and an `X-Session-Leak` header of its own |
 //! | `POST /slow/{n}` | waits 30 ms, appends `n` to `order` (per-session order and overlap are tracked) |
 //! | `POST /bad/array`, `/bad/json`, `/bad/big` | a patch that is not an object, not JSON, or too large |
@@ -53,6 +54,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// What it saw.
     pub seen: Arc<Mutex<Seen>>,
+    /// Permits for `GET /hold`: none at first, so every `/hold` waits until the test adds one.
+    pub hold: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,15 +72,16 @@ impl TestApp {
             .block_on(tokio::net::TcpListener::bind(addr))
             .expect("bind the app's port");
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let state = seen.clone();
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        let state = (seen.clone(), hold.clone());
         let task = rt.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let state = state.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(req, state).await) }
+                        let (seen, hold) = state.clone();
+                        async move { Ok::<_, Infallible>(handle(req, seen, hold).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -85,7 +89,12 @@ impl TestApp {
                 });
             }
         });
-        TestApp { addr, seen, task }
+        TestApp {
+            addr,
+            seen,
+            hold,
+            task,
+        }
     }
 
     /// Stops listening and drops every connection (the app is "down").
@@ -136,7 +145,11 @@ fn list(v: &Value, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()
 }
 
-async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Seen>>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Seen>>,
+    hold: Arc<tokio::sync::Semaphore>,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let sid = parts
         .headers
@@ -157,8 +170,13 @@ async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Seen>>) -> Response<Body
     let session = session_of(&parts.headers).await;
     let path = parts.uri.path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if segs == ["hold"] {
+        if let Ok(p) = hold.acquire().await {
+            p.forget();
+        }
+    }
     let resp = match segs.as_slice() {
-        ["show"] => {
+        ["show"] | ["hold"] => {
             let names: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
             let version = parts
                 .headers

@@ -172,8 +172,52 @@ fn an_app_that_answers_delete_ends_the_session_on_every_copy_and_clears_the_cook
     })
     .unwrap();
     let fresh = shop.show(&mut u, &n1);
-    assert_ne!(fresh["id"], id.as_str(), "the next request starts a new session");
+    assert_ne!(
+        fresh["id"],
+        id.as_str(),
+        "the next request starts a new session"
+    );
     assert_eq!(items(&fresh["session"]), Vec::<String>::new());
+}
+
+#[test]
+fn a_request_held_up_in_the_app_locks_nothing_but_its_own_sessions_turn() {
+    let shop = Shop::start(2, false, |_| {});
+    let n1 = shop.c.node_url("n1");
+    let app = shop.apps[0].as_ref().unwrap();
+    let mut a = User::new();
+    assert_eq!(a.send(&n1, "POST", "/add/apple", None).unwrap().status, 200);
+    let id = shop.show(&mut a, &n1)["id"].as_str().unwrap().to_string();
+    std::thread::scope(|s| {
+        let (n1, cookie) = (&n1, a.cookie.clone());
+        let held = s.spawn(move || {
+            let mut same = User::new();
+            same.cookie = cookie;
+            same.send(n1, "GET", "/hold", None).unwrap()
+        });
+        wait_until(Duration::from_secs(10), "the app holds a request", || {
+            app.seen.lock().unwrap().headers.len() >= 3
+        })
+        .unwrap();
+        // While the app holds session A's request: A's copy can be read (as a pull would), and another session's
+        // write is applied, copied and answered.
+        let url = format!("{n1}/_node/sessions/{id}");
+        let copy = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .expect("the held session's copy is readable while its app call runs");
+        assert_eq!(copy.status(), 200);
+        let r = User::new().send(n1, "POST", "/add/pear", None).unwrap();
+        assert_eq!(
+            (r.status, items(&r.json())),
+            (200, vec!["pear".to_string()])
+        );
+        app.hold.add_permits(1);
+        assert_eq!(held.join().unwrap().status, 200);
+    });
 }
 
 #[test]
@@ -284,7 +328,9 @@ fn when_the_app_is_down_the_client_gets_502_with_retry_after_and_nothing_changes
 
 #[test]
 fn an_app_slower_than_the_read_timeout_gets_504_with_retry_after_and_nothing_changes() {
-    let shop = Shop::start(1, false, |s| s.sidecar_extra = "read_timeout_ms = 10".into());
+    let shop = Shop::start(1, false, |s| {
+        s.sidecar_extra = "read_timeout_ms = 10".into()
+    });
     let n1 = shop.c.node_url("n1");
     let mut u = User::new();
     // `/slow` waits 30 ms before answering with its patch.
