@@ -67,6 +67,13 @@ pub trait App: Send + Sync + 'static {
         None
     }
 
+    /// Whether a request runs to its end when its client goes away (the balancer timed out, say): its change
+    /// applied and its answer recorded, so that the balancer's retry of it is answered from the record instead
+    /// of running the app again. Default false: the built-in API does nothing a retry cannot redo.
+    fn finishes_without_client(&self) -> bool {
+        false
+    }
+
     /// Turns a request into a call. `Err` is answered at once, before any session is touched (a client
     /// error: 400, 404, 405, 413; never a 5xx).
     // The refusal is the answer itself, built once per refused request: boxing it would buy nothing.

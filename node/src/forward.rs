@@ -81,9 +81,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder giving up on an owner after `3 × peer_timeout`, or as soon as it misses heartbeats.
+    /// A forwarder giving up on an owner after `timeout` (the longest the owner may take to answer: its copy
+    /// wait, plus its app's read timeout in sidecar mode), or as soon as it misses heartbeats.
     pub fn new(
         peer_timeout: Duration,
+        timeout: Duration,
         heartbeat: Duration,
         members: Arc<Membership>,
         store: Arc<Store>,
@@ -97,7 +99,7 @@ impl Forwarder {
             .build(connector);
         Forwarder {
             client,
-            timeout: peer_timeout * 3,
+            timeout,
             heartbeat,
             members,
             store,

@@ -195,7 +195,20 @@ impl<A: App> HttpFront<A> {
             hops,
             cookie,
         };
-        let resp = self.service.execute(call).instrument(span.clone()).await;
+        let service = self.service.clone();
+        let run = async move { service.execute(call).await }.instrument(span.clone());
+        let resp = if app.finishes_without_client() {
+            // A task of its own: hyper drops this future when the client goes away, the task runs on.
+            match tokio::spawn(run).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(parent: &span, error = %e, "session request task failed");
+                    error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                }
+            }
+        } else {
+            run.await
+        };
         let outcome = match resp.status().as_u16() {
             200..=399 => "ok",
             400..=499 => "client_error",

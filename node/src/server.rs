@@ -232,6 +232,7 @@ impl Front<'_> {
             takeover: self.takeover,
             forwarder: Forwarder::new(
                 r.peer_timeout,
+                answer_limit(self.cfg, self.me),
                 r.heartbeat,
                 self.members,
                 self.store,
@@ -258,6 +259,13 @@ impl Front<'_> {
         );
         (http, tokio::spawn(housekeeping(service)))
     }
+}
+
+/// The longest a node may take to answer a request it serves: the wait for its copy, plus the app's read timeout
+/// in sidecar mode. A forward to a live owner is given that long.
+fn answer_limit(cfg: &ClusterConfig, me: &NodeConfig) -> Duration {
+    let app = me.upstream.map_or(Duration::ZERO, |_| cfg.sidecar.read_timeout);
+    cfg.replication.peer_timeout * 3 + app
 }
 
 /// Runs node `name` of `cfg` on `listeners` until `shutdown` resolves, then shuts it down gracefully (see

@@ -199,6 +199,11 @@ impl App for Sidecar {
         Some(self.settings.buffer_body_bytes)
     }
 
+    // Once the app has run, its change must land (and be recorded) even if the client left meanwhile.
+    fn finishes_without_client(&self) -> bool {
+        true
+    }
+
     fn parse(&self, req: &ClientRequest) -> Result<SidecarCall, Reply> {
         let safe = matches!(
             req.parts.method,

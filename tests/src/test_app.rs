@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /show` | the session and header names it received; no change |
 //! | `GET /hold` | waits for a permit from [`TestApp::hold`], then answers like `/show` |
+//! | `POST /hold/{item}` | waits for a permit, then adds like `/add/{item}` |
 //! | `POST /add/{item}` | appends `item` to `items`; a `Set-Cookie` and an `X-Session-Leak` header of its own |
 //! | `POST /slow/{n}` | waits 30 ms, appends `n` to `order` (per-session order and overlap are tracked) |
 //! | `POST /bad/array`, `/bad/json`, `/bad/big` | a patch that is not an object, not JSON, or too large |
@@ -170,7 +171,7 @@ async fn handle(
     let session = session_of(&parts.headers).await;
     let path = parts.uri.path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if segs == ["hold"] {
+    if segs.first() == Some(&"hold") {
         if let Ok(p) = hold.acquire().await {
             p.forget();
         }
@@ -188,7 +189,7 @@ async fn handle(
                     .to_string(),
             )
         }
-        ["add", item] => {
+        ["add", item] | ["hold", item] => {
             *seen
                 .lock()
                 .unwrap()

@@ -221,6 +221,44 @@ fn a_request_held_up_in_the_app_locks_nothing_but_its_own_sessions_turn() {
 }
 
 #[test]
+fn a_write_whose_client_left_while_the_app_ran_is_applied_and_its_retry_replayed() {
+    let shop = Shop::start(2, false, |_| {});
+    let n1 = shop.c.node_url("n1");
+    let app = shop.apps[0].as_ref().unwrap();
+    let mut u = User::new();
+    assert_eq!(u.send(&n1, "POST", "/add/apple", None).unwrap().status, 200);
+    let rid = ("x-lb-request-id", "left-early-1");
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{n1}/hold/pear"))
+        .header("cookie", u.cookie.clone().unwrap())
+        .header(rid.0, rid.1)
+        .send();
+    assert!(
+        gone.is_err(),
+        "the client gave up while the app held the request"
+    );
+    app.hold.add_permits(1);
+    wait_until(
+        Duration::from_secs(10),
+        "the app answered the held add",
+        || shop.adds("pear") == 1,
+    )
+    .unwrap();
+    // The balancer's retry of it, same request id: answered from the record.
+    let r = u
+        .send_with(&n1, "POST", "/hold/pear", None, &[rid])
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(header(&r, "x-node-replayed"), Some("1"));
+    assert_eq!(items(&r.json()), ["apple", "pear"]);
+    assert_eq!(shop.adds("pear"), 1, "the app ran once");
+}
+
+#[test]
 fn a_bad_change_from_the_app_is_a_502_with_a_reason_and_the_session_is_unchanged() {
     let shop = Shop::start(2, false, |_| {});
     let n1 = shop.c.node_url("n1");

@@ -132,7 +132,7 @@ impl Default for FileLimits {
             header_timeout_ms: 10_000,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             connect_timeout_ms: 1_000,
-            read_timeout_ms: 10_000,
+            read_timeout_ms: 60_000,
         }
     }
 }

@@ -118,7 +118,8 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Towards a node; default 1 s.
     pub connect_timeout: Duration,
-    /// Towards a node; default 10 s.
+    /// Towards a node (and for a client's body); default 60 s. In sidecar mode it must exceed
+    /// `[sidecar] read_timeout_ms` plus 3 × `[replication] peer_timeout_ms`.
     pub read_timeout: Duration,
 }
 
@@ -390,6 +391,29 @@ repl = "127.0.0.1:9102"
         assert!(err.contains("expected http://IP:PORT"), "{err}");
         let err = error(&with("http://127.0.0.1:9001"));
         assert!(err.contains("the node's own address"), "{err}");
+    }
+
+    #[test]
+    fn in_sidecar_mode_the_lb_must_wait_longer_than_the_app_and_the_copy_together() {
+        let text = GOOD.replace(
+            "[lb]\n",
+            "[node]\nupstream = \"http://127.0.0.1:3000\"\n\n[sidecar]\nread_timeout_ms = 55000\n\n[lb]\n",
+        );
+        let err = error(&text);
+        assert!(
+            err.contains("`sidecar.read_timeout_ms`: 55000 ms plus the copy wait"),
+            "{err}"
+        );
+        assert!(
+            err.contains("lb.limits.read_timeout_ms (60000 ms)"),
+            "{err}"
+        );
+        // The defaults fit: 30 s for the app, 6 s for the copy, 60 s at the lb.
+        let fits = GOOD.replace(
+            "[lb]\n",
+            "[node]\nupstream = \"http://127.0.0.1:3000\"\n\n[lb]\n",
+        );
+        assert!(ClusterConfig::from_toml("t.toml", &fits).is_ok());
     }
 
     #[test]

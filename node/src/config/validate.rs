@@ -110,6 +110,9 @@ impl FileConfig {
         let session = self.session.validate()?;
         let sidecar = self.sidecar.validate()?;
         let nodes = validate_nodes(&secret, self.nodes, upstream)?;
+        if nodes.iter().any(|n| n.upstream.is_some()) {
+            check_app_fits_lb_timeout(&sidecar, &replication, &lb)?;
+        }
         let pairs = PairTable::build(nodes.iter().map(|n| n.id)).map_err(|(a, b)| {
             Violation::new(
                 "nodes",
@@ -336,6 +339,30 @@ fn check_token_header(name: &str) -> Result<String, Violation> {
         ));
     }
     Ok(name.to_string())
+}
+
+/// A node in sidecar mode may take its app's read timeout plus its copy wait (3 × peer timeout) to answer; the
+/// balancer must wait longer than that, or it gives up on a live node and sends the request again while the
+/// app still runs.
+fn check_app_fits_lb_timeout(
+    sidecar: &SidecarConfig,
+    replication: &ReplicationConfig,
+    lb: &LbConfig,
+) -> Result<(), Violation> {
+    let node_may_take = sidecar.read_timeout + replication.peer_timeout * 3;
+    if node_may_take >= lb.limits.read_timeout {
+        return Err(Violation::new(
+            "sidecar.read_timeout_ms",
+            format!(
+                "{} ms plus the copy wait (3 x replication.peer_timeout_ms = {} ms) must stay under \
+                 lb.limits.read_timeout_ms ({} ms): the balancer would give up on a node whose app is still running",
+                sidecar.read_timeout.as_millis(),
+                (replication.peer_timeout * 3).as_millis(),
+                lb.limits.read_timeout.as_millis()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `upstream = "http://IP:PORT"`: the app beside the node, reached over plain HTTP.
