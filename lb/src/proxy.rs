@@ -198,6 +198,12 @@ impl ProxyHttp for Lb {
             session.respond_error(r.status()).await?;
             return Ok(true);
         }
+        // Node-reserved paths (health, metrics, a session's copy by id) are for the cluster, not for clients
+        // (DESIGN §6): the session id is readable in any cookie, and a copy holds what the app keeps private.
+        if req.uri.path().starts_with("/_node/") {
+            session.respond_error(404).await?;
+            return Ok(true);
+        }
         ctx.route = topology.route_token(&req.headers).unwrap_or_else(|| {
             topology.route(
                 req.headers
@@ -275,6 +281,11 @@ impl ProxyHttp for Lb {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Node-to-node forwards count their hops in this header; a client's copy could stop a node from
+        // forwarding to the session's live owner and make it take the session over instead.
+        if upstream_request.headers.contains_key(node::HOP_HEADER) {
+            upstream_request.remove_header(node::HOP_HEADER);
+        }
         // Only the balancer names requests: a copy the client sent never reaches a node.
         if !needs_request_id(&upstream_request.method) {
             if upstream_request.headers.contains_key(&REQUEST_ID) {

@@ -16,10 +16,7 @@ use crate::ids::NodeId;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::REQUEST_ID_HEADER;
-
-/// Internal header counting node-to-node forwards of one request, so a stale view cannot loop it.
-pub const HOP_HEADER: &str = "x-node-hop";
+use crate::{HOP_HEADER, REQUEST_ID_HEADER};
 
 /// The request as received, to be sent on.
 pub struct Outbound<'a> {

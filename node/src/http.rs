@@ -19,12 +19,11 @@ use tracing::Instrument;
 
 use crate::app::{error_reply, json_reply, App, ClientRequest, Reply};
 use crate::body::{self, RequestBody};
-use crate::forward::HOP_HEADER;
 use crate::ids::SessionId;
 use crate::service::{SessionCall, SessionService};
 use crate::session::MAX_REQUEST_ID_LEN;
 use crate::store::Role;
-use crate::{HEALTH_PATH, REQUEST_ID_HEADER, SERVED_BY_HEADER};
+use crate::{HEALTH_PATH, HOP_HEADER, REQUEST_ID_HEADER, SERVED_BY_HEADER};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -70,6 +70,9 @@ pub mod wire;
 /// Internal header the balancer stamps on every request (any client copy is stripped); nodes use it to apply a
 /// retried request once.
 pub const REQUEST_ID_HEADER: &str = "x-lb-request-id";
+/// Internal header counting node-to-node forwards of one request, so a stale view cannot loop it; the
+/// balancer removes any copy a client sends.
+pub const HOP_HEADER: &str = "x-node-hop";
 /// Response header naming the node that served, when `expose_node = true`.
 pub const SERVED_BY_HEADER: &str = "x-served-by";
 /// Response header set when a recovered copy was older than the client's signed cookie.

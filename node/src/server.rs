@@ -264,7 +264,9 @@ impl Front<'_> {
 /// The longest a node may take to answer a request it serves: the wait for its copy, plus the app's read timeout
 /// in sidecar mode. A forward to a live owner is given that long.
 fn answer_limit(cfg: &ClusterConfig, me: &NodeConfig) -> Duration {
-    let app = me.upstream.map_or(Duration::ZERO, |_| cfg.sidecar.read_timeout);
+    let app = me
+        .upstream
+        .map_or(Duration::ZERO, |_| cfg.sidecar.read_timeout);
     cfg.replication.peer_timeout * 3 + app
 }
 

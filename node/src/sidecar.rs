@@ -21,10 +21,10 @@ use tracing::warn;
 use crate::app::{error_reply, json_reply, App, Applied, Change, ClientRequest, Reply};
 use crate::body::{self, full, IdleTimeout, Read, ReplyBody};
 use crate::config::SidecarConfig;
-use crate::forward::{copy_headers, refused, HOP_HEADER};
+use crate::forward::{copy_headers, refused};
 use crate::ids::SessionId;
 use crate::session::{Outcome, RecordedReply, Session, SessionError};
-use crate::REQUEST_ID_HEADER;
+use crate::{HOP_HEADER, REQUEST_ID_HEADER};
 
 /// To the app: the session id, 32 hex digits.
 pub const SESSION_ID: &str = "x-session-id";

@@ -109,6 +109,31 @@ fn a_client_supplied_request_id_never_reaches_a_node() {
 }
 
 #[test]
+fn node_reserved_paths_are_not_served_to_clients_through_the_lb() {
+    let c = cluster(3, "");
+    let lb = c.lb_url();
+    let mut u = User::new();
+    assert_eq!(u.incr(&lb, "n").unwrap().status, 200);
+    let sid = u.send(&lb, "GET", "/session", None).unwrap().json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in [
+        "/_node/metrics",
+        "/_node/health",
+        &format!("/_node/sessions/{sid}"),
+    ] {
+        let r = u.send(&lb, "GET", path, None).unwrap();
+        assert_eq!(r.status, 404, "{path}: {r:?}");
+    }
+    // The nodes still serve them on their own port.
+    let direct = u
+        .send(&c.node_url("n1"), "GET", "/_node/health", None)
+        .unwrap();
+    assert_eq!(direct.status, 200);
+}
+
+#[test]
 fn two_balancers_with_one_config_route_every_cookie_alike() {
     let mut c = cluster(3, "");
     let lb2 = SecondLb::start(&mut c).unwrap();
