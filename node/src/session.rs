@@ -13,6 +13,10 @@ use crate::ids::{NodeId, SessionId};
 
 /// How many recent request outcomes a session remembers for exactly-once retries.
 pub const OUTCOMES_KEPT: usize = 32;
+/// Bytes of recorded answers ([`Outcome::Replied`]) a session keeps at most: beyond it the oldest outcomes go
+/// (the newest always stays), so that replays cannot make a session, and so a replication frame, grow without
+/// bound.
+pub const OUTCOME_BYTES_KEPT: usize = 64 * 1024;
 /// Longest request id accepted from the balancer's header.
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
@@ -31,6 +35,19 @@ pub enum Outcome {
     Patched,
     /// An application's answer to a write (sidecar mode), as the retry gets it again.
     Replied(RecordedReply),
+}
+
+impl Outcome {
+    /// Roughly the bytes it takes, in memory and on the wire.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Outcome::Replied(r) => {
+                let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+                16 + headers + r.body.as_ref().map_or(0, Vec::len)
+            }
+            Outcome::Incremented { .. } | Outcome::Patched => 16,
+        }
+    }
 }
 
 /// An application's answer kept for a replay: status, the end-to-end headers, and the body when it was no
@@ -228,10 +245,19 @@ impl Session {
     }
 
     fn remember(&mut self, key: u64, outcome: Outcome) {
+        let recorded_answer = matches!(outcome, Outcome::Replied(_));
         if self.outcomes.len() >= OUTCOMES_KEPT {
             self.outcomes.pop_front();
         }
         self.outcomes.push_back((key, outcome));
+        // Only a recorded answer can take the outcomes over their byte budget. Primary and copies apply the
+        // same deltas in the same order, so they drop the same outcomes.
+        while recorded_answer
+            && self.outcomes.len() > 1
+            && self.outcomes.iter().map(|(_, o)| o.bytes()).sum::<usize>() > OUTCOME_BYTES_KEPT
+        {
+            self.outcomes.pop_front();
+        }
     }
 
     /// Applies a delta received from the primary.
@@ -397,6 +423,32 @@ mod tests {
         assert!(matches!(s.incr("max"), Err(SessionError::Overflow { .. })));
         assert_eq!(s, before_max);
         assert_eq!(before.version, 1);
+    }
+
+    #[test]
+    fn recorded_answers_are_kept_within_their_byte_budget_newest_first() {
+        let mut s = Session::new(SessionId(1), node(1), None);
+        let answer = |n: usize| {
+            Outcome::Replied(RecordedReply {
+                status: 200,
+                headers: vec![],
+                body: Some(vec![b'x'; n]),
+            })
+        };
+        for i in 0..10 {
+            let mut d = s.patch(&serde_json::json!({"i": i}), 1 << 20).unwrap();
+            s.record(&mut d, &format!("r{i}"), answer(20 * 1024));
+        }
+        let kept: usize = s.outcomes.iter().map(|(_, o)| o.bytes()).sum();
+        assert!(kept <= OUTCOME_BYTES_KEPT, "{kept}");
+        assert!(s.outcome_of("r9").is_some() && s.outcome_of("r0").is_none());
+        let mut d = s.patch(&serde_json::json!({"big": 1}), 1 << 20).unwrap();
+        s.record(&mut d, "huge", answer(2 * OUTCOME_BYTES_KEPT));
+        assert_eq!(
+            s.outcomes.len(),
+            1,
+            "one answer over the budget is still kept, alone"
+        );
     }
 
     #[test]

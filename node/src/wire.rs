@@ -152,6 +152,23 @@ pub enum Item {
 }
 
 impl Item {
+    /// Roughly its encoded size, in bytes, to keep a batch under [`MAX_FRAME`]: exact for a full copy, an
+    /// upper estimate for the rest.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Item::Deltas { deltas, .. } => {
+                let each = |d: &Delta| {
+                    24 + d.patch.len() + d.outcome.as_ref().map_or(0, |(_, o)| o.bytes())
+                };
+                32 + deltas.iter().map(each).sum::<usize>()
+            }
+            Item::Full { session, .. } => {
+                postcard::experimental::serialized_size(session).map_or(MAX_FRAME, |n| n + 32)
+            }
+            _ => 64,
+        }
+    }
+
     /// The session the item is about.
     pub fn sid(&self) -> SessionId {
         match self {

@@ -237,6 +237,51 @@ fn a_secondary_that_restarted_empty_gets_the_full_state_back() {
 }
 
 #[test]
+fn copies_bigger_than_one_replication_frame_in_all_are_sent_in_several_batches() {
+    // Async, with a batch window long enough that every write below rides in one batch if nothing splits it:
+    // 90 sessions of 200 KiB each are 18 MiB, over the 16 MiB frame limit.
+    let spec = ClusterSpec {
+        nodes: 2,
+        mode: "async",
+        max_delay_ms: 3000,
+        max_updates: 1024,
+        ..Default::default()
+    };
+    let mut c = Cluster::start(spec).unwrap();
+    let n1 = c.node_url("n1");
+    let blob = "b".repeat(200 * 1024);
+    let mut users: Vec<User> = (0..90).map(|_| User::new()).collect();
+    for (i, u) in users.iter_mut().enumerate() {
+        let body = format!(r#"{{"i": {i}, "blob": "{blob}"}}"#);
+        let r = u.send(&n1, "PATCH", "/session", Some(&body)).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let held = |c: &Cluster| {
+        let v: serde_json::Value =
+            reqwest::blocking::get(format!("{}/_node/health", c.node_url("n2")))
+                .and_then(|r| r.json())
+                .unwrap_or_default();
+        v["sessions"].as_u64().unwrap_or(0)
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "n2 holds a copy of every session",
+        || held(&c) == 90,
+    )
+    .unwrap();
+    c.kill("n1");
+    for (i, u) in users.iter_mut().enumerate().step_by(17) {
+        let r = u.get(&c.node_url("n2")).unwrap();
+        assert_eq!(r.json()["data"]["i"], i, "session {i}");
+    }
+    assert!(
+        !c.log("n2").contains("over the"),
+        "no frame was refused:\n{}",
+        c.log("n2")
+    );
+}
+
+#[test]
 fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
     let c = Cluster::start(ClusterSpec {
         nodes: 1,

@@ -34,6 +34,8 @@ type Queued = (Arc<Entry>, bool);
 
 /// Most sessions in one batch.
 const MAX_BATCH: usize = 1024;
+/// Most bytes in one batch (about): a batch over it is sent as several, each well under the frame limit.
+const MAX_BATCH_BYTES: usize = crate::wire::MAX_FRAME / 4;
 
 /// What the replicator needs to know of the cluster file.
 #[derive(Clone, Debug)]
@@ -273,23 +275,36 @@ impl Replicator {
         let mut seen: HashSet<usize> = HashSet::new();
         let mut sent: Vec<(Arc<Entry>, u64)> = Vec::new();
         let mut items: Vec<Item> = Vec::new();
+        let mut bytes = 0;
         for entry in queued {
             if !seen.insert(Arc::as_ptr(&entry) as usize) {
                 continue;
             }
             let mut slot = entry.slot.lock().await;
-            if let Some((item, version)) = outgoing(&mut slot, entry.id, peer) {
-                if matches!(item, Item::Full { .. }) {
-                    self.metrics.full_copies.inc();
-                }
-                items.push(item);
-                drop(slot);
-                sent.push((entry, version));
+            let Some((item, version)) = outgoing(&mut slot, entry.id, peer) else {
+                continue;
+            };
+            drop(slot);
+            if matches!(item, Item::Full { .. }) {
+                self.metrics.full_copies.inc();
             }
+            let size = item.approx_bytes();
+            if !items.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                let (i, s) = (std::mem::take(&mut items), std::mem::take(&mut sent));
+                self.send_items(peer, i, s).await;
+                bytes = 0;
+            }
+            bytes += size;
+            items.push(item);
+            sent.push((entry, version));
         }
-        if items.is_empty() {
-            return;
+        if !items.is_empty() {
+            self.send_items(peer, items, sent).await;
         }
+    }
+
+    /// Sends one batch of items to `peer` and carries out what each answer (or the failure) asks.
+    async fn send_items(&self, peer: NodeId, items: Vec<Item>, sent: Vec<(Arc<Entry>, u64)>) {
         self.metrics.repl_items.inc_by(items.len() as u64);
         let Some(p) = self.members.peer(peer) else {
             return;
