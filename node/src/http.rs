@@ -167,11 +167,11 @@ impl<A: App> HttpFront<A> {
         let codec = &self.service.codec;
         // A token in the configured header wins over the cookie: a client that sends it manages its session
         // by hand, and a stale cookie a library keeps sending must not override it.
-        let token = codec
-            .token_header()
-            .and_then(|h| parts.headers.get(h))
-            .and_then(|v| codec.find_token(v.as_bytes()));
-        let by_token = token.is_some();
+        // Sending the header at all (empty, to start) asks for the token in the answer's header instead of a
+        // cookie; a cookie client never gets it, so a script on the page cannot read what HttpOnly hides.
+        let token_sent = codec.token_header().and_then(|h| parts.headers.get(h));
+        let by_token = token_sent.is_some();
+        let token = token_sent.and_then(|v| codec.find_token(v.as_bytes()));
         let cookie = token
             .or_else(|| codec.find(parts.headers.get_all(COOKIE).iter().map(|v| v.as_bytes())))
             .and_then(|c| self.service.pairs().decode(c.segment).map(|p| (c, p)));

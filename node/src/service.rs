@@ -36,7 +36,8 @@ pub struct SessionCall<C> {
     pub call: C,
     /// The request as received: for the app, and for a forward.
     pub req: ClientRequest,
-    /// The routing token came in the `[cookie] header`, not the cookie: the answer carries the new one there.
+    /// The request carried the `[cookie] header` (with a token, or empty to start a session): the answer
+    /// carries the new token there, and no cookie.
     pub by_token: bool,
     /// The balancer's request id; for a write without one, this node's own (see [`SessionService::execute`]).
     pub rid: Option<String>,
@@ -508,8 +509,7 @@ impl<A: App> SessionService<A> {
     }
 
     /// The app's answer, with a fresh cookie when the client's is missing or out of date: in the token header
-    /// when the client sent its token there, else as `Set-Cookie` (and, for a new session, in the token header
-    /// too when one is configured, so a client without cookies can start one).
+    /// when the client sent that header, else as `Set-Cookie`.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -527,13 +527,9 @@ impl<A: App> SessionService<A> {
             version,
         };
         if cookie != Some(current) {
-            if !call.by_token {
-                set_header(&mut r, SET_COOKIE, &self.codec.set_cookie(&current, false));
-            }
-            if call.by_token || cookie.is_none() {
-                if let Some(h) = self.token_header() {
-                    set_header(&mut r, h, &self.codec.encode(&current));
-                }
+            match self.token_header().filter(|_| call.by_token) {
+                Some(h) => set_header(&mut r, h, &self.codec.encode(&current)),
+                None => set_header(&mut r, SET_COOKIE, &self.codec.set_cookie(&current, false)),
             }
         }
         if stale {

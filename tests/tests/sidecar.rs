@@ -515,10 +515,12 @@ struct TokenClient {
 
 impl TokenClient {
     fn send(&mut self, url: &str, method: reqwest::Method) -> reqwest::blocking::Response {
-        let mut rb = self.client.request(method, url);
-        if let Some(t) = &self.token {
-            rb = rb.header("x-session-token", t);
-        }
+        // Empty at first: the header asks for a token instead of a cookie.
+        let token = self.token.as_deref().unwrap_or("");
+        let rb = self
+            .client
+            .request(method, url)
+            .header("x-session-token", token);
         let r = rb.send().unwrap();
         if let Some(t) = r.headers().get("x-session-token") {
             self.token = Some(t.to_str().unwrap().to_string());
@@ -553,6 +555,11 @@ fn a_client_with_only_a_session_token_header_keeps_its_session_across_a_node_kil
         assert_eq!(v["value"], i);
     }
     assert!(t.token.is_some(), "the node answered with a token");
+    let cookie_client = User::new().get(&lb).unwrap();
+    assert!(
+        cookie_client.headers.get("x-session-token").is_none(),
+        "a cookie client never gets the token in a header a script could read"
+    );
     assert!(
         served.iter().all(|s| *s == served[0]),
         "the lb pins by the header: {served:?}"
