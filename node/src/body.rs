@@ -53,6 +53,14 @@ impl RequestBody {
         }
     }
 
+    /// Whether this is a stream already sent once: it cannot be sent again.
+    pub fn spent(&self) -> bool {
+        match self {
+            RequestBody::Read(_) => false,
+            RequestBody::Streaming(s) => s.lock().unwrap_or_else(|p| p.into_inner()).is_none(),
+        }
+    }
+
     /// The whole body when it was read whole.
     pub fn bytes(&self) -> Option<&Bytes> {
         match self {
@@ -68,8 +76,8 @@ pub enum Read {
     Whole(Bytes),
     /// Over the limit: what was read, and the rest still to come, as one stream.
     Over(ReplyBody),
-    /// The stream failed (the peer reset, or a timeout).
-    Failed,
+    /// The stream failed (the peer reset, a timeout, a size limit): why.
+    Failed(BoxError),
 }
 
 /// Reads `body` until it ends or passes `limit` bytes.
@@ -80,8 +88,9 @@ where
 {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Read::Failed;
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Read::Failed(e.into()),
         };
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
@@ -96,13 +105,30 @@ where
     Read::Whole(buf.freeze())
 }
 
+/// Why a client's body could not be taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over the size limit.
+    TooLarge,
+    /// The client stopped sending it (reset, or timed out).
+    BrokeOff,
+}
+
 /// A client body as the front hands it on: read whole up to `buffer` bytes, streamed beyond; a stream that
 /// passes `limit` bytes fails there (the app sees a broken upload, the node's memory is not at stake).
-pub async fn request_body(body: Incoming, buffer: usize, limit: usize) -> Option<RequestBody> {
+///
+/// # Errors
+/// [`BodyError`] when the part read first is over `limit` or broke off.
+pub async fn request_body(
+    body: Incoming,
+    buffer: usize,
+    limit: usize,
+) -> Result<RequestBody, BodyError> {
     match read_up_to(http_body_util::Limited::new(body, limit), buffer).await {
-        Read::Whole(b) => Some(RequestBody::Read(b)),
-        Read::Over(s) => Some(RequestBody::Streaming(Mutex::new(Some(s)))),
-        Read::Failed => None,
+        Read::Whole(b) => Ok(RequestBody::Read(b)),
+        Read::Over(s) => Ok(RequestBody::Streaming(Mutex::new(Some(s)))),
+        Read::Failed(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Read::Failed(_) => Err(BodyError::BrokeOff),
     }
 }
 

@@ -11,7 +11,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioExecutor;
 use tracing::warn;
 
-use crate::body::{boxed, ReplyBody};
+use crate::body::{boxed, ReplyBody, RequestBody};
 use crate::ids::NodeId;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -22,8 +22,8 @@ use crate::{HOP_HEADER, REQUEST_ID_HEADER};
 pub struct Outbound<'a> {
     /// The client's method, path and headers (the owner sees the same routing cookie or token).
     pub parts: &'a Parts,
-    /// The request body.
-    pub body: ReplyBody,
+    /// The request body: taken (a stream, once) only when the request is really sent.
+    pub body: &'a RequestBody,
     /// Request id sent as `x-lb-request-id`, so the owner applies a retried write once; `None` for a read.
     pub rid: Option<&'a str>,
     /// Forwards it went through so far.
@@ -37,14 +37,30 @@ pub fn hop_by_hop(name: &HeaderName) -> bool {
         || name == UPGRADE
         || matches!(
             name.as_str(),
-            "keep-alive" | "proxy-connection" | "te" | "trailer" | "proxy-authorization"
+            "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "proxy-authorization"
+                | "proxy-authenticate"
         )
 }
 
-/// Copies the end-to-end headers of `from` into `to`, leaving out those `skip` names.
+/// Copies the end-to-end headers of `from` into `to`, leaving out those `skip` names, the hop-by-hop ones and
+/// any that `Connection` names for this hop only.
 pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, skip: impl Fn(&HeaderName) -> bool) {
+    let named = |k: &HeaderName| {
+        from.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(k.as_str()))
+            })
+        })
+    };
+    let has_connection = from.contains_key(CONNECTION);
     for (k, v) in from {
-        if !hop_by_hop(k) && !skip(k) {
+        let one_hop = hop_by_hop(k) || (has_connection && named(k));
+        if !one_hop && !skip(k) {
             to.append(k.clone(), v.clone());
         }
     }
@@ -112,11 +128,14 @@ impl Forwarder {
         let Some(peer) = self.members.peer(owner) else {
             return Err(());
         };
+        let Some(body) = out.body.take() else {
+            return Err(());
+        };
         let path = out.parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = Request::builder()
             .method(out.parts.method.clone())
             .uri(format!("http://{}{}", peer.cfg.http, path))
-            .body(out.body)
+            .body(body)
             .map_err(|_| ())?;
         let h = req.headers_mut();
         // The client's `Host` goes on: an app behind the owner builds its links from it.
@@ -168,5 +187,29 @@ impl Forwarder {
         *out.status_mut() = parts.status;
         copy_headers(&parts.headers, out.headers_mut(), |_| false);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_for_one_hop_are_not_copied_on_including_those_connection_names() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-trace-hop"),
+            ("x-trace-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("accept", "text/html"),
+            ("x-skip-me", "1"),
+        ] {
+            from.append(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        let mut to = HeaderMap::new();
+        copy_headers(&from, &mut to, |k| k == "x-skip-me");
+        let names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept"]);
     }
 }

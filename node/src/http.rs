@@ -142,8 +142,9 @@ impl<A: App> HttpFront<A> {
                     return too_large();
                 }
                 match body::request_body(body, buffer.min(limit), limit).await {
-                    Some(b) => b,
-                    None => {
+                    Ok(b) => b,
+                    Err(body::BodyError::TooLarge) => return too_large(),
+                    Err(body::BodyError::BrokeOff) => {
                         return error_reply(StatusCode::BAD_REQUEST, "the request body broke off")
                     }
                 }

@@ -542,15 +542,15 @@ impl<A: App> SessionService<A> {
     /// Forwards the request to `owner`. `Err` when the owner could not answer.
     async fn forward(&self, call: &SessionCall<A::Call>, owner: NodeId) -> Result<Reply, ()> {
         // Writes carry their id (the client's or ours, from `execute`); reads need none.
-        let Some(body) = call.req.body.take() else {
+        if call.req.body.spent() {
             // A large upload already streamed to an app once cannot be sent again.
             return Ok(unavailable(
                 "the request body was already sent once; retry the request",
             ));
-        };
+        }
         let out = Outbound {
             parts: &call.req.parts,
-            body,
+            body: &call.req.body,
             rid: call.rid.as_deref(),
             hops: call.hops,
         };

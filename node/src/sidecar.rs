@@ -137,6 +137,13 @@ impl Sidecar {
     ) -> Result<Response<hyper::body::Incoming>, Reply> {
         match tokio::time::timeout(self.settings.read_timeout, self.client.request(req)).await {
             Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+                // The client's upload passed `[node] max_body_bytes` while it streamed: its mistake.
+                Err(error_reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is over the size limit; nothing was changed",
+                ))
+            }
             Ok(Err(e)) => {
                 let why = if refused(&e) {
                     "refused the connection"
@@ -174,6 +181,18 @@ pub struct Outgoing {
     req: Request<ReplyBody>,
     sid: SessionId,
     _lent: Option<Lent>,
+}
+
+/// Whether `e` or any error behind it is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The app's answer, held until its change is applied and copied.
@@ -271,7 +290,7 @@ impl App for Sidecar {
                     (full(b), Some(rec))
                 }
                 Read::Over(rest) => (rest, Some(record(parts.status, &headers, None))),
-                Read::Failed => {
+                Read::Failed(_) => {
                     warn!(session = %sid.log_hash(), "application's answer broke off; nothing applied");
                     return Err(app_unavailable(
                         StatusCode::BAD_GATEWAY,

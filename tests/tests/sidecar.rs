@@ -416,6 +416,25 @@ fn large_bodies_stream_both_ways_through_the_node() {
     let r = u.send(&n1, "POST", "/upload", Some(&upload)).unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["bytes"], 900 * 1024);
+    // Chunked (no length announced) and over `[node] max_body_bytes` (1 MiB): the client's mistake, a 413.
+    let body =
+        reqwest::blocking::Body::new(ChunkReader(std::io::Cursor::new(vec![b'u'; 1536 * 1024])));
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{n1}/upload"))
+        .header("cookie", u.cookie.clone().unwrap())
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
+
+/// A reader of unknown length, so the client sends its body chunked.
+struct ChunkReader(std::io::Cursor<Vec<u8>>);
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
 }
 
 #[test]
