@@ -33,8 +33,9 @@ pub enum Outcome {
     },
     /// `PATCH /session` was applied; a retry is answered with the session as it is then.
     Patched,
-    /// An application's answer to a write (sidecar mode), as the retry gets it again.
-    Replied(RecordedReply),
+    /// An application's answer to a write (sidecar mode), as the retry gets it again. Boxed: every session
+    /// keeps outcomes, and this variant would otherwise make each of them, of every kind, three times larger.
+    Replied(Box<RecordedReply>),
 }
 
 impl Outcome {
@@ -429,11 +430,11 @@ mod tests {
     fn recorded_answers_are_kept_within_their_byte_budget_newest_first() {
         let mut s = Session::new(SessionId(1), node(1), None);
         let answer = |n: usize| {
-            Outcome::Replied(RecordedReply {
+            Outcome::Replied(Box::new(RecordedReply {
                 status: 200,
                 headers: vec![],
                 body: Some(vec![b'x'; n]),
-            })
+            }))
         };
         for i in 0..10 {
             let mut d = s.patch(&serde_json::json!({"i": i}), 1 << 20).unwrap();

@@ -311,7 +311,7 @@ impl App for Sidecar {
     }
 
     fn outcome(&self, held: &Held) -> Option<Outcome> {
-        held.recorded.clone().map(Outcome::Replied)
+        held.recorded.clone().map(|r| Outcome::Replied(Box::new(r)))
     }
 
     fn answer(
