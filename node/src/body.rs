@@ -124,11 +124,72 @@ pub async fn request_body(
     buffer: usize,
     limit: usize,
 ) -> Result<RequestBody, BodyError> {
-    match read_up_to(http_body_util::Limited::new(body, limit), buffer).await {
+    match read_up_to(Capped::new(body, limit), buffer).await {
         Read::Whole(b) => Ok(RequestBody::Read(b)),
         Read::Over(s) => Ok(RequestBody::Streaming(Mutex::new(Some(s)))),
-        Read::Failed(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Read::Failed(e) if e.is::<OverLimit>() => Err(BodyError::TooLarge),
         Read::Failed(_) => Err(BodyError::BrokeOff),
+    }
+}
+
+/// The error a [`Capped`] body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the body is over its {0}-byte limit")]
+pub struct OverLimit(usize);
+
+/// A body that fails once it passes `limit` bytes, but first reads on and drops the rest (up to 8× the limit),
+/// so the client is not reset in mid-upload and reads the 413 it gets.
+struct Capped<B> {
+    inner: B,
+    limit: usize,
+    seen: usize,
+}
+
+impl<B> Capped<B> {
+    fn new(inner: B, limit: usize) -> Capped<B> {
+        Capped {
+            inner,
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl<B> Body for Capped<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) if self.seen > self.limit => {
+                    return Poll::Ready(Some(Err(Box::new(OverLimit(self.limit)))))
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            self.seen += frame.data_ref().map_or(0, Bytes::len);
+            if self.seen <= self.limit {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if self.seen > self.limit.saturating_mul(8) {
+                return Poll::Ready(Some(Err(Box::new(OverLimit(self.limit)))));
+            }
+            // Over the limit: drop what comes until the client is done (or far over), then fail.
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -248,6 +309,21 @@ mod tests {
         };
         let all = rest.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_capped_body_passes_within_its_limit_and_fails_past_it_after_reading_on() {
+        let ok = Capped::new(full("12345"), 5)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&ok[..], b"12345");
+        let err = Capped::new(full("123456"), 5)
+            .collect()
+            .await
+            .expect_err("over");
+        assert!(err.is::<OverLimit>(), "{err}");
     }
 
     #[tokio::test]

@@ -137,7 +137,7 @@ impl Sidecar {
     ) -> Result<Response<hyper::body::Incoming>, Reply> {
         match tokio::time::timeout(self.settings.read_timeout, self.client.request(req)).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+            Ok(Err(e)) if caused_by::<body::OverLimit>(&e) => {
                 // The client's upload passed `[node] max_body_bytes` while it streamed: its mistake.
                 Err(error_reply(
                     StatusCode::PAYLOAD_TOO_LARGE,
