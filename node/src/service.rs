@@ -337,7 +337,14 @@ impl<A: App> SessionService<A> {
         }
         let (change, pending) = match ran {
             Ok(c) => c,
-            Err(reply) => return Ran::Answered(reply),
+            Err(reply) => {
+                // A session started for this request whose app failed: no client ever gets its cookie, so it
+                // would only wait for the idle timeout (an app outage would fill the node with them).
+                if cookie.is_none() {
+                    self.end_session(entry, &mut slot);
+                }
+                return Ran::Answered(reply);
+            }
         };
         let limit = self.settings.max_session_bytes;
         let s = slot.session.as_mut().expect("primary slot holds a session");

@@ -71,6 +71,15 @@ fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
     r.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Sessions (and copies) node `name` holds, from its health answer.
+fn sessions_held(c: &Cluster, name: &str) -> u64 {
+    let v: Value = reqwest::blocking::get(format!("{}/_node/health", c.node_url(name)))
+        .unwrap()
+        .json()
+        .unwrap();
+    v["sessions"].as_u64().unwrap()
+}
+
 /// The node holding the primary copy of session `id`, by asking each node for its copy.
 fn primary_of(c: &Cluster, id: &str) -> Option<String> {
     c.nodes.iter().find_map(|n| {
@@ -356,6 +365,12 @@ fn when_the_app_is_down_the_client_gets_502_with_retry_after_and_nothing_changes
         .as_str()
         .unwrap()
         .contains("nothing was changed"));
+    // A newcomer while the app is down gets the same, and leaves no session behind.
+    let before = sessions_held(&shop.c, "n1");
+    let newcomer = User::new().send(&n1, "GET", "/show", None).unwrap();
+    assert_eq!(newcomer.status, 502);
+    assert!(newcomer.set_cookie.is_none(), "{newcomer:?}");
+    assert_eq!(sessions_held(&shop.c, "n1"), before);
     let addr = shop.c.nodes[0].app.unwrap();
     let rt = &shop.rt;
     shop.apps[0] = Some(TestApp::start(rt, addr));
