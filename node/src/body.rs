@@ -254,7 +254,7 @@ impl<B> IdleTimeout<B> {
 /// The error an [`IdleTimeout`] body ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("no body data for {0:?}")]
-pub struct Stalled(Duration);
+pub struct Stalled(pub Duration);
 
 impl<B> Body for IdleTimeout<B>
 where

@@ -278,13 +278,14 @@ impl App for Sidecar {
         let (body, recorded) = if change == Change::Nothing {
             (body::boxed(IdleTimeout::new(incoming, idle)), None)
         } else {
-            // A write's answer is kept for a replay: read it up to the size kept.
-            match body::read_up_to(
-                IdleTimeout::new(incoming, idle),
-                self.settings.replay_body_bytes,
-            )
-            .await
-            {
+            // A write's answer is kept for a replay: read it up to the size kept, within the read timeout as
+            // a whole (an app trickling its answer must not hold the session's turn for ever).
+            let kept = self.settings.replay_body_bytes;
+            let read = body::read_up_to(IdleTimeout::new(incoming, idle), kept);
+            let read = tokio::time::timeout(idle, read)
+                .await
+                .unwrap_or_else(|_| Read::Failed(Box::new(body::Stalled(idle))));
+            match read {
                 Read::Whole(b) => {
                     let rec = record(parts.status, &headers, Some(b.to_vec()));
                     (full(b), Some(rec))
