@@ -1,6 +1,6 @@
-//! One virtual user's HTTP/1.1 keep-alive connection, and the translation of API answers into
-//! [`verify::Reply`]s. A user owns one connection, as a browser tab would, so connection reuse is exactly what a
-//! proxy sees from real clients.
+//! One virtual user's HTTP/1.1 keep-alive connection ([`Http1`], shared with `bench shop`), its cookie jar, and
+//! the translation of API answers into [`verify::Reply`]s. A user owns one connection, as a browser tab would, so
+//! connection reuse is exactly what a proxy sees from real clients.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
+use hyper::http::response::Parts;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -62,84 +63,91 @@ impl Jar {
     }
 }
 
-/// A keep-alive connection to one target, re-opened when it breaks.
-pub struct Conn {
+/// A keep-alive HTTP/1.1 connection to one target: opened on first use, re-opened once it breaks or the server
+/// closes it, one request at a time. Both the session API's [`Conn`] and `bench shop`'s cart users talk through it.
+pub struct Http1 {
     target: SocketAddr,
     host: String,
     timeout: Duration,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// A kept connection that closes while a request waits for it is replaced rather than a `Connect` failure.
+    replace_closing: bool,
+    opened: u64,
 }
 
-/// A raw answer before verification.
-pub struct Raw {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// `X-Served-By`: the node that served, when the cluster exposes it.
-    pub served_by: Option<String>,
-    /// `X-Session-Stale: 1`: the node recovered a copy older than the cookie.
-    pub stale_flag: bool,
-    /// The whole body.
-    pub body: Bytes,
-}
-
-impl Conn {
-    /// A connection to `target`, opened on first use; `timeout` bounds connecting and each request.
-    pub fn new(target: SocketAddr, timeout: Duration) -> Conn {
-        Conn {
+impl Http1 {
+    /// A connection to `target`, opened on first use; `timeout` bounds connecting and each exchange.
+    pub fn new(target: SocketAddr, timeout: Duration) -> Http1 {
+        Http1 {
             target,
             host: target.to_string(),
             timeout,
             sender: None,
+            replace_closing: false,
+            opened: 0,
         }
     }
 
+    /// Replaces a kept connection that the server closes while the next request waits for it (as a server that
+    /// closes after each answer does), instead of failing that request with `Connect`. Nothing has been sent on
+    /// it then, so a request is still never sent twice.
+    pub fn replacing_closing(mut self) -> Http1 {
+        self.replace_closing = true;
+        self
+    }
+
+    /// The `Host` header for this target.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Connections opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened
+    }
+
+    async fn open(&mut self) -> Result<(), ErrorKind> {
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.target))
+            .await
+            .map_err(|_| ErrorKind::Timeout)?
+            .map_err(|_| ErrorKind::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
+        // The driver ends by itself once the sender is dropped or the peer closes.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.sender = Some(sender);
+        self.opened += 1;
+        Ok(())
+    }
+
+    /// A sender ready for a request: the kept one unless the server has closed it, else a new connection.
     async fn ready(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ErrorKind> {
-        if self.sender.as_ref().is_some_and(|s| s.is_closed()) {
-            self.sender = None;
+        if let Some(s) = self.sender.as_mut() {
+            if !s.is_closed() {
+                match s.ready().await {
+                    Ok(()) => return Ok(self.sender.as_mut().expect("kept")),
+                    Err(_) if !self.replace_closing => return Err(ErrorKind::Connect),
+                    Err(_) => {}
+                }
+            }
         }
-        if self.sender.is_none() {
-            let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.target))
-                .await
-                .map_err(|_| ErrorKind::Timeout)?
-                .map_err(|_| ErrorKind::Connect)?;
-            let _ = tcp.set_nodelay(true);
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|_| ErrorKind::Connect)?;
-            // The driver ends by itself once the sender is dropped or the peer closes.
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        let s = self.sender.as_mut().expect("just set");
+        self.open().await?;
+        let s = self.sender.as_mut().expect("just opened");
         s.ready().await.map_err(|_| ErrorKind::Connect)?;
         Ok(s)
     }
 
-    /// Sends `op` for the session whose cookies are in `jar`, keeps any cookies the answer sets.
-    pub async fn send(&mut self, op: &Op, jar: &mut Jar) -> Result<Raw, ErrorKind> {
-        let (method, path, body) = match op {
-            Op::Get => (Method::GET, "/session".to_string(), Bytes::new()),
-            Op::Incr { key } => (Method::POST, format!("/session/incr/{key}"), Bytes::new()),
-            Op::Patch { key, value } => {
-                let b =
-                    serde_json::to_vec(&serde_json::json!({ key: value })).expect("a string map");
-                (Method::PATCH, "/session".to_string(), Bytes::from(b))
-            }
-            Op::Delete => (Method::DELETE, "/session".to_string(), Bytes::new()),
-        };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host);
-        if !body.is_empty() {
-            req = req.header("content-type", "application/json");
-        }
-        if let Some(c) = jar.header() {
-            req = req.header("cookie", c);
-        }
-        let req = req.body(Full::new(body)).expect("well-formed request");
+    /// Sends `req` and reads the whole answer within the timeout, and keeps any cookies it sets in `jar`. On an
+    /// error the connection is dropped, to be re-opened by the next exchange.
+    pub async fn exchange(
+        &mut self,
+        req: Request<Full<Bytes>>,
+        jar: &mut Jar,
+    ) -> Result<(Parts, Bytes), ErrorKind> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = tokio::time::timeout_at(deadline, async {
             let sender = self.ready().await?;
@@ -166,6 +174,59 @@ impl Conn {
                 jar.set(s);
             }
         }
+        Ok((parts, body))
+    }
+}
+
+/// One virtual user's connection to the session API.
+pub struct Conn {
+    http: Http1,
+}
+
+/// A raw answer before verification.
+pub struct Raw {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// `X-Served-By`: the node that served, when the cluster exposes it.
+    pub served_by: Option<String>,
+    /// `X-Session-Stale: 1`: the node recovered a copy older than the cookie.
+    pub stale_flag: bool,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Conn {
+    /// A connection to `target`, opened on first use; `timeout` bounds connecting and each request.
+    pub fn new(target: SocketAddr, timeout: Duration) -> Conn {
+        Conn {
+            http: Http1::new(target, timeout),
+        }
+    }
+
+    /// Sends `op` for the session whose cookies are in `jar`, keeps any cookies the answer sets.
+    pub async fn send(&mut self, op: &Op, jar: &mut Jar) -> Result<Raw, ErrorKind> {
+        let (method, path, body) = match op {
+            Op::Get => (Method::GET, "/session".to_string(), Bytes::new()),
+            Op::Incr { key } => (Method::POST, format!("/session/incr/{key}"), Bytes::new()),
+            Op::Patch { key, value } => {
+                let b =
+                    serde_json::to_vec(&serde_json::json!({ key: value })).expect("a string map");
+                (Method::PATCH, "/session".to_string(), Bytes::from(b))
+            }
+            Op::Delete => (Method::DELETE, "/session".to_string(), Bytes::new()),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.http.host());
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(c) = jar.header() {
+            req = req.header("cookie", c);
+        }
+        let req = req.body(Full::new(body)).expect("well-formed request");
+        let (parts, body) = self.http.exchange(req, jar).await?;
         let header = |k: &str| {
             parts
                 .headers

@@ -25,23 +25,21 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use node::config::builder::NodeEntry;
 use node::config::{ClusterConfig, ClusterFile, ReplicationMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::cli::write_file;
-use crate::client::Jar;
+use crate::client::{Http1, Jar};
 use crate::cluster::{free_port, Procs, LB};
 use crate::cpu;
 use crate::spec::{parse_duration, MAX_RUN};
+use crate::verify::ErrorKind;
 
 /// The products the cart app sells.
 pub const PRODUCTS: [&str; 6] = ["apple", "bread", "cheese", "coffee", "milk", "tea"];
@@ -634,7 +632,8 @@ async fn user(
     shared: Arc<Shared>,
 ) -> UserResult {
     let mut rng = StdRng::seed_from_u64(0x5407_u64 ^ index as u64);
-    let mut conn = ShopConn::new(target, timeout);
+    // The app alone may close after each answer: a connection that closes under a waiting request is replaced.
+    let mut conn = Http1::new(target, timeout).replacing_closing();
     let mut jar = Jar::default();
     let mut cart = CartModel::default();
     let mut r = UserResult {
@@ -661,12 +660,12 @@ async fn user(
             break;
         }
         let add = (rng.gen::<f64>() >= reads).then(|| PRODUCTS[rng.gen_range(0..PRODUCTS.len())]);
-        let opened = conn.opened;
+        let opened = conn.opened();
         let t0 = Instant::now();
-        let answer = conn.send(add, &mut jar).await;
+        let answer = send(&mut conn, add, &mut jar).await;
         let took = t0.elapsed();
         if shared.phase.load(Relaxed) == MEASURING {
-            r.connections += conn.opened - opened;
+            r.connections += conn.opened() - opened;
         }
         match answer {
             Ok(count) => {
@@ -737,114 +736,50 @@ impl Failure {
     }
 }
 
-/// A virtual user's keep-alive connection to one target, re-opened when it breaks or the server closes it.
-struct ShopConn {
-    target: SocketAddr,
-    host: String,
-    timeout: Duration,
-    sender: Option<SendRequest<Full<Bytes>>>,
-    /// Connections opened so far.
-    opened: u64,
+impl From<ErrorKind> for Failure {
+    fn from(e: ErrorKind) -> Failure {
+        match e {
+            ErrorKind::Connect => Failure::Connect,
+            ErrorKind::Timeout => Failure::Timeout,
+            ErrorKind::Io => Failure::Io,
+            // An exchange yields neither of these: the answer is judged after it, in `send`.
+            ErrorKind::Status(s) => Failure::Status(s, String::new()),
+            ErrorKind::BadBody => Failure::BadBody(String::new()),
+        }
+    }
 }
 
-impl ShopConn {
-    fn new(target: SocketAddr, timeout: Duration) -> ShopConn {
-        ShopConn {
-            target,
-            host: target.to_string(),
-            timeout,
-            sender: None,
-            opened: 0,
+/// `GET /cart`, or `POST /cart/add` of `add`, on `conn`; the cart's count from the answer.
+async fn send(conn: &mut Http1, add: Option<&str>, jar: &mut Jar) -> Result<u64, Failure> {
+    let mut req = Request::builder()
+        .header("host", conn.host())
+        .header("accept", "application/json");
+    let body = match add {
+        None => {
+            req = req.method(Method::GET).uri("/cart");
+            Bytes::new()
         }
+        Some(p) => {
+            req = req
+                .method(Method::POST)
+                .uri("/cart/add")
+                .header("content-type", "application/json");
+            Bytes::from(json!({ "product": p }).to_string())
+        }
+    };
+    if let Some(c) = jar.header() {
+        req = req.header("cookie", c);
     }
-
-    async fn open(&mut self) -> Result<(), Failure> {
-        let tcp = TcpStream::connect(self.target)
-            .await
-            .map_err(|_| Failure::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|_| Failure::Connect)?;
-        // The driver ends by itself once the sender is dropped or the peer closes.
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        self.sender = Some(sender);
-        self.opened += 1;
-        Ok(())
+    let req = req.body(Full::new(body)).expect("well-formed request");
+    let (parts, body) = conn.exchange(req, jar).await?;
+    let text = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    if parts.status != StatusCode::OK {
+        return Err(Failure::Status(parts.status.as_u16(), text()));
     }
-
-    /// A sender ready for a request: the kept one if the server has not closed it, else a new connection.
-    /// Nothing has been sent when this fails, so a request is never sent twice.
-    async fn ready(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, Failure> {
-        if let Some(s) = self.sender.as_mut() {
-            if !s.is_closed() && s.ready().await.is_ok() {
-                return Ok(self.sender.as_mut().expect("kept"));
-            }
-        }
-        self.open().await?;
-        let s = self.sender.as_mut().expect("just opened");
-        s.ready().await.map_err(|_| Failure::Connect)?;
-        Ok(s)
-    }
-
-    /// `GET /cart`, or `POST /cart/add` of `add`; the cart's count from the answer.
-    async fn send(&mut self, add: Option<&str>, jar: &mut Jar) -> Result<u64, Failure> {
-        let mut req = Request::builder()
-            .header("host", &self.host)
-            .header("accept", "application/json");
-        let body = match add {
-            None => {
-                req = req.method(Method::GET).uri("/cart");
-                Bytes::new()
-            }
-            Some(p) => {
-                req = req
-                    .method(Method::POST)
-                    .uri("/cart/add")
-                    .header("content-type", "application/json");
-                Bytes::from(json!({ "product": p }).to_string())
-            }
-        };
-        if let Some(c) = jar.header() {
-            req = req.header("cookie", c);
-        }
-        let req = req.body(Full::new(body)).expect("well-formed request");
-        let timeout = self.timeout;
-        let exchange = async {
-            let sender = self.ready().await?;
-            let resp = sender.send_request(req).await.map_err(|_| Failure::Io)?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|_| Failure::Io)?.to_bytes();
-            Ok::<_, Failure>((parts, body))
-        };
-        let (parts, body) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                self.sender = None;
-                return Err(e);
-            }
-            Err(_) => {
-                // Whatever is still in flight on this connection would be misread as the next answer.
-                self.sender = None;
-                return Err(Failure::Timeout);
-            }
-        };
-        for sc in parts.headers.get_all("set-cookie") {
-            if let Ok(s) = sc.to_str() {
-                jar.set(s);
-            }
-        }
-        let text = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-        if parts.status != StatusCode::OK {
-            return Err(Failure::Status(parts.status.as_u16(), text()));
-        }
-        serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("count")?.as_u64())
-            .ok_or_else(|| Failure::BadBody(text()))
-    }
+    serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("count")?.as_u64())
+        .ok_or_else(|| Failure::BadBody(text()))
 }
 
 /// The lines of one run, printed as soon as it ends.
