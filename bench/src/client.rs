@@ -71,7 +71,6 @@ pub struct Http1 {
     timeout: Duration,
     sender: Option<SendRequest<Full<Bytes>>>,
     /// A kept connection that closes while a request waits for it is replaced rather than a `Connect` failure.
-    replace_closing: bool,
     opened: u64,
 }
 
@@ -83,17 +82,8 @@ impl Http1 {
             host: target.to_string(),
             timeout,
             sender: None,
-            replace_closing: false,
             opened: 0,
         }
-    }
-
-    /// Replaces a kept connection that the server closes while the next request waits for it (as a server that
-    /// closes after each answer does), instead of failing that request with `Connect`. Nothing has been sent on
-    /// it then, so a request is still never sent twice.
-    pub fn replacing_closing(mut self) -> Http1 {
-        self.replace_closing = true;
-        self
     }
 
     /// The `Host` header for this target.
@@ -126,13 +116,11 @@ impl Http1 {
 
     /// A sender ready for a request: the kept one unless the server has closed it, else a new connection.
     async fn ready(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ErrorKind> {
+        // A kept connection the server closed, or closes while this request waits for it (as a server that
+        // closes after each answer does), is replaced: nothing was sent on it, so no request goes twice.
         if let Some(s) = self.sender.as_mut() {
-            if !s.is_closed() {
-                match s.ready().await {
-                    Ok(()) => return Ok(self.sender.as_mut().expect("kept")),
-                    Err(_) if !self.replace_closing => return Err(ErrorKind::Connect),
-                    Err(_) => {}
-                }
+            if !s.is_closed() && s.ready().await.is_ok() {
+                return Ok(self.sender.as_mut().expect("kept"));
             }
         }
         self.open().await?;

@@ -633,7 +633,7 @@ async fn user(
 ) -> UserResult {
     let mut rng = StdRng::seed_from_u64(0x5407_u64 ^ index as u64);
     // The app alone may close after each answer: a connection that closes under a waiting request is replaced.
-    let mut conn = Http1::new(target, timeout).replacing_closing();
+    let mut conn = Http1::new(target, timeout);
     let mut jar = Jar::default();
     let mut cart = CartModel::default();
     let mut r = UserResult {
