@@ -2,7 +2,7 @@
 //! caller passes a snapshot of every node's state and two numbers (a ticket and a random draw), so every choice
 //! is reproducible in a unit test.
 
-use node::config::{Algorithm, Failover};
+use node::config::{Algorithm, Failover, NodeRole};
 
 /// What the chooser needs to know about one node at this instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,9 @@ pub struct NodeView {
     pub weight: u32,
     /// Requests currently proxied to it by this balancer.
     pub in_flight: usize,
+    /// `web` takes new sessions; `standby` only when no web node can, and a dead web node's sessions first;
+    /// `rss` (a session server) never gets a request.
+    pub role: NodeRole,
 }
 
 /// Why a node was chosen; the proxy counts failovers from it.
@@ -73,8 +76,12 @@ pub fn choose(
     attempt: Attempt<'_>,
     draw: Draw,
 ) -> Option<(usize, Target)> {
-    let usable = |i: usize| nodes.get(i).is_some_and(|n| n.healthy) && !attempt.tried.contains(&i);
-    if let Some(hit) = pinned_primary(attempt, |i| nodes.get(i).is_some_and(|n| n.healthy)) {
+    let usable = |i: usize| {
+        nodes.get(i).is_some_and(|n| n.healthy && n.role.serves()) && !attempt.tried.contains(&i)
+    };
+    if let Some(hit) = pinned_primary(attempt, |i| {
+        nodes.get(i).is_some_and(|n| n.healthy && n.role.serves())
+    }) {
         return Some(hit);
     }
     if let Some(p) = attempt.pinned {
@@ -84,17 +91,26 @@ pub fn choose(
             }
         }
     }
-    let pick = |allow_drained: bool| {
+    let pick = |role: NodeRole, allow_drained: bool| {
         balanced(
             policy.algorithm,
             nodes,
-            |i| usable(i) && (allow_drained || !nodes[i].drain),
+            |i| usable(i) && nodes[i].role == role && (allow_drained || !nodes[i].drain),
             draw,
         )
     };
-    // Drained nodes are a last resort: better a session on a draining node than a 503.
-    pick(false)
-        .or_else(|| pick(true))
+    // Standby nodes are HAProxy's `backup` servers (seed 000 claims 12, 14, 21): a dead node's sessions go to
+    // them first, new sessions only when no web node can take one. Drained nodes are a last resort within a
+    // role: better a session on a draining node than a 503.
+    let roles = if attempt.pinned.is_some() {
+        [NodeRole::Standby, NodeRole::Web]
+    } else {
+        [NodeRole::Web, NodeRole::Standby]
+    };
+    roles
+        .into_iter()
+        .flat_map(|r| [(r, false), (r, true)])
+        .find_map(|(r, drained)| pick(r, drained))
         .map(|i| (i, Target::Balanced))
 }
 
@@ -202,6 +218,7 @@ mod tests {
             drain: false,
             weight,
             in_flight,
+            role: NodeRole::Web,
         }
     }
 
@@ -389,6 +406,67 @@ mod tests {
         assert!(
             c[1] > 1700 && c[1] < 2300 && c[0] > 800 && c[2] > 800,
             "{c:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_server_is_never_chosen_and_a_standby_is_the_backup() {
+        let role = |r: NodeRole| NodeView {
+            role: r,
+            ..up(1, 0)
+        };
+        // web, rss, standby
+        let mut nodes = vec![
+            role(NodeRole::Web),
+            role(NodeRole::Rss),
+            role(NodeRole::Standby),
+        ];
+        for t in 0..30 {
+            let new = choose(
+                policy(Algorithm::RoundRobin, Failover::Rebalance),
+                &nodes,
+                attempt(None, &[]),
+                draw(t, t),
+            );
+            assert_eq!(
+                new,
+                Some((0, Target::Balanced)),
+                "new sessions go to the web node while it is up"
+            );
+        }
+        // The web primary is down: its session goes to the standby, never to its bank member (the secondary).
+        nodes[0].healthy = false;
+        let pinned = Some(Pinned {
+            primary: 0,
+            secondary: Some(1),
+        });
+        for failover in [Failover::Rebalance, Failover::Secondary] {
+            let got = choose(
+                policy(Algorithm::RoundRobin, failover),
+                &nodes,
+                attempt(pinned, &[]),
+                draw(1, 1),
+            );
+            assert_eq!(got, Some((2, Target::Balanced)), "{failover:?}");
+        }
+        // With no web node up, new sessions go to the standby; with neither, to nobody.
+        let new = choose(
+            policy(Algorithm::RoundRobin, Failover::Rebalance),
+            &nodes,
+            attempt(None, &[]),
+            draw(2, 2),
+        );
+        assert_eq!(new, Some((2, Target::Balanced)));
+        nodes[2].healthy = false;
+        let none = choose(
+            policy(Algorithm::RoundRobin, Failover::Rebalance),
+            &nodes,
+            attempt(None, &[]),
+            draw(3, 3),
+        );
+        assert_eq!(
+            none, None,
+            "a session server takes no request even as the last node up"
         );
     }
 }

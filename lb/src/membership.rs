@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use node::config::{ClusterConfig, ConfigError, LimitsConfig};
+use node::config::{ClusterConfig, ConfigError, LimitsConfig, NodeRole};
 use node::cookie::CookieCodec;
 use node::ids::NodeId;
 use pingora::upstreams::peer::HttpPeer;
@@ -47,6 +47,8 @@ pub struct NodeState {
     pub id: NodeId,
     /// Its HTTP address, where requests are proxied.
     pub addr: SocketAddr,
+    /// `web`, `standby` or `rss` (never sent a request); fixed for the node's life in this balancer.
+    pub role: NodeRole,
     weight: AtomicU32,
     drain: AtomicBool,
     healthy: AtomicBool,
@@ -68,6 +70,7 @@ impl NodeState {
             name: cfg.name.clone(),
             id: cfg.id,
             addr: cfg.http,
+            role: cfg.role,
             weight: AtomicU32::new(cfg.weight),
             drain: AtomicBool::new(cfg.drain),
             healthy: AtomicBool::new(true),
@@ -108,6 +111,7 @@ impl NodeState {
             drain: self.drain(),
             weight: self.weight(),
             in_flight: self.in_flight(),
+            role: self.role,
         }
     }
 

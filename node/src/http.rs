@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::app::{error_reply, json_reply, App, ClientRequest, Reply};
 use crate::body::{self, RequestBody};
+use crate::config::NodeRole;
 use crate::ids::SessionId;
 use crate::service::{SessionCall, SessionService};
 use crate::session::MAX_REQUEST_ID_LEN;
@@ -39,6 +40,8 @@ pub struct HttpFront<A: App> {
     pub max_body_bytes: usize,
     /// The replication mode as the file spells it, for `/_node/health`.
     pub mode: &'static str,
+    /// The node's `role` as the file spells it; a session server (`rss`) serves no session requests.
+    pub role: NodeRole,
     /// The session service every non-`/_node/` request goes to.
     pub service: Arc<SessionService<A>>,
 }
@@ -91,7 +94,7 @@ impl<A: App> HttpFront<A> {
         let mut resp = match (req.method(), req.uri().path()) {
             (&Method::GET, HEALTH_PATH) => json_reply(
                 StatusCode::OK,
-                &json!({"name": self.name, "sessions": self.service.store.len(), "mode": self.mode}),
+                &json!({"name": self.name, "sessions": self.service.store.len(), "mode": self.mode, "role": self.role.as_str()}),
             ),
             (&Method::GET, "/_node/metrics") => {
                 let mut r = Response::new(body::full(self.service.metrics.render()));
@@ -108,6 +111,10 @@ impl<A: App> HttpFront<A> {
             (_, p) if p.starts_with("/_node/") => {
                 error_reply(StatusCode::NOT_FOUND, "no such path")
             }
+            _ if !self.role.serves() => error_reply(
+                StatusCode::NOT_FOUND,
+                "this node is a session server (role = \"rss\"): it keeps copies and serves no sessions",
+            ),
             _ => self.session_request(req).await,
         };
         if let Some(v) = &self.served_by {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::config::{ClusterConfig, NodeConfig};
+use crate::config::{ClusterConfig, NodeConfig, NodeRole, Topology};
 use crate::connection::{auth_key, LinkError, PeerLink};
 use crate::ids::{NodeId, SessionId};
 use crate::wire::{Body, Item, ItemResult};
@@ -100,6 +100,8 @@ pub struct Membership {
     last_probe_all_ms: AtomicU64,
     /// Every liveness transition, whoever noticed it (heartbeat, probe, failed call), goes here once.
     changes: tokio::sync::mpsc::UnboundedSender<Change>,
+    /// The role of the peers that hold copies: `web` in a pair (any other node), `rss` in a bank.
+    copy_holders: NodeRole,
 }
 
 impl Membership {
@@ -119,6 +121,10 @@ impl Membership {
             peer_timeout: cfg.replication.peer_timeout,
             started: crate::store::now(),
             last_probe_all_ms: AtomicU64::new(0),
+            copy_holders: match cfg.replication.topology {
+                Topology::Rss => NodeRole::Rss,
+                Topology::Pair | Topology::Broadcast => NodeRole::Web,
+            },
         };
         m.update(cfg);
         (m, rx)
@@ -302,12 +308,27 @@ impl Membership {
         futures_util::future::join_all(ids.iter().map(|id| self.probe(*id, our_sessions))).await;
     }
 
-    /// The secondary for a new or re-homed session: see [`pick_secondary`]. Counts the assignment.
+    /// The bank's members (peers with `role = "rss"`), in id order; empty outside the `rss` topology.
+    pub fn bank(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self
+            .read()
+            .values()
+            .filter(|p| p.cfg.role == NodeRole::Rss)
+            .map(|p| p.cfg.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The secondary for a new or re-homed session (a bank member in the `rss` topology): see
+    /// [`pick_secondary`]. Counts the assignment.
     pub fn choose_secondary(&self, sid: SessionId, exclude: &[NodeId]) -> Option<NodeId> {
         let peers = self.read();
         let candidates: Vec<Candidate<'_>> = peers
             .values()
-            .filter(|p| p.is_alive() && !exclude.contains(&p.cfg.id))
+            .filter(|p| {
+                p.is_alive() && p.cfg.role == self.copy_holders && !exclude.contains(&p.cfg.id)
+            })
             .map(|p| Candidate {
                 node: &p.cfg,
                 load: p.load(),
@@ -380,6 +401,7 @@ mod tests {
             drain: false,
             secondary: None,
             upstream: None,
+            role: crate::config::NodeRole::Web,
         }
     }
 

@@ -250,6 +250,7 @@ impl Front<'_> {
                 .flatten(),
             max_body_bytes: self.cfg.node.max_body_bytes,
             mode: r.mode.as_str(),
+            role: self.me.role,
             service: service.clone(),
         });
         let http = tokio::spawn(

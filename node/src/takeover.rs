@@ -160,7 +160,9 @@ impl Takeover {
         pair: Pair,
         owner_unreachable: bool,
     ) -> Recovered {
-        let candidates = self.topology.takeover_sources(pair, self.me);
+        let candidates = self
+            .topology
+            .takeover_sources(pair, self.me, &self.members.bank());
         for round in 0..PULL_ROUNDS {
             let mut busy = false;
             for &c in &candidates {

@@ -12,6 +12,9 @@ use crate::session::Session;
 pub enum Topology {
     /// A primary and one secondary (seed 003).
     Pair,
+    /// Web nodes back each session up to a member of a bank of session servers (seeds 000, 001, 004); the
+    /// member is the session's secondary, so cookies, copies and grants work as in the pair.
+    Rss,
 }
 
 impl Topology {
@@ -19,14 +22,15 @@ impl Topology {
     pub fn built(choice: crate::config::Topology) -> Option<Topology> {
         match choice {
             crate::config::Topology::Pair => Some(Topology::Pair),
-            crate::config::Topology::Rss | crate::config::Topology::Broadcast => None,
+            crate::config::Topology::Rss => Some(Topology::Rss),
+            crate::config::Topology::Broadcast => None,
         }
     }
 
     /// The peers that should hold a copy of `s` (its owner excluded).
     pub fn copy_targets(self, s: &Session) -> Vec<NodeId> {
         match self {
-            Topology::Pair => s.secondary.into_iter().collect(),
+            Topology::Pair | Topology::Rss => s.secondary.into_iter().collect(),
         }
     }
 
@@ -36,21 +40,30 @@ impl Topology {
     pub fn acks_needed(self, mode: ReplicationMode, targets: usize) -> usize {
         match (self, mode) {
             (_, ReplicationMode::Async) => 0,
-            (Topology::Pair, ReplicationMode::Sync) => targets.min(1),
+            (Topology::Pair | Topology::Rss, ReplicationMode::Sync) => targets.min(1),
         }
     }
 
     /// The nodes to ask, in order, for a session whose cookie names `pair`, when `me` does not host it: the
-    /// secondary first, the copy the design names for recovery (seed 003 [0050]), then the primary.
-    pub fn takeover_sources(self, pair: Pair, me: NodeId) -> Vec<NodeId> {
-        match self {
-            Topology::Pair => pair
-                .secondary
-                .into_iter()
-                .chain(Some(pair.primary))
-                .filter(|n| *n != me)
-                .collect(),
+    /// secondary first, the copy the design names for recovery (seed 003 [0050]); in a bank the other members
+    /// next (the session may have been re-copied to one, seed 004 polls them); then the primary.
+    pub fn takeover_sources(self, pair: Pair, me: NodeId, bank: &[NodeId]) -> Vec<NodeId> {
+        let others = match self {
+            Topology::Pair => &[][..],
+            Topology::Rss => bank,
+        };
+        let mut out: Vec<NodeId> = Vec::with_capacity(2 + others.len());
+        let candidates = pair
+            .secondary
+            .into_iter()
+            .chain(others.iter().copied())
+            .chain(Some(pair.primary));
+        for n in candidates {
+            if n != me && !out.contains(&n) {
+                out.push(n);
+            }
         }
+        out
     }
 }
 
@@ -104,10 +117,26 @@ mod tests {
             secondary: Some(id(2)),
         };
         assert_eq!(
-            Topology::Pair.takeover_sources(pair, id(3)),
+            Topology::Pair.takeover_sources(pair, id(3), &[id(5)]),
             vec![id(2), id(1)]
         );
-        assert_eq!(Topology::Pair.takeover_sources(pair, id(2)), vec![id(1)]);
+        assert_eq!(
+            Topology::Pair.takeover_sources(pair, id(2), &[]),
+            vec![id(1)]
+        );
+    }
+
+    #[test]
+    fn in_a_bank_takeover_asks_the_named_member_then_polls_the_others_then_the_old_web_node() {
+        let pair = Pair {
+            primary: id(1),
+            secondary: Some(id(5)),
+        };
+        let bank = [id(4), id(5), id(6)];
+        assert_eq!(
+            Topology::Rss.takeover_sources(pair, id(3), &bank),
+            vec![id(5), id(4), id(6), id(1)]
+        );
     }
 
     #[test]

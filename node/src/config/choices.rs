@@ -127,6 +127,31 @@ choice!(Topology {
     Broadcast => "broadcast",
 });
 
+/// What a node is in the `rss` topology (`[[nodes]] role`, DESIGN §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Hosts sessions in memory and serves them.
+    Web,
+    /// A session server of the bank: keeps copies only, serves no session requests, never chosen by the lb.
+    Rss,
+    /// A web node that gets no new sessions while every web node is up, and takes the sessions of a dead one.
+    Standby,
+}
+
+choice!(NodeRole {
+    Web => "web",
+    Rss => "rss",
+    Standby => "standby",
+});
+
+impl NodeRole {
+    /// Whether clients' requests may be sent to a node of this role.
+    pub const fn serves(self) -> bool {
+        !matches!(self, NodeRole::Rss)
+    }
+}
+
 /// How processes write their logs (`[node] log_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -183,6 +208,7 @@ mod tests {
         spelled_alike(Failover::ALL);
         spelled_alike(ReplicationMode::ALL);
         spelled_alike(Topology::ALL);
+        spelled_alike(NodeRole::ALL);
         spelled_alike(LogFormat::ALL);
     }
 

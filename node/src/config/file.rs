@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use super::{Algorithm, Failover, LogFormat, ReplicationMode, Secret, Topology};
+use super::{Algorithm, Failover, LogFormat, NodeRole, ReplicationMode, Secret, Topology};
 
 /// One body cap for the balancer and the nodes, unless the file sets them apart.
 const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -168,6 +168,7 @@ pub(super) struct FileReplication {
     pub heartbeat_ms: u64,
     pub peer_timeout_ms: u64,
     pub lease_ms: u64,
+    pub copies: usize,
     pub batch: FileBatch,
 }
 
@@ -179,6 +180,7 @@ impl Default for FileReplication {
             heartbeat_ms: 500,
             peer_timeout_ms: 2_000,
             lease_ms: 500,
+            copies: 1,
             batch: FileBatch::default(),
         }
     }
@@ -257,6 +259,7 @@ pub(super) struct FileNode {
     pub secondary: Option<String>,
     /// `None`: `[node] upstream`.
     pub upstream: Option<String>,
+    pub role: NodeRole,
 }
 
 impl Default for FileNode {
@@ -272,6 +275,7 @@ impl Default for FileNode {
             drain: false,
             secondary: None,
             upstream: None,
+            role: NodeRole::Web,
         }
     }
 }

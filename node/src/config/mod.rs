@@ -20,7 +20,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use builder::ClusterFile;
-pub use choices::{Algorithm, Failover, LogFormat, ReplicationMode, Topology, UnknownChoice};
+pub use choices::{
+    Algorithm, Failover, LogFormat, NodeRole, ReplicationMode, Topology, UnknownChoice,
+};
 pub use secret::Secret;
 
 use crate::ids::{NodeId, PairTable};
@@ -163,8 +165,10 @@ pub struct NodeDefaults {
 pub struct ReplicationConfig {
     /// Default `sync`.
     pub mode: ReplicationMode,
-    /// Default and, in this version, only `pair`.
+    /// `pair` (default) or `rss`.
     pub topology: Topology,
+    /// `copies`: bank members holding each session in the `rss` topology; 1 (default) in this version.
+    pub copies: usize,
     /// Default 500 ms.
     pub heartbeat: Duration,
     /// A peer silent this long is dead; at least twice `heartbeat`, default 2 s.
@@ -226,6 +230,8 @@ pub struct NodeConfig {
     pub drain: bool,
     /// Admin pin: this node's sessions use that node as secondary when it is alive.
     pub secondary: Option<String>,
+    /// `role`: `web` (default), `rss` or `standby`; only `web` in the `pair` topology.
+    pub role: NodeRole,
     /// Sidecar mode: the application every non-`/_node/` request goes to (`upstream = "http://IP:PORT"`, in
     /// the entry or in `[node]`). Default: none, the built-in session API.
     pub upstream: Option<SocketAddr>,
@@ -515,13 +521,41 @@ secret = "0123456789abcdef0123"
 
     #[test]
     fn a_topology_not_built_yet_is_refused_as_not_yet_supported() {
-        let text = format!("{GOOD}\n[replication]\ntopology = \"rss\"\n");
+        let text = format!("{GOOD}\n[replication]\ntopology = \"broadcast\"\n");
         assert_eq!(
             error(&text),
-            "t.toml:20: `replication.topology`: `rss` is not yet supported: only `pair` is available in this version"
+            "t.toml:20: `replication.topology`: `broadcast` is not yet supported: `pair` and `rss` are available in this version"
         );
         let text = format!("{GOOD}\n[replication]\ntopology = \"ring\"\n");
         assert!(error(&text).contains("unknown variant `ring`"));
+    }
+
+    #[test]
+    fn roles_must_fit_the_topology() {
+        let rss = |text: &str| format!("{text}\n[replication]\ntopology = \"rss\"\n");
+        let err = error(&rss(GOOD));
+        assert!(err.contains("`replication.copies`: 1 copies per session need at least 1 nodes with role = \"rss\"; the file has 0"), "{err}");
+        let bank = GOOD.replace(
+            "repl = \"127.0.0.1:9102\"",
+            "repl = \"127.0.0.1:9102\"\nrole = \"rss\"",
+        );
+        let c = ClusterConfig::from_toml("t.toml", &rss(&bank)).unwrap();
+        assert_eq!(
+            (c.nodes[0].role, c.nodes[1].role),
+            (NodeRole::Web, NodeRole::Rss)
+        );
+        let err = error(&bank);
+        assert!(
+            err.starts_with("t.toml:18: `nodes[1].role`: `rss` needs"),
+            "{err}"
+        );
+        let all_bank = bank.replace(
+            "repl = \"127.0.0.1:9101\"",
+            "repl = \"127.0.0.1:9101\"\nrole = \"rss\"",
+        );
+        assert!(error(&rss(&all_bank)).contains("at least one node with role = \"web\""));
+        let two = format!("{bank}\n[replication]\ntopology = \"rss\"\ncopies = 2\n");
+        assert!(error(&two).contains("only 1 is available"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::file::{
 };
 use super::{
     ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig, LimitsConfig, NodeConfig,
-    NodeDefaults, ReplicationConfig, Secret, SessionConfig, SidecarConfig, Topology,
+    NodeDefaults, NodeRole, ReplicationConfig, Secret, SessionConfig, SidecarConfig, Topology,
 };
 use crate::ids::{NodeId, PairTable};
 
@@ -110,6 +110,7 @@ impl FileConfig {
         let session = self.session.validate()?;
         let sidecar = self.sidecar.validate()?;
         let nodes = validate_nodes(&secret, self.nodes, upstream)?;
+        check_roles(&replication, &nodes)?;
         if nodes.iter().any(|n| n.upstream.is_some()) {
             check_app_fits_lb_timeout(&sidecar, &replication, &lb)?;
         }
@@ -240,12 +241,21 @@ impl FileNodeDefaults {
 
 impl FileReplication {
     fn validate(self) -> Result<ReplicationConfig, Violation> {
-        if self.topology != Topology::Pair {
+        if self.topology == Topology::Broadcast {
             return Err(Violation::new(
                 "replication.topology",
                 format!(
-                    "`{}` is not yet supported: only `pair` is available in this version",
+                    "`{}` is not yet supported: `pair` and `rss` are available in this version",
                     self.topology
+                ),
+            ));
+        }
+        if self.copies != 1 {
+            return Err(Violation::new(
+                "replication.copies",
+                format!(
+                    "{}: only 1 is available in this version (2, overlapping bank subsets, is not built yet)",
+                    self.copies
                 ),
             ));
         }
@@ -264,6 +274,7 @@ impl FileReplication {
         Ok(ReplicationConfig {
             mode: self.mode,
             topology: self.topology,
+            copies: self.copies,
             heartbeat,
             peer_timeout,
             lease: ms("replication.lease_ms", self.lease_ms)?,
@@ -339,6 +350,41 @@ fn check_token_header(name: &str) -> Result<String, Violation> {
         ));
     }
     Ok(name.to_string())
+}
+
+/// Roles fit the topology: only web nodes in a pair; a bank has session servers (at least `copies` of them) and
+/// a web node to serve.
+fn check_roles(replication: &ReplicationConfig, nodes: &[NodeConfig]) -> Result<(), Violation> {
+    let count = |r: NodeRole| nodes.iter().filter(|n| n.role == r).count();
+    if replication.topology != Topology::Rss {
+        if let Some(i) = nodes.iter().position(|n| n.role != NodeRole::Web) {
+            return Err(Violation::new(
+                format!("nodes[{i}].role"),
+                format!(
+                    "`{}` needs `[replication] topology = \"rss\"` (this file's is `{}`)",
+                    nodes[i].role, replication.topology
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let bank = count(NodeRole::Rss);
+    if bank < replication.copies {
+        return Err(Violation::new(
+            "replication.copies",
+            format!(
+                "{} copies per session need at least {} nodes with role = \"rss\"; the file has {bank}",
+                replication.copies, replication.copies
+            ),
+        ));
+    }
+    if count(NodeRole::Web) == 0 {
+        return Err(Violation::new(
+            "nodes",
+            "the rss topology needs at least one node with role = \"web\" to serve sessions",
+        ));
+    }
+    Ok(())
 }
 
 /// A node in sidecar mode may take its app's read timeout plus its copy wait (3 × peer timeout) to answer; the
@@ -449,8 +495,19 @@ fn validate_nodes(
                 ));
             }
         }
+        if n.role == NodeRole::Rss && upstream.is_some() && n.upstream.is_some() {
+            return Err(Violation::new(
+                key("upstream"),
+                "a session server (role = \"rss\") serves no requests, so it has no app",
+            ));
+        }
         nodes.push(NodeConfig {
-            upstream,
+            role: n.role,
+            upstream: if n.role == NodeRole::Rss {
+                None
+            } else {
+                upstream
+            },
             machine: n.machine.unwrap_or_else(|| name.clone()),
             name,
             id,
