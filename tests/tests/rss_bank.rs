@@ -126,3 +126,132 @@ fn a_killed_web_nodes_sessions_are_fetched_from_the_bank_by_the_standby_with_not
     )
     .unwrap();
 }
+
+/// Sessions (and copies) node `name` holds, from its health answer.
+fn held(c: &Cluster, name: &str) -> u64 {
+    reqwest::blocking::get(format!("{}/_node/health", c.node_url(name)))
+        .and_then(|r| r.json::<Value>())
+        .map(|h| h["sessions"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// `users` increment once each through `lb`; each must see its own count plus one.
+fn one_more_each(lb: &str, users: &mut [(User, i64)]) {
+    for (i, (u, n)) in users.iter_mut().enumerate() {
+        let r = u.incr(lb, "n").unwrap();
+        assert_eq!(r.status, 200, "user {i}: {r:?}");
+        *n += 1;
+        assert_eq!(
+            r.json()["value"],
+            *n,
+            "user {i}: no increment lost or applied twice"
+        );
+    }
+}
+
+#[test]
+fn a_dead_bank_members_sessions_are_re_copied_to_another_member_and_survive_their_web_node() {
+    // n1, n2 web; n3, n4 the bank.
+    let mut c = Cluster::start(ClusterSpec {
+        nodes: 4,
+        lb: true,
+        replication_extra: "topology = \"rss\"".into(),
+        node_extra: HashMap::from([
+            (2, "role = \"rss\"".to_string()),
+            (3, "role = \"rss\"".to_string()),
+        ]),
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let lb = c.lb_url();
+    let mut users: Vec<(User, i64)> = (0..10).map(|_| (User::new(), 0)).collect();
+    one_more_each(&lb, &mut users);
+    assert_eq!(
+        held(&c, "n3") + held(&c, "n4"),
+        10,
+        "one copy of each session in the bank"
+    );
+    c.kill("n3");
+    wait_until(
+        Duration::from_secs(10),
+        "n4 holds a copy of every session",
+        || held(&c, "n4") == 10,
+    )
+    .unwrap();
+    // The proof: the web nodes die too, one after the other; every session is fetched from n4.
+    c.kill("n1");
+    one_more_each(&lb, &mut users);
+    for (u, _) in &users {
+        let (primary, secondary) = cookie_pair(&c.config(), u.cookie.as_deref().unwrap()).unwrap();
+        assert_eq!((primary.as_str(), secondary.as_deref()), ("n2", Some("n4")));
+    }
+}
+
+#[test]
+fn a_bank_member_restarted_empty_is_refilled_before_its_web_node_dies() {
+    let mut c = bank_cluster();
+    let lb = c.lb_url();
+    let mut users: Vec<(User, i64)> = (0..6).map(|_| (User::new(), 0)).collect();
+    one_more_each(&lb, &mut users);
+    c.kill("n3");
+    // The only member is gone: sessions run unprotected meanwhile, and keep serving.
+    one_more_each(&lb, &mut users);
+    c.start_node("n3").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted member is refilled",
+        || held(&c, "n3") == 6,
+    )
+    .unwrap();
+    c.kill("n1");
+    c.kill("n2");
+    one_more_each(&lb, &mut users);
+    for (u, _) in &users {
+        let (primary, _) = cookie_pair(&c.config(), u.cookie.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            primary, "n4",
+            "the standby serves every session once both web nodes are dead"
+        );
+    }
+}
+
+#[test]
+fn with_one_copy_a_session_whose_web_node_and_bank_member_both_died_is_lost_explicitly() {
+    let mut c = bank_cluster();
+    let lb = c.lb_url();
+    let mut users: Vec<(User, i64)> = (0..8).map(|_| (User::new(), 0)).collect();
+    one_more_each(&lb, &mut users);
+    let on_n1 = users
+        .iter()
+        .filter(|(u, _)| {
+            cookie_pair(&c.config(), u.cookie.as_deref().unwrap())
+                .unwrap()
+                .0
+                == "n1"
+        })
+        .count();
+    assert!(on_n1 > 0);
+    c.kill("n3");
+    c.kill("n1");
+    let mut fresh = 0;
+    for (u, n) in users.iter_mut() {
+        let r = u.incr(&lb, "n").unwrap();
+        assert_eq!(r.status, 200, "never a 5xx: {r:?}");
+        *n += 1;
+        if r.json()["value"] == 1 {
+            fresh += 1;
+        } else {
+            assert_eq!(
+                r.json()["value"],
+                *n,
+                "a session that survived lost nothing"
+            );
+        }
+    }
+    assert_eq!(
+        fresh, on_n1,
+        "exactly the dead web node's sessions start over"
+    );
+    let lost = cluster_tests::metric(&c.node_url("n4"), "sessions_lost_total");
+    assert_eq!(lost as usize, on_n1, "and each is counted as lost");
+}
