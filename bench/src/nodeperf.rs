@@ -44,12 +44,14 @@ pub async fn node_perf(
     let mut load = load.clone();
     load.mix = "incr=1".into();
     let mut rows = Vec::new();
-    for (name, nodes, mode) in [
-        ("unreplicated", 1, ReplicationMode::Sync),
-        ("sync", 2, ReplicationMode::Sync),
-        ("async", 2, ReplicationMode::Async),
+    for (name, nodes, mode, bank) in [
+        ("unreplicated", 1, ReplicationMode::Sync, false),
+        ("sync", 2, ReplicationMode::Sync, false),
+        ("async", 2, ReplicationMode::Async, false),
+        ("rss sync", 2, ReplicationMode::Sync, true),
+        ("rss async", 2, ReplicationMode::Async, true),
     ] {
-        let mut procs = start(&dir, &base, name, nodes, mode).await?;
+        let mut procs = start(&dir, &base, name, nodes, mode, bank).await?;
         let target = procs.config.nodes[0].http;
         let spec = load.spec(target, Some(&procs.config))?;
         eprintln!(
@@ -112,6 +114,7 @@ async fn start(
     name: &str,
     nodes: usize,
     mode: ReplicationMode,
+    bank: bool,
 ) -> Result<Procs> {
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = || free_port(ip).map(|p| SocketAddr::new(ip, p));
@@ -119,15 +122,22 @@ async fn start(
     file.replication.mode = Some(mode);
     file.replication.max_updates = Some(base.replication.max_updates);
     file.replication.max_delay = Some(base.replication.max_delay);
+    if bank {
+        file.replication.extra = "topology = \"rss\"\n".into();
+    }
     // Long enough that no session expires during a run, large enough for the memory run's sessions.
     file.session.idle_timeout = Some(Duration::from_secs(3600));
     file.session.max_session_bytes = Some(1024 * 1024);
     for i in 1..=nodes {
         let mut node = NodeEntry::new(format!("n{i}"), port()?, port()?);
         node.machine = Some(format!("m{i}"));
+        // In the bank topology every node but n1 is a session server.
+        if bank && i > 1 {
+            node.extra = "role = \"rss\"\n".into();
+        }
         file.nodes.push(node);
     }
-    let path = dir.join(format!("{name}.toml"));
+    let path = dir.join(format!("{}.toml", name.replace(' ', "-")));
     std::fs::write(&path, file.render())?;
     let mut procs = Procs::new(&path)?;
     procs.start_all(false).await?;
@@ -141,7 +151,7 @@ struct Memory {
 
 /// Creates `n` sessions of about `bytes` each on n1 of a fresh sync pair; RSS growth of both, per 100 000.
 async fn memory(dir: &Path, base: &ClusterConfig, n: usize, bytes: usize) -> Result<Memory> {
-    let mut procs = start(dir, base, "memory", 2, ReplicationMode::Sync).await?;
+    let mut procs = start(dir, base, "memory", 2, ReplicationMode::Sync, false).await?;
     let target = procs.config.nodes[0].http;
     let pids = [
         procs.pid("n1").context("n1 pid")?,
