@@ -11,12 +11,15 @@ pub struct Metrics {
     registry: Registry,
     /// Session API requests by operation and outcome (`ok`, `client_error`, `error`).
     pub requests: IntCounterVec,
-    /// `node_sessions{role}`: sessions held here, as primary and as secondary.
+    /// `node_sessions{role}`: sessions held here, as primary and as secondary; `unprotected`: primaries with no
+    /// copy anywhere.
     pub sessions: IntGaugeVec,
     /// `node_sessions_created_total`: new sessions started here.
     pub created: IntCounter,
     /// `node_takeovers_total`: sessions pulled from another node and now owned here.
     pub takeovers: IntCounter,
+    /// `node_takeover_polls_total`: pull requests sent while looking for a session (the bank polled).
+    pub polls: IntCounter,
     /// `node_promotions_total`: copies promoted to primary here after their primary died.
     pub promotions: IntCounter,
     /// `node_pulls_granted_total`: sessions handed to another node on its request.
@@ -122,6 +125,10 @@ impl Metrics {
             takeovers: counter(
                 "node_takeovers_total",
                 "Sessions pulled from another node and now owned here",
+            ),
+            polls: counter(
+                "node_takeover_polls_total",
+                "Pull requests sent while looking for a session this node does not host",
             ),
             promotions: counter(
                 "node_promotions_total",

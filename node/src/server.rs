@@ -372,9 +372,10 @@ async fn housekeeping<A: App>(service: Arc<SessionService<A>>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let (primaries, replicas) = service.expire_idle(now());
+        let held = service.expire_idle(now());
         let gauge = &service.metrics.sessions;
-        gauge.with_label_values(&["primary"]).set(primaries);
-        gauge.with_label_values(&["replica"]).set(replicas);
+        gauge.with_label_values(&["primary"]).set(held.primaries);
+        gauge.with_label_values(&["replica"]).set(held.replicas);
+        gauge.with_label_values(&["unprotected"]).set(held.unprotected);
     }
 }

@@ -565,10 +565,10 @@ impl<A: App> SessionService<A> {
     }
 
     /// Removes sessions idle for longer than the idle timeout: a primary's on every copy; a copy on its own
-    /// only when its primary is gone (otherwise the primary says when). Returns (primaries, copies) held.
-    pub fn expire_idle(&self, now: Instant) -> (i64, i64) {
+    /// only when its primary is gone (otherwise the primary says when). Returns what is held.
+    pub fn expire_idle(&self, now: Instant) -> Held {
         let idle = self.settings.idle_timeout;
-        let (mut primaries, mut replicas) = (0i64, 0i64);
+        let mut held = Held::default();
         self.store.prune_ended(now);
         for entry in self.store.entries() {
             let Ok(mut slot) = entry.slot.try_lock() else {
@@ -580,14 +580,15 @@ impl<A: App> SessionService<A> {
             let idle_for = now.saturating_duration_since(slot.last_access);
             match slot.role {
                 Role::Primary => {
-                    primaries += 1;
+                    held.primaries += 1;
+                    held.unprotected += i64::from(slot.copies.is_empty());
                     if idle_for > idle {
                         self.end_session(&entry, &mut slot);
                         self.metrics.expired.inc();
                     }
                 }
                 Role::Replica => {
-                    replicas += 1;
+                    held.replicas += 1;
                     if idle_for > idle && !self.members.is_alive(s.primary) {
                         let epoch = s.epoch;
                         slot.session = None;
@@ -598,8 +599,19 @@ impl<A: App> SessionService<A> {
                 }
             }
         }
-        (primaries, replicas)
+        held
     }
+}
+
+/// Sessions held here, for the `node_sessions` gauges.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Owned here.
+    pub primaries: i64,
+    /// Copies of other nodes' sessions.
+    pub replicas: i64,
+    /// Owned here with no copy anywhere (no live peer to hold one): lost if this node dies.
+    pub unprotected: i64,
 }
 
 /// Whether `call` may still be forwarded to `owner`: hops left, and `owner` not found unreachable already.

@@ -178,6 +178,7 @@ impl Takeover {
                     owner_unreachable: owner_unreachable || !self.members.is_alive(pair.primary),
                 };
                 let sent_at = now();
+                self.metrics.polls.inc();
                 let answer = peer.link.call(ask, self.peer_timeout + self.lease).await;
                 match answer {
                     Ok(Body::PullReply {

@@ -194,13 +194,25 @@ fn a_bank_member_restarted_empty_is_refilled_before_its_web_node_dies() {
     let mut users: Vec<(User, i64)> = (0..6).map(|_| (User::new(), 0)).collect();
     one_more_each(&lb, &mut users);
     c.kill("n3");
-    // The only member is gone: sessions run unprotected meanwhile, and keep serving.
+    // The only member is gone: sessions run unprotected meanwhile (counted), and keep serving.
     one_more_each(&lb, &mut users);
+    let unprotected = |c: &Cluster| {
+        ["n1", "n2"]
+            .iter()
+            .map(|n| cluster_tests::metric(&c.node_url(n), "node_sessions{role=\"unprotected\"}"))
+            .sum::<f64>()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "every session counted unprotected",
+        || unprotected(&c) == 6.0,
+    )
+    .unwrap();
     c.start_node("n3").unwrap();
     wait_until(
         Duration::from_secs(10),
         "the restarted member is refilled",
-        || held(&c, "n3") == 6,
+        || held(&c, "n3") == 6 && unprotected(&c) == 0.0,
     )
     .unwrap();
     c.kill("n1");
