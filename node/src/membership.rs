@@ -320,6 +320,26 @@ impl Membership {
         ids
     }
 
+    /// The copy holders of a new or re-homed session: the secondary and, with `copies = 2` in a bank, a second
+    /// member besides it (`None` where no live peer is left to pick).
+    pub fn choose_copies(
+        &self,
+        sid: SessionId,
+        exclude: &[NodeId],
+        copies: usize,
+    ) -> (Option<NodeId>, Option<NodeId>) {
+        let first = self.choose_secondary(sid, exclude);
+        let second = match first {
+            Some(f) if copies >= 2 => {
+                let mut more = exclude.to_vec();
+                more.push(f);
+                self.choose_secondary(sid, &more)
+            }
+            _ => None,
+        };
+        (first, second)
+    }
+
     /// The secondary for a new or re-homed session (a bank member in the `rss` topology): see
     /// [`pick_secondary`]. Counts the assignment.
     pub fn choose_secondary(&self, sid: SessionId, exclude: &[NodeId]) -> Option<NodeId> {

@@ -105,7 +105,8 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         .ok_or_else(|| ServerError::UnknownNode(name.to_string()))?
         .clone();
     let r = &cfg.replication;
-    let topology = Topology::built(r.topology).ok_or(ServerError::Topology(r.topology))?;
+    let topology =
+        Topology::built(r.topology, r.copies).ok_or(ServerError::Topology(r.topology))?;
     let store = Arc::new(Store::default());
     let metrics = Arc::new(Metrics::new());
     let (members, changes) = Membership::new(&cfg, &me);

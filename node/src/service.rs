@@ -267,15 +267,21 @@ impl<A: App> SessionService<A> {
     /// Starts a new session here and runs the request on it.
     async fn create(&self, call: &SessionCall<A::Call>) -> Reply {
         let sid = SessionId::random();
-        let mut secondary = self.members.choose_secondary(sid, &[]);
-        if secondary.is_none() {
+        let copies = self.settings.topology.copies();
+        let mut chosen = self.members.choose_copies(sid, &[], copies);
+        let found = |c: &(Option<NodeId>, Option<NodeId>)| {
+            usize::from(c.0.is_some()) + usize::from(c.1.is_some())
+        };
+        if found(&chosen) < copies {
             // Heartbeat on request: peers may have come up since the last beat.
             self.members.probe_all(self.store.len() as u64).await;
-            secondary = self.members.choose_secondary(sid, &[]);
+            chosen = self.members.choose_copies(sid, &[], copies);
         }
+        let (secondary, also) = chosen;
         let (entry, _) = self.store.get_or_insert(sid);
         let mut slot = entry.slot.lock().await;
-        let session = Session::new(sid, self.settings.me, secondary);
+        let mut session = Session::new(sid, self.settings.me, secondary);
+        session.also = also;
         let targets = self.settings.topology.copy_targets(&session);
         slot.session = Some(session);
         slot.role = Role::Primary;

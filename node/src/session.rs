@@ -138,8 +138,11 @@ pub struct Session {
     pub data: Map<String, Value>,
     /// The node that owns the session and serves its requests.
     pub primary: NodeId,
-    /// The node that holds its copy; `None` while no live peer does.
+    /// The node that holds its copy; `None` while no live peer does. The routing cookie names it.
     pub secondary: Option<NodeId>,
+    /// A second bank member holding a copy (`rss` topology, `copies = 2`); the cookie does not name it, a
+    /// takeover finds it by polling the bank.
+    pub also: Option<NodeId>,
     /// The last [`OUTCOMES_KEPT`] writes' outcomes by [`request_key`], oldest first, for exactly-once retries.
     pub outcomes: VecDeque<(u64, Outcome)>,
 }
@@ -173,6 +176,7 @@ impl Session {
             data: Map::new(),
             primary,
             secondary,
+            also: None,
             outcomes: VecDeque::new(),
         }
     }

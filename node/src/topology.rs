@@ -12,25 +12,41 @@ use crate::session::Session;
 pub enum Topology {
     /// A primary and one secondary (seed 003).
     Pair,
-    /// Web nodes back each session up to a member of a bank of session servers (seeds 000, 001, 004); the
-    /// member is the session's secondary, so cookies, copies and grants work as in the pair.
-    Rss,
+    /// Web nodes back each session up to `copies` members (1 or 2) of a bank of session servers (seeds 000,
+    /// 001, 004); the first is the session's secondary, so cookies, copies and grants work as in the pair.
+    Rss {
+        /// Bank members holding each session.
+        copies: usize,
+    },
 }
 
 impl Topology {
     /// The built topology for the file's choice, `None` for one not built yet.
-    pub fn built(choice: crate::config::Topology) -> Option<Topology> {
+    pub fn built(choice: crate::config::Topology, copies: usize) -> Option<Topology> {
         match choice {
             crate::config::Topology::Pair => Some(Topology::Pair),
-            crate::config::Topology::Rss => Some(Topology::Rss),
+            crate::config::Topology::Rss => Some(Topology::Rss { copies }),
             crate::config::Topology::Broadcast => None,
+        }
+    }
+
+    /// How many copies each session should have: 1, or `copies` in a bank.
+    pub fn copies(self) -> usize {
+        match self {
+            Topology::Pair => 1,
+            Topology::Rss { copies } => copies,
         }
     }
 
     /// The peers that should hold a copy of `s` (its owner excluded).
     pub fn copy_targets(self, s: &Session) -> Vec<NodeId> {
         match self {
-            Topology::Pair | Topology::Rss => s.secondary.into_iter().collect(),
+            Topology::Pair => s.secondary.into_iter().collect(),
+            Topology::Rss { .. } => {
+                let mut t: Vec<NodeId> = s.secondary.into_iter().collect();
+                t.extend(s.also.filter(|a| Some(*a) != s.secondary));
+                t
+            }
         }
     }
 
@@ -40,7 +56,9 @@ impl Topology {
     pub fn acks_needed(self, mode: ReplicationMode, targets: usize) -> usize {
         match (self, mode) {
             (_, ReplicationMode::Async) => 0,
-            (Topology::Pair | Topology::Rss, ReplicationMode::Sync) => targets.min(1),
+            (Topology::Pair, ReplicationMode::Sync) => targets.min(1),
+            // Every copy: a write must outlive any one bank member dying with its web node.
+            (Topology::Rss { copies }, ReplicationMode::Sync) => targets.min(copies),
         }
     }
 
@@ -50,7 +68,7 @@ impl Topology {
     pub fn takeover_sources(self, pair: Pair, me: NodeId, bank: &[NodeId]) -> Vec<NodeId> {
         let others = match self {
             Topology::Pair => &[][..],
-            Topology::Rss => bank,
+            Topology::Rss { .. } => bank,
         };
         let mut out: Vec<NodeId> = Vec::with_capacity(2 + others.len());
         let candidates = pair
@@ -134,9 +152,20 @@ mod tests {
         };
         let bank = [id(4), id(5), id(6)];
         assert_eq!(
-            Topology::Rss.takeover_sources(pair, id(3), &bank),
+            Topology::Rss { copies: 1 }.takeover_sources(pair, id(3), &bank),
             vec![id(5), id(4), id(6), id(1)]
         );
+    }
+
+    #[test]
+    fn with_two_copies_a_bank_session_goes_to_both_members_and_waits_for_both() {
+        let mut s = Session::new(SessionId(1), id(1), Some(id(4)));
+        s.also = Some(id(5));
+        let two = Topology::Rss { copies: 2 };
+        assert_eq!(two.copy_targets(&s), vec![id(4), id(5)]);
+        assert_eq!(two.acks_needed(ReplicationMode::Sync, 2), 2);
+        assert_eq!(two.acks_needed(ReplicationMode::Sync, 1), 1, "one member left: it alone");
+        assert_eq!(Topology::Rss { copies: 1 }.copy_targets(&s), vec![id(4), id(5)]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use cluster_tests::{bin, Cluster, ClusterSpec};
 /// Runs `bench cluster` for 6 s against a cluster prepared from `spec`, with `fault`; checks that the bench
 /// found no acknowledged update lost, no session silently reset, nothing applied twice, and that the fault was
 /// applied. Returns the report.
-fn bench_cluster_with(spec: ClusterSpec, fault: &str) -> serde_json::Value {
+fn bench_cluster_with(spec: ClusterSpec, faults: &[&str]) -> serde_json::Value {
     // The bench starts the processes itself: the cluster is only prepared (ports, file, directory).
     let c = Cluster::prepare(spec).unwrap();
     let (dir, config) = (c.dir.clone(), c.config_path.clone());
@@ -25,10 +25,9 @@ fn bench_cluster_with(spec: ClusterSpec, fault: &str) -> serde_json::Value {
             "8",
             "--duration",
             "6s",
-            "--fault",
-            fault,
             "--quiet",
         ])
+        .args(faults.iter().flat_map(|f| ["--fault", f]))
         .arg("--json")
         .arg(&report)
         .output()
@@ -74,7 +73,7 @@ fn bench_cluster_kill_primary_loses_nothing() {
             lb: true,
             ..ClusterSpec::default()
         },
-        "kill:primary@2s",
+        &["kill:primary@2s"],
     );
     assert!(
         r["sessions_failed_over"].as_u64() > Some(0),
@@ -99,7 +98,7 @@ fn bank_spec() -> ClusterSpec {
 
 #[test]
 fn bench_cluster_on_a_bank_loses_nothing_when_a_web_node_is_killed() {
-    let r = bench_cluster_with(bank_spec(), "kill:n1@2s");
+    let r = bench_cluster_with(bank_spec(), &["kill:n1@2s"]);
     assert!(
         r["sessions_failed_over"].as_u64() > Some(0),
         "no session moved off the killed web node: {r}"
@@ -108,7 +107,15 @@ fn bench_cluster_on_a_bank_loses_nothing_when_a_web_node_is_killed() {
 
 #[test]
 fn bench_cluster_on_a_bank_loses_nothing_when_a_bank_member_is_killed() {
-    bench_cluster_with(bank_spec(), "kill:n3@2s");
+    bench_cluster_with(bank_spec(), &["kill:n3@2s"]);
+}
+
+#[test]
+fn bench_cluster_on_a_bank_with_two_copies_loses_nothing_when_a_web_node_and_a_member_die_together()
+{
+    let mut spec = bank_spec();
+    spec.replication_extra.push_str("\ncopies = 2");
+    bench_cluster_with(spec, &["kill:n1@2s", "kill:n3@2s"]);
 }
 
 #[test]

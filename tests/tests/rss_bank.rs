@@ -267,3 +267,47 @@ fn with_one_copy_a_session_whose_web_node_and_bank_member_both_died_is_lost_expl
     let lost = cluster_tests::metric(&c.node_url("n4"), "sessions_lost_total");
     assert_eq!(lost as usize, on_n1, "and each is counted as lost");
 }
+
+#[test]
+fn with_two_copies_a_web_node_and_a_bank_member_dying_together_lose_nothing() {
+    // n1, n2 web; n3, n4 the bank, each session on both.
+    let mut c = Cluster::start(ClusterSpec {
+        nodes: 4,
+        lb: true,
+        replication_extra: "topology = \"rss\"\ncopies = 2".into(),
+        node_extra: HashMap::from([
+            (2, "role = \"rss\"".to_string()),
+            (3, "role = \"rss\"".to_string()),
+        ]),
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let lb = c.lb_url();
+    let mut users: Vec<(User, i64)> = (0..10).map(|_| (User::new(), 0)).collect();
+    one_more_each(&lb, &mut users);
+    one_more_each(&lb, &mut users);
+    assert_eq!(
+        (held(&c, "n3"), held(&c, "n4")),
+        (10, 10),
+        "every session on both members"
+    );
+    let named_n3 = users
+        .iter()
+        .filter(|(u, _)| {
+            cookie_pair(&c.config(), u.cookie.as_deref().unwrap())
+                .unwrap()
+                .1
+                .as_deref()
+                == Some("n3")
+        })
+        .count();
+    assert!(
+        named_n3 > 0,
+        "some cookies name n3, so their takeover must poll n4"
+    );
+    c.kill("n1");
+    c.kill("n3");
+    one_more_each(&lb, &mut users);
+    let lost = cluster_tests::metric(&c.node_url("n2"), "sessions_lost_total");
+    assert_eq!(lost, 0.0, "nothing lost");
+}

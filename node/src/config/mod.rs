@@ -167,7 +167,7 @@ pub struct ReplicationConfig {
     pub mode: ReplicationMode,
     /// `pair` (default) or `rss`.
     pub topology: Topology,
-    /// `copies`: bank members holding each session in the `rss` topology; 1 (default) in this version.
+    /// `copies`: bank members holding each session in the `rss` topology, 1 (default) or 2; 1 in a pair.
     pub copies: usize,
     /// Default 500 ms.
     pub heartbeat: Duration,
@@ -555,7 +555,9 @@ secret = "0123456789abcdef0123"
         );
         assert!(error(&rss(&all_bank)).contains("at least one node with role = \"web\""));
         let two = format!("{bank}\n[replication]\ntopology = \"rss\"\ncopies = 2\n");
-        assert!(error(&two).contains("only 1 is available"));
+        assert!(error(&two).contains("2 copies per session need at least 2 nodes with role = \"rss\""));
+        let pair_two = format!("{GOOD}\n[replication]\ncopies = 2\n");
+        assert!(error(&pair_two).contains("need `topology = \"rss\"`"));
     }
 
     #[test]

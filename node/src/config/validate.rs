@@ -250,13 +250,16 @@ impl FileReplication {
                 ),
             ));
         }
-        if self.copies != 1 {
+        if !(1..=2).contains(&self.copies) {
             return Err(Violation::new(
                 "replication.copies",
-                format!(
-                    "{}: only 1 is available in this version (2, overlapping bank subsets, is not built yet)",
-                    self.copies
-                ),
+                format!("{}: expected 1 or 2", self.copies),
+            ));
+        }
+        if self.copies == 2 && self.topology != Topology::Rss {
+            return Err(Violation::new(
+                "replication.copies",
+                "2 copies per session need `topology = \"rss\"` (a pair has one copy, on the secondary)",
             ));
         }
         let heartbeat = ms("replication.heartbeat_ms", self.heartbeat_ms)?;

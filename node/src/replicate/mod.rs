@@ -375,6 +375,11 @@ pub fn grant(
     let s = slot.session.as_mut()?;
     s.epoch += 1;
     s.primary = requester;
+    // The granter keeps its copy and is named by the new cookie; a second bank copy stays where it is (the
+    // old secondary, when the granter was the second).
+    if s.also == Some(me) {
+        s.also = s.secondary.filter(|o| *o != requester);
+    }
     s.secondary = Some(me);
     let granted = s.clone();
     let old_copies = if was_primary {
@@ -410,6 +415,7 @@ pub fn promote(slot: &mut Slot, me: NodeId, cookie_version: u64, now: Instant) -
     s.epoch += 1;
     s.primary = me;
     s.secondary = None;
+    s.also = None;
     let stale = s.version < cookie_version;
     slot.role = Role::Primary;
     slot.last_access = now;
@@ -423,6 +429,7 @@ pub fn install(slot: &mut Slot, session: Session, cookie_version: u64, now: Inst
     let stale = session.version < cookie_version;
     // The granter keeps a copy as secondary and holds the version it granted.
     let granter = session.secondary;
+    let also = session.also.filter(|a| Some(*a) != granter);
     let version = session.version;
     slot.session = Some(session);
     slot.role = Role::Primary;
@@ -435,6 +442,8 @@ pub fn install(slot: &mut Slot, session: Session, cookie_version: u64, now: Inst
             c
         })
         .into_iter()
+        // A second bank copy may be behind or of an older epoch: it gets the whole session first.
+        .chain(also.map(Cursor::fresh))
         .collect();
     stale
 }

@@ -194,7 +194,9 @@ impl Replicator {
             }
             Change::Up(peer) => {
                 info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
-                tokio::spawn(async move { me.rehome_all(|c| c.is_empty(), peer).await });
+                // Sessions short of copies (none, or one of a bank's two) get them now.
+                let wanted = self.settings.topology.copies();
+                tokio::spawn(async move { me.rehome_all(move |c| c.len() < wanted, peer).await });
             }
         }
     }
@@ -222,7 +224,9 @@ impl Replicator {
         let Some(s) = slot.session.as_mut() else {
             return;
         };
-        s.secondary = self.members.choose_secondary(s.id, exclude);
+        (s.secondary, s.also) =
+            self.members
+                .choose_copies(s.id, exclude, self.settings.topology.copies());
         let version = s.version;
         let targets = self.settings.topology.copy_targets(s);
         retarget(slot, &targets);
@@ -233,6 +237,14 @@ impl Replicator {
                 m.copied = m.copied.max(version + 1);
                 m.lease_seq += 1;
             });
+        } else {
+            // Fewer copies may now be enough: what the kept ones confirmed already can release waiting writes
+            // (two bank copies, one member gone: the other's earlier acknowledgement counts alone now).
+            let needed = self.acks_needed(slot.copies.len());
+            let acked = slot.copies.iter().map(|c| c.acked);
+            if let Some(v) = crate::topology::durable(acked, needed, version) {
+                entry.update_mark(|m| m.copied = m.copied.max(v + 1));
+            }
         }
         self.enqueue_all(&targets, entry);
     }
