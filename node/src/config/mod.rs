@@ -531,6 +531,20 @@ secret = "0123456789abcdef0123"
     }
 
     #[test]
+    fn every_cluster_file_shipped_in_config_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                ClusterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "local, sidecar and rss at least: {checked}");
+    }
+
+    #[test]
     fn roles_must_fit_the_topology() {
         let rss = |text: &str| format!("{text}\n[replication]\ntopology = \"rss\"\n");
         let err = error(&rss(GOOD));
