@@ -112,10 +112,11 @@ impl PeerServer {
                 sid,
                 requester,
                 owner_unreachable,
+                min_version,
             } => Body::PullReply {
                 result: self
                     .takeover
-                    .serve_pull(sid, requester, owner_unreachable)
+                    .serve_pull(sid, requester, owner_unreachable, min_version)
                     .await,
             },
             _ => Body::Error {

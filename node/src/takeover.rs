@@ -77,6 +77,7 @@ impl Takeover {
         sid: SessionId,
         requester: NodeId,
         owner_unreachable: bool,
+        min_version: u64,
     ) -> PullResult {
         let Some(entry) = self.store.get(sid) else {
             return if self.store.has_ended(sid) {
@@ -91,6 +92,10 @@ impl Takeover {
         let Some(s) = slot.session.as_ref() else {
             return PullResult::NotFound;
         };
+        if s.version < min_version {
+            // Older than what the client already saw: a copy left behind; a current one is elsewhere.
+            return PullResult::NotFound;
+        }
         let owner = s.primary;
         let view = PullView {
             role: slot.role,
@@ -163,8 +168,12 @@ impl Takeover {
         let candidates = self
             .topology
             .takeover_sources(pair, self.me, &self.members.bank());
+        // First only a copy as new as the client's cookie; when no holder has one (a lost async update), the
+        // best copy left, flagged stale.
+        let mut min_version = cookie.version;
         for round in 0..PULL_ROUNDS {
             let mut busy = false;
+            let mut answered = true;
             for &c in &candidates {
                 let Some(peer) = self.members.peer(c) else {
                     continue;
@@ -176,6 +185,7 @@ impl Takeover {
                     sid: cookie.session,
                     requester: self.me,
                     owner_unreachable: owner_unreachable || !self.members.is_alive(pair.primary),
+                    min_version,
                 };
                 let sent_at = now();
                 self.metrics.polls.inc();
@@ -194,9 +204,14 @@ impl Takeover {
                     Ok(Body::PullReply {
                         result: PullResult::Redirect { owner },
                     }) if owner != self.me => return Recovered::Forward(owner),
+                    // A live holder that is busy (waiting out a lease, say) is asked again next round, before
+                    // anyone else: another holder could grant the same session a second time.
                     Ok(Body::PullReply {
                         result: PullResult::Busy,
-                    }) => busy = true,
+                    }) => {
+                        busy = true;
+                        break;
+                    }
                     Ok(Body::PullReply {
                         result: PullResult::Ended,
                     }) => return Recovered::Ended,
@@ -204,11 +219,18 @@ impl Takeover {
                     Err(e) => {
                         if e.is_refused() {
                             self.members.mark_gone(c);
+                        } else {
+                            answered = false;
                         }
                     }
                 }
             }
             if !busy {
+                // Every holder said it has nothing as new as the cookie: settle for the best copy left.
+                if min_version > 0 && answered {
+                    min_version = 0;
+                    continue;
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10 * u64::from(round + 1))).await;

@@ -101,6 +101,10 @@ pub enum Body {
         requester: NodeId,
         /// The requester tried the session's owner and could not reach it.
         owner_unreachable: bool,
+        /// Grant only a copy at least this new (the client's signed version; 0 for the best copy there is): a
+        /// copy left behind on a bank member when its session moved on must not be handed out while a current
+        /// one exists elsewhere.
+        min_version: u64,
     },
     /// Answer to a `Pull`.
     PullReply {
@@ -225,7 +229,7 @@ pub enum PullResult {
         /// The live owner.
         owner: NodeId,
     },
-    /// No copy of the session here.
+    /// No copy of the session here (or only one older than the pull's `min_version`).
     NotFound,
     /// The session ended here (deleted or expired): not lost, start a fresh one.
     Ended,

@@ -311,3 +311,51 @@ fn with_two_copies_a_web_node_and_a_bank_member_dying_together_lose_nothing() {
     let lost = cluster_tests::metric(&c.node_url("n2"), "sessions_lost_total");
     assert_eq!(lost, 0.0, "nothing lost");
 }
+
+#[test]
+fn a_copy_left_behind_on_a_paused_bank_member_is_never_handed_out_over_a_current_one() {
+    // n1 web, n2 standby; n3, n4, n5 the bank, each session on two of them. Ids are set so that a takeover
+    // polls the bank in the order n4, n3, n5: the member left behind (n4) comes before the current one (n5).
+    let id = |n: u64| format!("id = {}", (1u64 << 50) + n);
+    let mut c = Cluster::start(ClusterSpec {
+        nodes: 5,
+        lb: true,
+        replication_extra: "topology = \"rss\"\ncopies = 2".into(),
+        node_extra: HashMap::from([
+            (0, id(1_000_003)),
+            (1, format!("role = \"standby\"\n{}", id(2_000_029))),
+            (2, format!("role = \"rss\"\n{}", id(40_009))),
+            (3, format!("role = \"rss\"\n{}", id(3))),
+            (4, format!("role = \"rss\"\n{}", id(700_001))),
+        ]),
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let lb = c.lb_url();
+    let mut users: Vec<(User, i64)> = (0..10).map(|_| (User::new(), 0)).collect();
+    for _ in 0..3 {
+        one_more_each(&lb, &mut users);
+    }
+    // n4 pauses: its sessions' copies move to the other members, and n4 keeps what it had, now behind.
+    c.signal("n4", libc::SIGSTOP);
+    for _ in 0..7 {
+        one_more_each(&lb, &mut users);
+    }
+    c.signal("n4", libc::SIGCONT);
+    // The web node dies with the member the cookies name; the takeover polls n4 (behind) before the other
+    // current member.
+    let named = cookie_pair(&c.config(), users[0].0.cookie.as_deref().unwrap())
+        .unwrap()
+        .1
+        .unwrap();
+    assert_ne!(named, "n4", "the paused member was replaced");
+    c.kill("n1");
+    c.kill(&named);
+    one_more_each(&lb, &mut users);
+    for (i, (u, _)) in users.iter().enumerate() {
+        let (primary, _) = cookie_pair(&c.config(), u.cookie.as_deref().unwrap()).unwrap();
+        assert_eq!(primary, "n2", "user {i}: the standby owns it now");
+    }
+    let stale = cluster_tests::metric(&c.node_url("n2"), "sessions_stale_total");
+    assert_eq!(stale, 0.0, "no copy older than its cookie was installed");
+}
