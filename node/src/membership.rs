@@ -25,6 +25,8 @@ pub struct Peer {
     assigned: AtomicU64,
     /// When it last answered a heartbeat, in ms since the membership started.
     last_seen_ms: AtomicU64,
+    /// The incarnation its last heartbeat answer carried; 0 before the first.
+    incarnation: AtomicU64,
     /// Its port refused a connection since it last answered: the process is not running, so it cannot be
     /// serving anything (a paused process still accepts connections).
     gone: AtomicBool,
@@ -36,11 +38,15 @@ impl Peer {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// One heartbeat; returns the session count the peer reports.
+    /// One heartbeat; returns the session count and the incarnation the peer reports.
     ///
     /// # Errors
     /// The link's error, or [`LinkError::Unexpected`] for an answer that is not a `Pong`.
-    pub async fn ping(&self, our_sessions: u64, timeout: Duration) -> Result<u64, LinkError> {
+    pub async fn ping(
+        &self,
+        our_sessions: u64,
+        timeout: Duration,
+    ) -> Result<(u64, u64), LinkError> {
         match self
             .link
             .call(
@@ -51,7 +57,10 @@ impl Peer {
             )
             .await?
         {
-            Body::Pong { sessions } => Ok(sessions),
+            Body::Pong {
+                sessions,
+                incarnation,
+            } => Ok((sessions, incarnation)),
             other => Err(LinkError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -85,6 +94,8 @@ pub enum Change {
     Up(NodeId),
     /// The peer stopped answering, or refused a connection.
     Down(NodeId),
+    /// The peer answered as a new process: every copy it held is gone.
+    Restarted(NodeId),
 }
 
 /// Every other node of the cluster.
@@ -139,6 +150,7 @@ impl Membership {
             load: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         })
     }
@@ -252,7 +264,13 @@ impl Membership {
             .is_some_and(|p| p.gone.load(Ordering::Acquire))
     }
 
-    fn mark_alive(&self, p: &Peer, sessions: u64) {
+    fn mark_alive(&self, p: &Peer, (sessions, incarnation): (u64, u64)) {
+        let before = p.incarnation.swap(incarnation, Ordering::AcqRel);
+        if before != 0 && before != incarnation {
+            // Restarted since its last answer, too quickly for a heartbeat to miss: it holds nothing now.
+            tracing::warn!(peer = %p.cfg.name, "peer restarted: re-sending its copies in full");
+            let _ = self.changes.send(Change::Restarted(p.cfg.id));
+        }
         p.gone.store(false, Ordering::Release);
         p.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
         p.misses.store(0, Ordering::Relaxed);

@@ -29,6 +29,8 @@ pub struct PeerServer {
     pub metrics: Arc<Metrics>,
     /// Answers pulls.
     pub takeover: Arc<Takeover>,
+    /// This process's random incarnation, sent with every heartbeat answer.
+    pub incarnation: u64,
 }
 
 impl PeerServer {
@@ -100,6 +102,7 @@ impl PeerServer {
         match body {
             Body::Ping { .. } => Body::Pong {
                 sessions: self.store.len() as u64,
+                incarnation: self.incarnation,
             },
             Body::Batch { from, items } => {
                 let mut results = Vec::with_capacity(items.len());

@@ -140,6 +140,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
     });
     let pairs = Arc::new(RwLock::new(Arc::new(cfg.pairs.clone())));
     let peers = Arc::new(PeerServer {
+        incarnation: crate::ids::SessionId::random().0 as u64,
         key: auth_key(cfg.secret.expose()),
         lease: r.lease,
         store: store.clone(),
@@ -377,6 +378,8 @@ async fn housekeeping<A: App>(service: Arc<SessionService<A>>) {
         let gauge = &service.metrics.sessions;
         gauge.with_label_values(&["primary"]).set(held.primaries);
         gauge.with_label_values(&["replica"]).set(held.replicas);
-        gauge.with_label_values(&["unprotected"]).set(held.unprotected);
+        gauge
+            .with_label_values(&["unprotected"])
+            .set(held.unprotected);
     }
 }

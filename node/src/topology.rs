@@ -164,8 +164,15 @@ mod tests {
         let two = Topology::Rss { copies: 2 };
         assert_eq!(two.copy_targets(&s), vec![id(4), id(5)]);
         assert_eq!(two.acks_needed(ReplicationMode::Sync, 2), 2);
-        assert_eq!(two.acks_needed(ReplicationMode::Sync, 1), 1, "one member left: it alone");
-        assert_eq!(Topology::Rss { copies: 1 }.copy_targets(&s), vec![id(4), id(5)]);
+        assert_eq!(
+            two.acks_needed(ReplicationMode::Sync, 1),
+            1,
+            "one member left: it alone"
+        );
+        assert_eq!(
+            Topology::Rss { copies: 1 }.copy_targets(&s),
+            vec![id(4), id(5)]
+        );
     }
 
     #[test]

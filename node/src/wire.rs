@@ -80,6 +80,9 @@ pub enum Body {
     Pong {
         /// Sessions the answerer holds.
         sessions: u64,
+        /// Drawn at random when the answerer's process started: a new one means it restarted (and, with it,
+        /// lost every copy it held), however quickly.
+        incarnation: u64,
     },
     /// Copies from a primary to its secondary, one item per session.
     Batch {

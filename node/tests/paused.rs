@@ -276,7 +276,10 @@ fn muteable_peer(listener: TcpListener, mute: Arc<AtomicBool>) {
                         continue;
                     }
                     let body = match env.body {
-                        Body::Ping { .. } => Body::Pong { sessions: 0 },
+                        Body::Ping { .. } => Body::Pong {
+                            sessions: 0,
+                            incarnation: 1,
+                        },
                         Body::Batch { items, .. } => Body::BatchReply {
                             results: vec![ItemResult::Applied; items.len()],
                         },

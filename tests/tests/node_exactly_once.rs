@@ -35,7 +35,10 @@ fn stubborn_peer(
                 };
                 while let Ok(Some(env)) = reader.next().await {
                     let body = match env.body {
-                        Body::Ping { .. } => Body::Pong { sessions: 0 },
+                        Body::Ping { .. } => Body::Pong {
+                            sessions: 0,
+                            incarnation: 1,
+                        },
                         Body::Batch { items, .. } => {
                             let answer = if stubborn.load(Ordering::SeqCst) {
                                 // Gently: a resend loop against this peer must not eat the machine.

@@ -359,3 +359,24 @@ fn a_copy_left_behind_on_a_paused_bank_member_is_never_handed_out_over_a_current
     let stale = cluster_tests::metric(&c.node_url("n2"), "sessions_stale_total");
     assert_eq!(stale, 0.0, "no copy older than its cookie was installed");
 }
+
+#[test]
+fn a_bank_member_restarted_faster_than_a_heartbeat_can_miss_is_refilled_all_the_same() {
+    let mut c = bank_cluster();
+    let lb = c.lb_url();
+    let mut users: Vec<(User, i64)> = (0..6).map(|_| (User::new(), 0)).collect();
+    one_more_each(&lb, &mut users);
+    one_more_each(&lb, &mut users);
+    c.kill("n3");
+    c.start_node("n3").unwrap();
+    // Its new incarnation shows in the next heartbeat answer: the web nodes re-send every copy in full.
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted member is refilled",
+        || held(&c, "n3") == 6,
+    )
+    .unwrap();
+    c.kill("n1");
+    c.kill("n2");
+    one_more_each(&lb, &mut users);
+}

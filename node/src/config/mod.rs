@@ -569,7 +569,9 @@ secret = "0123456789abcdef0123"
         );
         assert!(error(&rss(&all_bank)).contains("at least one node with role = \"web\""));
         let two = format!("{bank}\n[replication]\ntopology = \"rss\"\ncopies = 2\n");
-        assert!(error(&two).contains("2 copies per session need at least 2 nodes with role = \"rss\""));
+        assert!(
+            error(&two).contains("2 copies per session need at least 2 nodes with role = \"rss\"")
+        );
         let pair_two = format!("{GOOD}\n[replication]\ncopies = 2\n");
         assert!(error(&pair_two).contains("need `topology = \"rss\"`"));
     }

@@ -192,11 +192,30 @@ impl Replicator {
                 warn!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer down: re-homing its copies");
                 tokio::spawn(async move { me.rehome_all(move |c| copies_to(c, peer), peer).await });
             }
+            Change::Restarted(peer) => {
+                tokio::spawn(async move { me.resend_all(peer).await });
+            }
             Change::Up(peer) => {
                 info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
                 // Sessions short of copies (none, or one of a bank's two) get them now.
                 let wanted = self.settings.topology.copies();
                 tokio::spawn(async move { me.rehome_all(move |c| c.len() < wanted, peer).await });
+            }
+        }
+    }
+
+    /// Queues a full copy of every primary session copied to `peer`, which restarted and holds nothing.
+    async fn resend_all(self: Arc<Self>, peer: NodeId) {
+        for entry in self.store.entries() {
+            let mut slot = entry.slot.lock().await;
+            if slot.primary().is_none() {
+                continue;
+            }
+            if let Some(c) = slot.copies.iter_mut().find(|c| c.peer == peer) {
+                c.full = true;
+                c.acked = None;
+                drop(slot);
+                self.enqueue(peer, &entry);
             }
         }
     }
