@@ -219,7 +219,10 @@ impl Topology {
                 .and_then(|p| {
                     p.nodes
                         .iter()
-                        .find(|o| o.name == n.name && o.addr == n.http && o.id == n.id)
+                        // A node whose role changed starts afresh: the chooser reads its role here.
+                        .find(|o| {
+                            o.name == n.name && o.addr == n.http && o.id == n.id && o.role == n.role
+                        })
                 })
                 .cloned();
             let state = match kept {

@@ -51,6 +51,12 @@ pub enum ServerError {
     /// A reloaded file changes this node's id or addresses, which a running node cannot take.
     #[error("this node's id or addresses changed: restart it to apply that")]
     Moved,
+    /// A reloaded file changes the topology, the copies per session or a node's role, which every process reads
+    /// at start only.
+    #[error(
+        "the topology, copies or a node's role changed: restart the nodes and the lb to apply that"
+    )]
+    Reshaped,
     /// The file asks for a replication topology this version does not build.
     #[error("topology `{0}` is not built yet")]
     Topology(config::Topology),
@@ -85,6 +91,8 @@ impl Listeners {
 /// A started node: what reload and shutdown need.
 pub struct Running {
     me: NodeConfig,
+    /// The topology, copies and every node's role as started: a reload may not change them.
+    shape: Shape,
     grace: Duration,
     members: Arc<Membership>,
     pairs: Arc<RwLock<Arc<crate::ids::PairTable>>>,
@@ -187,6 +195,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
     background.push(housekeeping);
     info!(node = %me.name, http = %me.http, repl = %me.repl, mode = ?r.mode, upstream = ?me.upstream, "node started");
     Ok(Running {
+        shape: Shape::of(&cfg),
         grace: cfg.node.grace_period,
         me,
         members,
@@ -264,6 +273,33 @@ impl Front<'_> {
     }
 }
 
+/// What a reload may not change: the topology, the copies per session, and the role of every node kept.
+struct Shape {
+    topology: config::Topology,
+    copies: usize,
+    roles: std::collections::HashMap<String, config::NodeRole>,
+}
+
+impl Shape {
+    fn of(cfg: &ClusterConfig) -> Shape {
+        Shape {
+            topology: cfg.replication.topology,
+            copies: cfg.replication.copies,
+            roles: cfg.nodes.iter().map(|n| (n.name.clone(), n.role)).collect(),
+        }
+    }
+
+    /// Whether `cfg` keeps this shape (nodes may come and go; a kept one keeps its role).
+    fn allows(&self, cfg: &ClusterConfig) -> bool {
+        cfg.replication.topology == self.topology
+            && cfg.replication.copies == self.copies
+            && cfg
+                .nodes
+                .iter()
+                .all(|n| self.roles.get(&n.name).is_none_or(|r| *r == n.role))
+    }
+}
+
 /// The longest a node may take to answer a request it serves: the wait for its copy, plus the app's read timeout
 /// in sidecar mode. A forward to a live owner is given that long.
 fn answer_limit(cfg: &ClusterConfig, me: &NodeConfig) -> Duration {
@@ -303,6 +339,9 @@ impl Running {
         };
         if me.id != self.me.id || me.http != self.me.http || me.repl != self.me.repl {
             return Err(ServerError::Moved);
+        }
+        if !self.shape.allows(&cfg) {
+            return Err(ServerError::Reshaped);
         }
         let (added, removed) = self.members.update(&cfg);
         *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.pairs.clone());

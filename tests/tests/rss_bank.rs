@@ -380,3 +380,24 @@ fn a_bank_member_restarted_faster_than_a_heartbeat_can_miss_is_refilled_all_the_
     c.kill("n2");
     one_more_each(&lb, &mut users);
 }
+
+#[test]
+fn a_reload_that_changes_a_nodes_role_is_refused_and_the_node_keeps_serving() {
+    let c = bank_cluster();
+    let mut u = User::new();
+    assert_eq!(u.incr(&c.node_url("n1"), "n").unwrap().status, 200);
+    let good = std::fs::read_to_string(&c.config_path).unwrap();
+    c.write_config(&good.replace("role = \"standby\"", "role = \"web\""))
+        .unwrap();
+    c.signal("n1", libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the refusal in the log", || {
+        c.log("n1").contains("reload refused")
+    })
+    .unwrap();
+    assert!(
+        c.log("n1").contains("a node's role changed"),
+        "{}",
+        c.log("n1")
+    );
+    assert_eq!(u.incr(&c.node_url("n1"), "n").unwrap().json()["value"], 2);
+}
