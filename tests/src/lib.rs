@@ -125,6 +125,24 @@ impl Default for ClusterSpec {
     }
 }
 
+impl ClusterSpec {
+    /// A cluster in the `rss` topology with the lb: node `n{i+1}` has role `roles[i]` (`web`, `rss` or
+    /// `standby`), and each session is on `copies` bank members.
+    pub fn bank(roles: &[&str], copies: usize) -> ClusterSpec {
+        ClusterSpec {
+            nodes: roles.len(),
+            lb: true,
+            replication_extra: format!("topology = \"rss\"\ncopies = {copies}"),
+            node_extra: roles
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i, format!("role = {r:?}\n")))
+                .collect(),
+            ..ClusterSpec::default()
+        }
+    }
+}
+
 /// One node's addresses.
 #[derive(Clone, Debug)]
 pub struct NodeAddrs {
@@ -319,7 +337,12 @@ impl Cluster {
 
     /// Starts any program as one of the cluster's processes (an application beside a node, say), under `key`:
     /// its log is `<dir>/<key>.log`, and it is killed with the cluster.
-    pub fn start_process<S: AsRef<OsStr>>(&mut self, key: &str, program: &Path, args: &[S]) -> Result<u32> {
+    pub fn start_process<S: AsRef<OsStr>>(
+        &mut self,
+        key: &str,
+        program: &Path,
+        args: &[S],
+    ) -> Result<u32> {
         self.procs.spawn(key, program, args)
     }
 

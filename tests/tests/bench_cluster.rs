@@ -1,7 +1,6 @@
 //! One short `bench cluster` run against the real binaries, with the busiest node killed mid-way: the bench
 //! must find no acknowledged update lost and no session silently reset.
 
-use std::collections::HashMap;
 use std::process::Command;
 
 use cluster_tests::{bin, Cluster, ClusterSpec};
@@ -83,17 +82,7 @@ fn bench_cluster_kill_primary_loses_nothing() {
 
 /// n1, n2 web; n3, n4 the bank; n5 standby.
 fn bank_spec() -> ClusterSpec {
-    ClusterSpec {
-        nodes: 5,
-        lb: true,
-        replication_extra: "topology = \"rss\"".into(),
-        node_extra: HashMap::from([
-            (2, "role = \"rss\"".to_string()),
-            (3, "role = \"rss\"".to_string()),
-            (4, "role = \"standby\"".to_string()),
-        ]),
-        ..ClusterSpec::default()
-    }
+    ClusterSpec::bank(&["web", "web", "rss", "rss", "standby"], 1)
 }
 
 #[test]
@@ -114,7 +103,7 @@ fn bench_cluster_on_a_bank_loses_nothing_when_a_bank_member_is_killed() {
 fn bench_cluster_on_a_bank_with_two_copies_loses_nothing_when_a_web_node_and_a_member_die_together()
 {
     let mut spec = bank_spec();
-    spec.replication_extra.push_str("\ncopies = 2");
+    spec.replication_extra = spec.replication_extra.replace("copies = 1", "copies = 2");
     bench_cluster_with(spec, &["kill:n1@2s", "kill:n3@2s"]);
 }
 

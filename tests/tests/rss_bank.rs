@@ -2,7 +2,6 @@
 //! member; a dead web node's sessions are fetched from the bank by the node the lb sends them to, a standby
 //! first.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use cluster_tests::{cookie_pair, wait_until, Cluster, ClusterSpec, User};
@@ -10,17 +9,7 @@ use serde_json::Value;
 
 /// n1 and n2 serve (`web`), n3 is the bank (`rss`), n4 is the `standby`.
 fn bank_cluster() -> Cluster {
-    Cluster::start(ClusterSpec {
-        nodes: 4,
-        lb: true,
-        replication_extra: "topology = \"rss\"".into(),
-        node_extra: HashMap::from([
-            (2, "role = \"rss\"".to_string()),
-            (3, "role = \"standby\"".to_string()),
-        ]),
-        ..ClusterSpec::default()
-    })
-    .expect("cluster starts")
+    Cluster::start(ClusterSpec::bank(&["web", "web", "rss", "standby"], 1)).expect("cluster starts")
 }
 
 #[test]
@@ -152,17 +141,7 @@ fn one_more_each(lb: &str, users: &mut [(User, i64)]) {
 #[test]
 fn a_dead_bank_members_sessions_are_re_copied_to_another_member_and_survive_their_web_node() {
     // n1, n2 web; n3, n4 the bank.
-    let mut c = Cluster::start(ClusterSpec {
-        nodes: 4,
-        lb: true,
-        replication_extra: "topology = \"rss\"".into(),
-        node_extra: HashMap::from([
-            (2, "role = \"rss\"".to_string()),
-            (3, "role = \"rss\"".to_string()),
-        ]),
-        ..ClusterSpec::default()
-    })
-    .unwrap();
+    let mut c = Cluster::start(ClusterSpec::bank(&["web", "web", "rss", "rss"], 1)).unwrap();
     let lb = c.lb_url();
     let mut users: Vec<(User, i64)> = (0..10).map(|_| (User::new(), 0)).collect();
     one_more_each(&lb, &mut users);
@@ -271,17 +250,7 @@ fn with_one_copy_a_session_whose_web_node_and_bank_member_both_died_is_lost_expl
 #[test]
 fn with_two_copies_a_web_node_and_a_bank_member_dying_together_lose_nothing() {
     // n1, n2 web; n3, n4 the bank, each session on both.
-    let mut c = Cluster::start(ClusterSpec {
-        nodes: 4,
-        lb: true,
-        replication_extra: "topology = \"rss\"\ncopies = 2".into(),
-        node_extra: HashMap::from([
-            (2, "role = \"rss\"".to_string()),
-            (3, "role = \"rss\"".to_string()),
-        ]),
-        ..ClusterSpec::default()
-    })
-    .unwrap();
+    let mut c = Cluster::start(ClusterSpec::bank(&["web", "web", "rss", "rss"], 2)).unwrap();
     let lb = c.lb_url();
     let mut users: Vec<(User, i64)> = (0..10).map(|_| (User::new(), 0)).collect();
     one_more_each(&lb, &mut users);
@@ -317,20 +286,14 @@ fn a_copy_left_behind_on_a_paused_bank_member_is_never_handed_out_over_a_current
     // n1 web, n2 standby; n3, n4, n5 the bank, each session on two of them. Ids are set so that a takeover
     // polls the bank in the order n4, n3, n5: the member left behind (n4) comes before the current one (n5).
     let id = |n: u64| format!("id = {}", (1u64 << 50) + n);
-    let mut c = Cluster::start(ClusterSpec {
-        nodes: 5,
-        lb: true,
-        replication_extra: "topology = \"rss\"\ncopies = 2".into(),
-        node_extra: HashMap::from([
-            (0, id(1_000_003)),
-            (1, format!("role = \"standby\"\n{}", id(2_000_029))),
-            (2, format!("role = \"rss\"\n{}", id(40_009))),
-            (3, format!("role = \"rss\"\n{}", id(3))),
-            (4, format!("role = \"rss\"\n{}", id(700_001))),
-        ]),
-        ..ClusterSpec::default()
-    })
-    .unwrap();
+    let mut spec = ClusterSpec::bank(&["web", "standby", "rss", "rss", "rss"], 2);
+    for (i, n) in [1_000_003, 2_000_029, 40_009, 3, 700_001]
+        .into_iter()
+        .enumerate()
+    {
+        spec.node_extra.entry(i).or_default().push_str(&id(n));
+    }
+    let mut c = Cluster::start(spec).unwrap();
     let lb = c.lb_url();
     let mut users: Vec<(User, i64)> = (0..10).map(|_| (User::new(), 0)).collect();
     for _ in 0..3 {
