@@ -21,6 +21,8 @@
 //! - `connection`: framed, authenticated replication connections over TCP.
 //! - `peer_server`: the replication port: heartbeats, copies and pulls from peers.
 //! - `membership`: peers, heartbeats, liveness and load; secondary choice.
+//! - `redis_bank`: a Redis or Valkey server as the bank: versioned compare-and-set writes, TTL, timeouts
+//!   (the store's side; not yet wired into replication).
 //! - `takeover`: recovering a session this node does not host, and granting one to another node.
 //! - `forward`: relaying a request to the session's live owner.
 //! - `metrics`: Prometheus counters and gauges.
@@ -48,6 +50,8 @@ pub mod membership;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod peer_server;
+#[cfg(feature = "server")]
+pub mod redis_bank;
 #[cfg(feature = "server")]
 pub mod replicate;
 #[cfg(feature = "server")]
