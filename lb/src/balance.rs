@@ -76,12 +76,9 @@ pub fn choose(
     attempt: Attempt<'_>,
     draw: Draw,
 ) -> Option<(usize, Target)> {
-    let usable = |i: usize| {
-        nodes.get(i).is_some_and(|n| n.healthy && n.role.serves()) && !attempt.tried.contains(&i)
-    };
-    if let Some(hit) = pinned_primary(attempt, |i| {
-        nodes.get(i).is_some_and(|n| n.healthy && n.role.serves())
-    }) {
+    let up = |i: usize| nodes.get(i).is_some_and(|n| n.healthy && n.role.serves());
+    let usable = |i: usize| up(i) && !attempt.tried.contains(&i);
+    if let Some(hit) = pinned_primary(attempt, up) {
         return Some(hit);
     }
     if let Some(p) = attempt.pinned {

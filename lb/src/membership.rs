@@ -190,6 +190,8 @@ pub struct Topology {
     pub cfg: ClusterConfig,
     /// Verifies routing cookies with this generation's keys.
     pub codec: CookieCodec,
+    /// `[cookie] header`, parsed once for this generation.
+    token_header: Option<http::HeaderName>,
     /// Every node in file order; routing and balancing use indices into this list.
     pub nodes: Vec<Arc<NodeState>>,
     peers: Vec<HttpPeer>,
@@ -239,9 +241,16 @@ impl Topology {
             peers.push(peer);
         }
         let codec = CookieCodec::new(&cfg.cookie);
+        // Validated as a lowercase header name: parsing it cannot fail.
+        let token_header = cfg
+            .cookie
+            .header
+            .as_deref()
+            .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
         Topology {
             cfg,
             codec,
+            token_header,
             nodes,
             peers,
             by_id,
@@ -279,7 +288,7 @@ impl Topology {
     /// carry a valid token; `None` otherwise (the request is then routed by its cookie). A token wins over a
     /// cookie, as on the node. Not cached: a token's verification is one HMAC.
     pub fn route_token(&self, headers: &http::HeaderMap) -> Option<Route> {
-        let value = headers.get(self.codec.token_header()?)?;
+        let value = headers.get(self.token_header.as_ref()?)?;
         let cookie = self.codec.find_token(value.as_bytes())?;
         Some(routing::resolve(
             &self.cfg.pairs,

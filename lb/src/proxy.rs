@@ -40,6 +40,7 @@ use crate::routing::Route;
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// The request id header, parsed once.
 static REQUEST_ID: HeaderName = HeaderName::from_static(node::REQUEST_ID_HEADER);
+static HOP: HeaderName = HeaderName::from_static(node::HOP_HEADER);
 /// Seconds a client is told to wait when no node is up.
 const RETRY_AFTER_S: &str = "1";
 
@@ -283,8 +284,8 @@ impl ProxyHttp for Lb {
     ) -> Result<()> {
         // Node-to-node forwards count their hops in this header; a client's copy could stop a node from
         // forwarding to the session's live owner and make it take the session over instead.
-        if upstream_request.headers.contains_key(node::HOP_HEADER) {
-            upstream_request.remove_header(node::HOP_HEADER);
+        if upstream_request.headers.contains_key(&HOP) {
+            upstream_request.remove_header(&HOP);
         }
         // Only the balancer names requests: a copy the client sent never reaches a node.
         if !needs_request_id(&upstream_request.method) {

@@ -187,6 +187,17 @@ pub fn error_reply(status: StatusCode, message: &str) -> Reply {
     json_reply(status, &json!({ "error": message }))
 }
 
+/// `status` with `{"error": message}` and `Retry-After: 1`: nothing was done, and the same request may succeed
+/// shortly.
+pub fn retry_later(status: StatusCode, message: &str) -> Reply {
+    let mut r = error_reply(status, message);
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    r
+}
+
 /// An answer without a body.
 pub fn empty(status: StatusCode) -> Reply {
     Response::builder()

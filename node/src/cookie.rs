@@ -103,7 +103,6 @@ impl Key {
 /// Signs and verifies routing cookies with the cluster's cookie keys.
 pub struct CookieCodec {
     name: String,
-    header: Option<String>,
     current: Key,
     previous: Vec<Key>,
 }
@@ -113,7 +112,6 @@ impl CookieCodec {
     pub fn new(cfg: &CookieConfig) -> CookieCodec {
         CookieCodec {
             name: cfg.name.clone(),
-            header: cfg.header.clone(),
             current: Key::new(&cfg.current),
             previous: cfg.previous.iter().map(Key::new).collect(),
         }
@@ -122,11 +120,6 @@ impl CookieCodec {
     /// The cookie's name, e.g. `SRVSESSION`.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The request header that may carry the token instead of the cookie (`[cookie] header`), lowercase.
-    pub fn token_header(&self) -> Option<&str> {
-        self.header.as_deref()
     }
 
     /// The routing cookie a session token header carries (its whole value is the token); `None` when it is

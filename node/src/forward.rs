@@ -49,17 +49,16 @@ pub fn hop_by_hop(name: &HeaderName) -> bool {
 /// Copies the end-to-end headers of `from` into `to`, leaving out those `skip` names, the hop-by-hop ones and
 /// any that `Connection` names for this hop only.
 pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, skip: impl Fn(&HeaderName) -> bool) {
-    let named = |k: &HeaderName| {
-        from.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(k.as_str()))
-            })
-        })
-    };
-    let has_connection = from.contains_key(CONNECTION);
+    // The names `Connection` lists, read once (usually none).
+    let named: Vec<&str> = from
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
     for (k, v) in from {
-        let one_hop = hop_by_hop(k) || (has_connection && named(k));
+        let one_hop = hop_by_hop(k) || named.iter().any(|t| t.eq_ignore_ascii_case(k.as_str()));
         if !one_hop && !skip(k) {
             to.append(k.clone(), v.clone());
         }

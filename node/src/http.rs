@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -18,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::app::{error_reply, json_reply, App, ClientRequest, Reply};
-use crate::body::{self, RequestBody};
+use crate::body;
 use crate::config::NodeRole;
 use crate::ids::SessionId;
 use crate::service::{SessionCall, SessionService};
@@ -135,26 +133,14 @@ impl<A: App> HttpFront<A> {
             )
         };
         let app = &self.service.app;
-        let body = match app.streams_bodies_over() {
-            None => match read_body(body, limit).await {
-                Some(b) => RequestBody::Read(b),
-                None => return too_large(),
-            },
-            Some(buffer) => {
-                let declared = parts
-                    .headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                if declared.is_some_and(|n| n > limit as u64) {
-                    return too_large();
-                }
-                match body::request_body(body, buffer.min(limit), limit).await {
-                    Ok(b) => b,
-                    Err(body::BodyError::TooLarge) => return too_large(),
-                    Err(body::BodyError::BrokeOff) => {
-                        return error_reply(StatusCode::BAD_REQUEST, "the request body broke off")
-                    }
-                }
+        // An app that takes every body whole reads up to the limit; a body over it is read on and dropped
+        // (`body::Capped`), so the client gets its 413 instead of a reset in mid-upload.
+        let buffer = app.streams_bodies_over().map_or(limit, |b| b.min(limit));
+        let body = match body::request_body(body, buffer, limit).await {
+            Ok(b) => b,
+            Err(body::BodyError::TooLarge) => return too_large(),
+            Err(body::BodyError::BrokeOff) => {
+                return error_reply(StatusCode::BAD_REQUEST, "the request body broke off")
             }
         };
         let req = ClientRequest { parts, body };
@@ -177,7 +163,11 @@ impl<A: App> HttpFront<A> {
         // by hand, and a stale cookie a library keeps sending must not override it.
         // Sending the header at all (empty, to start) asks for the token in the answer's header instead of a
         // cookie; a cookie client never gets it, so a script on the page cannot read what HttpOnly hides.
-        let token_sent = codec.token_header().and_then(|h| parts.headers.get(h));
+        let token_sent = self
+            .service
+            .token_header
+            .as_ref()
+            .and_then(|h| parts.headers.get(h));
         let by_token = token_sent.is_some();
         let token = token_sent.and_then(|v| codec.find_token(v.as_bytes()));
         let cookie = token
@@ -260,24 +250,4 @@ impl<A: App> HttpFront<A> {
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: dropped here, before the caller awaits anything else.
     let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
-}
-
-/// The body, or `None` when it is over `limit`. An oversize body is still read (up to 8× the limit) and
-/// dropped, so the client gets its 413 instead of a reset in mid-upload.
-async fn read_body(mut body: Incoming, limit: usize) -> Option<Bytes> {
-    let mut buf = bytes::BytesMut::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return None };
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen > limit.saturating_mul(8) {
-                return None;
-            }
-            if seen <= limit {
-                buf.extend_from_slice(&data);
-            }
-        }
-    }
-    (seen <= limit).then(|| buf.freeze())
 }

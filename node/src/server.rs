@@ -235,6 +235,13 @@ impl Front<'_> {
             app,
             settings: self.settings,
             codec: CookieCodec::new(&self.cfg.cookie),
+            // Validated as a lowercase header name: parsing it cannot fail.
+            token_header: self
+                .cfg
+                .cookie
+                .header
+                .as_deref()
+                .and_then(|h| hyper::header::HeaderName::from_bytes(h.as_bytes()).ok()),
             pairs: self.pairs,
             store: self.store.clone(),
             members: self.members.clone(),

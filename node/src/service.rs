@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use hyper::header::{HeaderName, HeaderValue, RETRY_AFTER, SET_COOKIE};
+use hyper::header::{HeaderName, HeaderValue, SET_COOKIE};
 use hyper::StatusCode;
 use tracing::warn;
 
-use crate::app::{error_reply, App, Applied, Change, ClientRequest, Reply};
+use crate::app::{retry_later, App, Applied, Change, ClientRequest, Reply};
 use crate::cookie::{CookieCodec, RoutingCookie};
 use crate::forward::{Forwarder, Outbound};
 use crate::ids::{NodeId, Pair, PairTable, SessionId};
@@ -109,6 +109,8 @@ pub struct SessionService<A: App> {
     pub settings: Settings,
     /// Reads and mints routing cookies.
     pub codec: CookieCodec,
+    /// `[cookie] header` as a header name, parsed once at start.
+    pub token_header: Option<HeaderName>,
     /// The pair table of the current cluster file; a reload swaps the inner `Arc` (read it with [`Self::pairs`]).
     pub pairs: Arc<RwLock<Arc<PairTable>>>,
     /// The sessions held here.
@@ -505,20 +507,14 @@ impl<A: App> SessionService<A> {
             .app
             .answer(&call.call, pending, session, Applied::Deleted);
         if call.by_token {
-            if let Some(h) = self.token_header() {
-                r.headers_mut().insert(h, HeaderValue::from_static(""));
+            if let Some(h) = &self.token_header {
+                r.headers_mut()
+                    .insert(h.clone(), HeaderValue::from_static(""));
             }
         } else {
             set_header(&mut r, SET_COOKIE, &self.codec.clear_cookie(false));
         }
         r
-    }
-
-    /// `[cookie] header` as a header name, when set.
-    fn token_header(&self) -> Option<HeaderName> {
-        self.codec
-            .token_header()
-            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
     }
 
     /// The app's answer, with a fresh cookie when the client's is missing or out of date: in the token header
@@ -540,8 +536,8 @@ impl<A: App> SessionService<A> {
             version,
         };
         if cookie != Some(current) {
-            match self.token_header().filter(|_| call.by_token) {
-                Some(h) => set_header(&mut r, h, &self.codec.encode(&current)),
+            match self.token_header.as_ref().filter(|_| call.by_token) {
+                Some(h) => set_header(&mut r, h.clone(), &self.codec.encode(&current)),
                 None => set_header(&mut r, SET_COOKIE, &self.codec.set_cookie(&current, false)),
             }
         }
@@ -640,8 +636,5 @@ fn set_header(r: &mut Reply, name: hyper::header::HeaderName, value: &str) {
 
 /// 503 with `Retry-After: 1`.
 fn unavailable(message: &str) -> Reply {
-    let mut r = error_reply(StatusCode::SERVICE_UNAVAILABLE, message);
-    r.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+    retry_later(StatusCode::SERVICE_UNAVAILABLE, message)
 }

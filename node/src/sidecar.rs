@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use bytes::Bytes;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, DATE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, DATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -18,7 +18,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use crate::app::{error_reply, json_reply, App, Applied, Change, ClientRequest, Reply};
+use std::fmt::Write as _;
+
+use crate::app::{
+    error_reply, json_reply, retry_later, App, Applied, Change, ClientRequest, Reply,
+};
 use crate::body::{self, full, IdleTimeout, Read, ReplyBody};
 use crate::config::SidecarConfig;
 use crate::forward::{copy_headers, refused};
@@ -102,7 +106,7 @@ impl Sidecar {
         copy_headers(&parts.headers, h, internal_header);
         let id = format!("{:032x}", s.id.0);
         h.insert(SESSION_VERSION, s.version.into());
-        let data = ascii_json(&Value::Object(s.data.clone()));
+        let data = ascii_json(&s.data);
         let inline = (data.len() <= self.settings.session_header_bytes)
             .then(|| HeaderValue::from_str(&data).ok())
             .flatten();
@@ -151,14 +155,14 @@ impl Sidecar {
                     "failed"
                 };
                 warn!(upstream = %self.upstream, error = %e, "application {why}");
-                Err(app_unavailable(
+                Err(retry_later(
                     StatusCode::BAD_GATEWAY,
                     &format!("the application {why}; nothing was changed"),
                 ))
             }
             Err(_) => {
                 warn!(upstream = %self.upstream, timeout = ?self.settings.read_timeout, "application did not answer in time");
-                Err(app_unavailable(
+                Err(retry_later(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the application did not answer in time; nothing was changed",
                 ))
@@ -252,7 +256,7 @@ impl App for Sidecar {
         s: &Session,
     ) -> Result<Outgoing, Reply> {
         let Some(body) = req.body.take() else {
-            return Err(app_unavailable(
+            return Err(retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the request body was already sent once; retry the request",
             ));
@@ -293,7 +297,7 @@ impl App for Sidecar {
                 Read::Over(rest) => (rest, Some(record(parts.status, &headers, None))),
                 Read::Failed(_) => {
                     warn!(session = %sid.log_hash(), "application's answer broke off; nothing applied");
-                    return Err(app_unavailable(
+                    return Err(retry_later(
                         StatusCode::BAD_GATEWAY,
                         "the application's answer broke off; nothing was changed",
                     ));
@@ -410,18 +414,11 @@ fn replay(rec: &RecordedReply) -> Reply {
     r
 }
 
-/// `status` with a JSON error and `Retry-After: 1`: the app could not be reached or did not answer.
-fn app_unavailable(status: StatusCode, message: &str) -> Reply {
-    let mut r = error_reply(status, message);
-    r.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    r
-}
-
 /// JSON text with every non-ASCII character escaped (`\uXXXX`, surrogate pairs above the BMP), so it is a
 /// valid header value; control characters are escaped by the serializer already.
-pub fn ascii_json(v: &Value) -> String {
-    let text = v.to_string();
+pub fn ascii_json(v: &impl serde::Serialize) -> String {
+    // Maps and values of serde_json always serialize.
+    let text = serde_json::to_string(v).unwrap_or_default();
     if text.bytes().all(|b| b.is_ascii() && b != 0x7f) {
         return text;
     }
@@ -433,7 +430,7 @@ pub fn ascii_json(v: &Value) -> String {
         } else {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{u:04x}"));
+                let _ = write!(out, "\\u{u:04x}");
             }
         }
     }
