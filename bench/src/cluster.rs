@@ -237,3 +237,16 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 pub fn free_port(ip: std::net::IpAddr) -> Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
+
+/// `n` addresses on `ip` with free ports, no two alike (the kernel may hand a just-closed port out twice).
+pub fn free_addrs(ip: std::net::IpAddr, n: usize) -> Result<Vec<std::net::SocketAddr>> {
+    let mut taken = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let p = free_port(ip)?;
+        if taken.insert(p) {
+            out.push(std::net::SocketAddr::new(ip, p));
+        }
+    }
+    Ok(out)
+}

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::cli::write_file;
 use crate::client::{Http1, Jar};
-use crate::cluster::{free_port, Procs, LB};
+use crate::cluster::{free_addrs, Procs, LB};
 use crate::cpu;
 use crate::spec::{parse_duration, MAX_RUN};
 use crate::verify::ErrorKind;
@@ -345,10 +345,10 @@ async fn measure(
     load: &Load,
 ) -> Result<Run> {
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let apps: Vec<SocketAddr> = (0..args.apps)
-        .map(|_| free_port(ip).map(|p| SocketAddr::new(ip, p)))
-        .collect::<Result<_>>()?;
-    let file = cluster_file(base, &apps)?;
+    // Every address of the run at once, so no two share a port: the apps, the lb's two, two per node.
+    let mut addrs = free_addrs(ip, 3 * args.apps + 2)?.into_iter();
+    let apps: Vec<SocketAddr> = addrs.by_ref().take(args.apps).collect();
+    let file = cluster_file(base, &apps, addrs)?;
     let path = dir.join("shop.toml");
     std::fs::write(&path, file.render())?;
     // One controller for every process of this configuration: each is killed by its pid when it goes.
@@ -432,11 +432,18 @@ async fn measure(
     })
 }
 
-/// The sidecar configuration's cluster file: K nodes on free ports of 127.0.0.1, `sync`, node `n<i>` in front of
-/// app `i`. The alone configuration uses it only for its process controller.
-fn cluster_file(base: &ClusterConfig, apps: &[SocketAddr]) -> Result<ClusterFile> {
-    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let port = || free_port(ip).map(|p| SocketAddr::new(ip, p));
+/// The sidecar configuration's cluster file: K nodes on the addresses `free` gives (2 + 2K of them), `sync`, node
+/// `n<i>` in front of app `i`. The alone configuration uses it only for its process controller.
+fn cluster_file(
+    base: &ClusterConfig,
+    apps: &[SocketAddr],
+    free: impl IntoIterator<Item = SocketAddr>,
+) -> Result<ClusterFile> {
+    let mut free = free.into_iter();
+    let mut port = || {
+        free.next()
+            .context("fewer free addresses than the cluster needs")
+    };
     let mut file = ClusterFile::new(base.secret.clone(), port()?, port()?);
     file.cookie.name = Some(base.cookie.name.clone());
     file.lb.threads = Some(base.lb.threads);

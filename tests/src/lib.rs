@@ -631,6 +631,35 @@ pub fn cookie_pair(
 }
 
 impl Cluster {
+    /// Node `name`'s `/_node/health` answer (panics when it does not answer).
+    pub fn health(&self, name: &str) -> serde_json::Value {
+        reqwest::blocking::get(format!("{}/_node/health", self.node_url(name)))
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("{name}'s health: {e}"))
+    }
+
+    /// Sessions and copies node `name` holds, from its health answer.
+    pub fn sessions_held(&self, name: &str) -> u64 {
+        self.health(name)["sessions"]
+            .as_u64()
+            .expect("a session count")
+    }
+
+    /// The node whose copy of session `sid` (32 hex digits) is the primary one; a node that does not answer
+    /// (killed, or paused past 2 s) is skipped.
+    pub fn primary_of(&self, sid: &str) -> Option<String> {
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        self.nodes.iter().find_map(|n| {
+            let url = format!("{}/_node/sessions/{sid}", self.node_url(&n.name));
+            let v: serde_json::Value = client.get(url).send().ok()?.json().ok()?;
+            (v["role"] == "primary").then(|| n.name.clone())
+        })
+    }
+
     /// The validated config the processes read.
     pub fn config(&self) -> node::config::ClusterConfig {
         node::config::ClusterConfig::load(&self.config_path).expect("our own config validates")

@@ -87,10 +87,7 @@ fn async_replication_loss_after_a_kill_is_bounded_by_the_batch_and_flagged_stale
         ..Default::default()
     };
     let mut c = Cluster::start(spec).unwrap();
-    let health: serde_json::Value =
-        reqwest::blocking::get(format!("{}/_node/health", c.node_url("n1")))
-            .and_then(|r| r.json())
-            .unwrap();
+    let health = c.health("n1");
     assert_eq!(
         health["mode"], "async",
         "the health page spells the mode as the file does"
@@ -256,17 +253,10 @@ fn copies_bigger_than_one_replication_frame_in_all_are_sent_in_several_batches()
         let r = u.send(&n1, "PATCH", "/session", Some(&body)).unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let held = |c: &Cluster| {
-        let v: serde_json::Value =
-            reqwest::blocking::get(format!("{}/_node/health", c.node_url("n2")))
-                .and_then(|r| r.json())
-                .unwrap_or_default();
-        v["sessions"].as_u64().unwrap_or(0)
-    };
     wait_until(
         Duration::from_secs(30),
         "n2 holds a copy of every session",
-        || held(&c) == 90,
+        || c.sessions_held("n2") == 90,
     )
     .unwrap();
     c.kill("n1");

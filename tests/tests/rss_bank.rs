@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use cluster_tests::{cookie_pair, wait_until, Cluster, ClusterSpec, User};
-use serde_json::Value;
 
 /// n1 and n2 serve (`web`), n3 is the bank (`rss`), n4 is the `standby`.
 fn bank_cluster() -> Cluster {
@@ -36,10 +35,7 @@ fn new_sessions_go_to_web_nodes_and_are_copied_to_the_bank_never_served_by_it() 
         direct.status, 404,
         "a session server serves no sessions: {direct:?}"
     );
-    let health: Value = reqwest::blocking::get(format!("{}/_node/health", c.node_url("n3")))
-        .unwrap()
-        .json()
-        .unwrap();
+    let health = c.health("n3");
     assert_eq!(health["role"], "rss");
     assert_eq!(
         health["sessions"], 12,
@@ -107,21 +103,9 @@ fn a_killed_web_nodes_sessions_are_fetched_from_the_bank_by_the_standby_with_not
     wait_until(
         Duration::from_secs(5),
         "the bank holds every session",
-        || {
-            reqwest::blocking::get(format!("{}/_node/health", c.node_url("n3")))
-                .and_then(|r| r.json::<Value>())
-                .is_ok_and(|h| h["sessions"] == 8)
-        },
+        || c.sessions_held("n3") == 8,
     )
     .unwrap();
-}
-
-/// Sessions (and copies) node `name` holds, from its health answer.
-fn held(c: &Cluster, name: &str) -> u64 {
-    reqwest::blocking::get(format!("{}/_node/health", c.node_url(name)))
-        .and_then(|r| r.json::<Value>())
-        .map(|h| h["sessions"].as_u64().unwrap_or(0))
-        .unwrap_or(0)
 }
 
 /// `users` increment once each through `lb`; each must see its own count plus one.
@@ -146,7 +130,7 @@ fn a_dead_bank_members_sessions_are_re_copied_to_another_member_and_survive_thei
     let mut users: Vec<(User, i64)> = (0..10).map(|_| (User::new(), 0)).collect();
     one_more_each(&lb, &mut users);
     assert_eq!(
-        held(&c, "n3") + held(&c, "n4"),
+        c.sessions_held("n3") + c.sessions_held("n4"),
         10,
         "one copy of each session in the bank"
     );
@@ -154,7 +138,7 @@ fn a_dead_bank_members_sessions_are_re_copied_to_another_member_and_survive_thei
     wait_until(
         Duration::from_secs(10),
         "n4 holds a copy of every session",
-        || held(&c, "n4") == 10,
+        || c.sessions_held("n4") == 10,
     )
     .unwrap();
     // The proof: the web nodes die too, one after the other; every session is fetched from n4.
@@ -191,7 +175,7 @@ fn a_bank_member_restarted_empty_is_refilled_before_its_web_node_dies() {
     wait_until(
         Duration::from_secs(10),
         "the restarted member is refilled",
-        || held(&c, "n3") == 6 && unprotected(&c) == 0.0,
+        || c.sessions_held("n3") == 6 && unprotected(&c) == 0.0,
     )
     .unwrap();
     c.kill("n1");
@@ -256,7 +240,7 @@ fn with_two_copies_a_web_node_and_a_bank_member_dying_together_lose_nothing() {
     one_more_each(&lb, &mut users);
     one_more_each(&lb, &mut users);
     assert_eq!(
-        (held(&c, "n3"), held(&c, "n4")),
+        (c.sessions_held("n3"), c.sessions_held("n4")),
         (10, 10),
         "every session on both members"
     );
@@ -336,7 +320,7 @@ fn a_bank_member_restarted_faster_than_a_heartbeat_can_miss_is_refilled_all_the_
     wait_until(
         Duration::from_secs(10),
         "the restarted member is refilled",
-        || held(&c, "n3") == 6,
+        || c.sessions_held("n3") == 6,
     )
     .unwrap();
     c.kill("n1");

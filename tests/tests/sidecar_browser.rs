@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Result};
 use cluster_tests::webdriver::{self, Browser};
 use cluster_tests::{wait_http_ok, wait_until, Cluster, ClusterSpec};
-use serde_json::Value;
 
 /// How long a page may take to show what a click or a reload should show (a failover included).
 const PAGE: Duration = Duration::from_secs(15);
@@ -82,32 +81,6 @@ fn add(b: &Browser, product: &str, then: &[(&str, u32)]) -> Result<()> {
     wait_cart(b, then, &format!("after adding {product}"))
 }
 
-/// The node whose copy of session `sid` is the primary one, among `nodes` (name, url).
-fn primary_of(nodes: &[(String, String)], sid: &str) -> Option<String> {
-    let client = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    nodes.iter().find_map(|(name, url)| {
-        let v: Value = client
-            .get(format!("{url}/_node/sessions/{sid}"))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        (v["role"] == "primary").then(|| name.clone())
-    })
-}
-
-/// Every node as (name, url).
-fn node_urls(c: &Cluster) -> Vec<(String, String)> {
-    c.nodes
-        .iter()
-        .map(|n| (n.name.clone(), c.node_url(&n.name)))
-        .collect()
-}
-
 /// The shopper's visit; `killed` learns which node was killed, for the failure report.
 fn shop(c: &mut Cluster, b: &Browser, killed: &mut Option<String>) -> Result<()> {
     let shop = format!("{}/", c.lb_url());
@@ -135,13 +108,12 @@ fn shop(c: &mut Cluster, b: &Browser, killed: &mut Option<String>) -> Result<()>
     );
 
     // In sync mode the primary copy is in place before the answer: whoever holds it serves this shopper.
-    let nodes = node_urls(c);
     let mut primary = None;
     wait_until(
         PAGE,
         "a node holding the primary copy of the session",
         || {
-            primary = primary_of(&nodes, &sid);
+            primary = c.primary_of(&sid);
             primary.is_some()
         },
     )?;
@@ -164,14 +136,13 @@ fn shop(c: &mut Cluster, b: &Browser, killed: &mut Option<String>) -> Result<()>
         b.text("#sid")?.trim() == sid,
         "the session should survive the node's death with its id, not be replaced"
     );
-    let survivors: Vec<(String, String)> =
-        nodes.into_iter().filter(|(n, _)| *n != victim).collect();
+    // The killed node refuses the connection: only a live node can answer as the primary now.
     let mut now = None;
     wait_until(
         PAGE,
         "a live node holding the primary copy after the takeover",
         || {
-            now = primary_of(&survivors, &sid);
+            now = c.primary_of(&sid);
             now.is_some()
         },
     )?;
