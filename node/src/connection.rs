@@ -60,12 +60,21 @@ pub enum LinkError {
     /// A well-formed message that does not fit where it came (e.g. a copy where the handshake's answer belongs).
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    /// The Redis bank failed (it stands where a session server's link would).
+    #[error(transparent)]
+    Bank(#[from] crate::redis_bank::BankError),
 }
 
 impl LinkError {
     /// Whether the peer process is certainly not listening (refused or reset at connect): dead at once.
     pub fn is_refused(&self) -> bool {
-        matches!(self, LinkError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+        match self {
+            LinkError::Connect { source, .. } => {
+                source.kind() == std::io::ErrorKind::ConnectionRefused
+            }
+            LinkError::Bank(e) => e.is_refused(),
+            _ => false,
+        }
     }
 }
 

@@ -6,17 +6,26 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::config::{ClusterConfig, NodeConfig, NodeRole, Topology};
+use crate::config::{BankConfig, ClusterConfig, NodeConfig, NodeRole, Topology};
 use crate::connection::{auth_key, LinkError, PeerLink};
 use crate::ids::{NodeId, SessionId};
+use crate::redis_bank::RedisBank;
 use crate::wire::{Body, Item, ItemResult};
+
+/// How a peer is reached.
+pub enum Transport {
+    /// A node: the replication protocol over TCP.
+    Link(PeerLink),
+    /// A Redis bank: scripts that answer as a session server would.
+    Bank(Arc<RedisBank>),
+}
 
 /// One other node.
 pub struct Peer {
-    /// Its `[[nodes]]` entry.
+    /// Its `[[nodes]]` entry (for a Redis bank, one made up: role `rss`, no addresses).
     pub cfg: NodeConfig,
-    /// The replication connection to it.
-    pub link: PeerLink,
+    /// How it is reached.
+    pub transport: Transport,
     alive: AtomicBool,
     misses: AtomicU32,
     /// Sessions it reported in its last heartbeat.
@@ -33,6 +42,20 @@ pub struct Peer {
 }
 
 impl Peer {
+    fn new(cfg: NodeConfig, transport: Transport) -> Peer {
+        Peer {
+            cfg,
+            transport,
+            alive: AtomicBool::new(false),
+            misses: AtomicU32::new(0),
+            load: AtomicU64::new(0),
+            assigned: AtomicU64::new(0),
+            last_seen_ms: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+        }
+    }
+
     /// Whether its last heartbeat answered (and no call failed since).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
@@ -47,8 +70,11 @@ impl Peer {
         our_sessions: u64,
         timeout: Duration,
     ) -> Result<(u64, u64), LinkError> {
-        match self
-            .link
+        let link = match &self.transport {
+            Transport::Link(link) => link,
+            Transport::Bank(bank) => return Ok((0, bank.ping().await?)),
+        };
+        match link
             .call(
                 Body::Ping {
                     sessions: our_sessions,
@@ -76,14 +102,63 @@ impl Peer {
         timeout: Duration,
     ) -> Result<Vec<ItemResult>, LinkError> {
         let n = items.len();
-        match self.link.call(Body::Batch { from, items }, timeout).await? {
+        let link = match &self.transport {
+            Transport::Link(link) => link,
+            Transport::Bank(bank) => return Ok(bank.apply(from, items).await?),
+        };
+        match link.call(Body::Batch { from, items }, timeout).await? {
             Body::BatchReply { results } if results.len() == n => Ok(results),
             other => Err(LinkError::Unexpected(format!("{other:?}"))),
         }
     }
 
+    /// The Redis bank this peer is, if it is one.
+    pub fn redis(&self) -> Option<&Arc<RedisBank>> {
+        match &self.transport {
+            Transport::Bank(bank) => Some(bank),
+            Transport::Link(_) => None,
+        }
+    }
+
+    /// Whether copies to this peer must be whole sessions (a Redis bank cannot apply deltas).
+    pub fn takes_whole_copies(&self) -> bool {
+        self.redis().is_some()
+    }
+
+    /// Asks the peer for a session (a takeover's pull) and returns its answer.
+    ///
+    /// # Errors
+    /// The link's error; [`LinkError::Unexpected`] for a Redis bank, which takeover asks through
+    /// [`Peer::redis`] instead.
+    pub async fn pull(&self, ask: Body, timeout: Duration) -> Result<Body, LinkError> {
+        match &self.transport {
+            Transport::Link(link) => link.call(ask, timeout).await,
+            Transport::Bank(_) => Err(LinkError::Unexpected(
+                "a pull from the Redis bank goes through its scripts".into(),
+            )),
+        }
+    }
+
     fn load(&self) -> u64 {
         self.load.load(Ordering::Relaxed) + self.assigned.load(Ordering::Relaxed)
+    }
+}
+
+/// The made-up `[[nodes]]` entry of a Redis bank: a session server by role, with no addresses of ours.
+fn bank_entry(b: &BankConfig) -> NodeConfig {
+    let nowhere = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    NodeConfig {
+        name: BankConfig::NAME.to_string(),
+        id: b.id,
+        http: nowhere,
+        repl: nowhere,
+        machine: BankConfig::NAME.to_string(),
+        zone: "default".to_string(),
+        weight: 1,
+        drain: false,
+        secondary: None,
+        role: NodeRole::Rss,
+        upstream: None,
     }
 }
 
@@ -113,6 +188,8 @@ pub struct Membership {
     changes: tokio::sync::mpsc::UnboundedSender<Change>,
     /// The role of the peers that hold copies: `web` in a pair (any other node), `rss` in a bank.
     copy_holders: NodeRole,
+    /// The Redis bank, when `[replication.bank]` names one: a peer like the session servers it replaces.
+    redis: Option<Arc<Peer>>,
 }
 
 impl Membership {
@@ -123,7 +200,12 @@ impl Membership {
         me: &NodeConfig,
     ) -> (Membership, tokio::sync::mpsc::UnboundedReceiver<Change>) {
         let (changes, rx) = tokio::sync::mpsc::unbounded_channel();
+        let redis = cfg.replication.bank.as_ref().map(|b| {
+            let bank = RedisBank::new(b, cfg.session.idle_timeout, cfg.replication.lease);
+            Arc::new(Peer::new(bank_entry(b), Transport::Bank(bank)))
+        });
         let m = Membership {
+            redis,
             changes,
             me: me.clone(),
             peers: RwLock::new(HashMap::new()),
@@ -142,17 +224,8 @@ impl Membership {
     }
 
     fn new_peer(&self, n: &NodeConfig) -> Arc<Peer> {
-        Arc::new(Peer {
-            cfg: n.clone(),
-            link: PeerLink::new(n.repl, &self.me.name, self.key, self.peer_timeout),
-            alive: AtomicBool::new(false),
-            misses: AtomicU32::new(0),
-            load: AtomicU64::new(0),
-            assigned: AtomicU64::new(0),
-            last_seen_ms: AtomicU64::new(0),
-            incarnation: AtomicU64::new(0),
-            gone: AtomicBool::new(false),
-        })
+        let link = PeerLink::new(n.repl, &self.me.name, self.key, self.peer_timeout);
+        Arc::new(Peer::new(n.clone(), Transport::Link(link)))
     }
 
     /// Takes the node list of a (re)loaded config: unchanged peers keep their link and liveness, changed ones
@@ -162,6 +235,13 @@ impl Membership {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();
         let mut added = Vec::new();
+        // The bank's settings cannot change by reload (the server refuses that), so it simply stays.
+        if let Some(bank) = &self.redis {
+            if !peers.contains_key(&bank.cfg.id) {
+                added.push(bank.cfg.id);
+            }
+            next.insert(bank.cfg.id, bank.clone());
+        }
         for n in cfg.nodes.iter().filter(|n| n.id != self.me.id) {
             match peers.get(&n.id) {
                 Some(p) if p.cfg == *n => {

@@ -1,7 +1,7 @@
 //! The node's Prometheus metrics, served on `GET /_node/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -48,8 +48,11 @@ pub struct Metrics {
     pub repl_errors: IntCounter,
     /// `node_replication_queue_depth`: sessions waiting to be copied.
     pub repl_queue: IntGauge,
-    /// `node_replication_batch_seconds`: round trip of one replication batch, in seconds.
-    pub repl_rtt: Histogram,
+    /// `node_replication_batch_seconds{peer}`: round trip of one replication batch to a peer (a Redis bank's
+    /// is its command latency), in seconds.
+    pub repl_rtt: HistogramVec,
+    /// `node_copies{peer}`: sessions owned here with a copy on that peer (per bank member, or the Redis bank).
+    pub copies: IntGaugeVec,
     /// `node_replication_auth_failures_total`: replication connections refused.
     pub auth_failures: IntCounter,
     /// `node_replication_frame_errors_total`: malformed replication frames received.
@@ -99,7 +102,18 @@ impl Metrics {
         registry
             .register(Box::new(repl_queue.clone()))
             .expect("unique");
-        let repl_rtt = Histogram::with_opts(
+        let copies = IntGaugeVec::new(
+            Opts::new(
+                "node_copies",
+                "Sessions owned here with a copy on the peer",
+            ),
+            &["peer"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(copies.clone()))
+            .expect("unique");
+        let repl_rtt = HistogramVec::new(
             HistogramOpts::new(
                 "node_replication_batch_seconds",
                 "Round trip of one replication batch",
@@ -107,6 +121,7 @@ impl Metrics {
             .buckets(vec![
                 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
+            &["peer"],
         )
         .expect("valid");
         registry
@@ -117,6 +132,7 @@ impl Metrics {
             sessions,
             repl_queue,
             repl_rtt,
+            copies,
             created: counter("node_sessions_created_total", "Sessions created here"),
             reloads: counter(
                 "node_reloads_total",

@@ -51,10 +51,11 @@ pub enum ServerError {
     /// A reloaded file changes this node's id or addresses, which a running node cannot take.
     #[error("this node's id or addresses changed: restart it to apply that")]
     Moved,
-    /// A reloaded file changes the topology, the copies per session or a node's role, which every process reads
-    /// at start only.
+    /// A reloaded file changes the topology, the copies per session, the Redis bank or a node's role, which
+    /// every process reads at start only.
     #[error(
-        "the topology, copies or a node's role changed: restart the nodes and the lb to apply that"
+        "the topology, copies, [replication.bank] or a node's role changed: restart the nodes and the lb to \
+         apply that"
     )]
     Reshaped,
     /// The file asks for a replication topology this version does not build.
@@ -285,6 +286,7 @@ struct Shape {
     topology: config::Topology,
     copies: usize,
     roles: std::collections::HashMap<String, config::NodeRole>,
+    bank: Option<config::BankConfig>,
 }
 
 impl Shape {
@@ -293,6 +295,7 @@ impl Shape {
             topology: cfg.replication.topology,
             copies: cfg.replication.copies,
             roles: cfg.nodes.iter().map(|n| (n.name.clone(), n.role)).collect(),
+            bank: cfg.replication.bank.clone(),
         }
     }
 
@@ -300,6 +303,7 @@ impl Shape {
     fn allows(&self, cfg: &ClusterConfig) -> bool {
         cfg.replication.topology == self.topology
             && cfg.replication.copies == self.copies
+            && cfg.replication.bank == self.bank
             && cfg
                 .nodes
                 .iter()
@@ -427,5 +431,10 @@ async fn housekeeping<A: App>(service: Arc<SessionService<A>>) {
         gauge
             .with_label_values(&["unprotected"])
             .set(held.unprotected);
+        for peer in service.members.peer_ids() {
+            let name = service.members.name_of(peer).unwrap_or_default();
+            let n = held.copies.get(&peer).copied().unwrap_or(0);
+            service.metrics.copies.with_label_values(&[&name]).set(n);
+        }
     }
 }

@@ -584,6 +584,9 @@ impl<A: App> SessionService<A> {
                 Role::Primary => {
                     held.primaries += 1;
                     held.unprotected += i64::from(slot.copies.is_empty());
+                    for c in &slot.copies {
+                        *held.copies.entry(c.peer).or_default() += 1;
+                    }
                     if idle_for > idle {
                         self.end_session(&entry, &mut slot);
                         self.metrics.expired.inc();
@@ -606,7 +609,7 @@ impl<A: App> SessionService<A> {
 }
 
 /// Sessions held here, for the `node_sessions` gauges.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Held {
     /// Owned here.
     pub primaries: i64,
@@ -614,6 +617,8 @@ pub struct Held {
     pub replicas: i64,
     /// Owned here with no copy anywhere (no live peer to hold one): lost if this node dies.
     pub unprotected: i64,
+    /// Sessions owned here with a copy on each peer (a bank member, a Redis bank, a secondary).
+    pub copies: std::collections::HashMap<NodeId, i64>,
 }
 
 /// Whether `call` may still be forwarded to `owner`: hops left, and `owner` not found unreachable already.

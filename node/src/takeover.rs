@@ -18,9 +18,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::cookie::RoutingCookie;
+use crate::connection::LinkError;
 use crate::ids::{NodeId, Pair, SessionId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::redis_bank::{BankError, Pulled, RedisBank};
 use crate::replicate::{self, replicator::Replicator};
 use crate::store::{now, Entry, Role, Slot, Store};
 use crate::topology::Topology;
@@ -28,6 +30,8 @@ use crate::wire::{Body, Item, PullResult};
 
 /// How long a pull waits for a session that is busy here before answering `Busy`.
 const PULL_LOCK_WAIT: Duration = Duration::from_millis(300);
+/// Peek-and-claim rounds against a Redis bank before answering busy (each waits out at most one lease).
+const BANK_CLAIM_TRIES: u32 = 3;
 /// Rounds of asking the pair before a session is declared lost.
 const PULL_ROUNDS: u32 = 6;
 
@@ -181,19 +185,30 @@ impl Takeover {
                 if !peer.is_alive() && !self.members.probe(c, self.load()).await {
                     continue;
                 }
-                let ask = Body::Pull {
-                    sid: cookie.session,
-                    requester: self.me,
-                    owner_unreachable: owner_unreachable || !self.members.is_alive(pair.primary),
-                    min_version,
-                };
+                let unreachable = owner_unreachable || !self.members.is_alive(pair.primary);
                 let sent_at = now();
                 self.metrics.polls.inc();
-                let answer = peer.link.call(ask, self.peer_timeout + self.lease).await;
+                let answer = match peer.redis() {
+                    Some(bank) => self
+                        .pull_from_bank(bank, cookie.session, unreachable, min_version)
+                        .await
+                        .map_err(LinkError::from),
+                    None => {
+                        let ask = Body::Pull {
+                            sid: cookie.session,
+                            requester: self.me,
+                            owner_unreachable: unreachable,
+                            min_version,
+                        };
+                        match peer.pull(ask, self.peer_timeout + self.lease).await {
+                            Ok(Body::PullReply { result }) => Ok(result),
+                            Ok(other) => Err(LinkError::Unexpected(format!("{other:?}"))),
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
                 match answer {
-                    Ok(Body::PullReply {
-                        result: PullResult::Granted { session },
-                    }) => {
+                    Ok(PullResult::Granted { session }) => {
                         let version = session.version;
                         let stale = replicate::install(slot, session, cookie.version, now());
                         entry.reset_mark(version + 1, sent_at + self.lease);
@@ -201,20 +216,16 @@ impl Takeover {
                         info!(session = %cookie.session.log_hash(), from = %peer.cfg.name, version, stale, "session taken over");
                         return Recovered::Installed { stale };
                     }
-                    Ok(Body::PullReply {
-                        result: PullResult::Redirect { owner },
-                    }) if owner != self.me => return Recovered::Forward(owner),
+                    Ok(PullResult::Redirect { owner }) if owner != self.me => {
+                        return Recovered::Forward(owner)
+                    }
                     // A live holder that is busy (waiting out a lease, say) is asked again next round, before
                     // anyone else: another holder could grant the same session a second time.
-                    Ok(Body::PullReply {
-                        result: PullResult::Busy,
-                    }) => {
+                    Ok(PullResult::Busy) => {
                         busy = true;
                         break;
                     }
-                    Ok(Body::PullReply {
-                        result: PullResult::Ended,
-                    }) => return Recovered::Ended,
+                    Ok(PullResult::Ended) => return Recovered::Ended,
                     Ok(_) => {}
                     Err(e) => {
                         if e.is_refused() {
@@ -236,6 +247,64 @@ impl Takeover {
             tokio::time::sleep(Duration::from_millis(10 * u64::from(round + 1))).await;
         }
         Recovered::Lost
+    }
+
+    /// A pull from the Redis bank: the same decision a session server makes for its copy ([`decide`]), taken
+    /// here with this node's view of the owner, then an atomic claim in the store (epoch + 1, this node the
+    /// owner) that fails if anything changed since the peek, or while the owner's read lease runs.
+    async fn pull_from_bank(
+        &self,
+        bank: &RedisBank,
+        sid: SessionId,
+        owner_unreachable: bool,
+        min_version: u64,
+    ) -> Result<PullResult, BankError> {
+        for _ in 0..BANK_CLAIM_TRIES {
+            let (epoch, owner, lease_left) = match bank.peek(sid, min_version).await? {
+                Pulled::Nothing => return Ok(PullResult::NotFound),
+                Pulled::Ended => return Ok(PullResult::Ended),
+                Pulled::Owned {
+                    epoch,
+                    owner,
+                    lease_left,
+                } => (epoch, owner, lease_left),
+            };
+            let view = PullView {
+                role: Role::Replica,
+                owner,
+                requester: self.me,
+                me: bank.id(),
+                waiting_writes: false,
+                owner_alive: self.members.is_alive(owner),
+                owner_unreachable,
+                owner_gone: self.members.is_gone(owner),
+            };
+            let decision = match decide(&view) {
+                Grant::CheckOwner if self.members.probe(owner, self.load()).await => Grant::Redirect,
+                Grant::CheckOwner => decide(&PullView {
+                    owner_alive: false,
+                    owner_gone: self.members.is_gone(owner),
+                    ..view
+                }),
+                d => d,
+            };
+            let respect_lease = match decision {
+                Grant::Redirect => return Ok(PullResult::Redirect { owner }),
+                Grant::Busy | Grant::CheckOwner => return Ok(PullResult::Busy),
+                Grant::AfterLease => {
+                    tokio::time::sleep(lease_left.min(self.lease)).await;
+                    true
+                }
+                Grant::Now => false,
+            };
+            match bank.claim(sid, self.me, (epoch, owner), respect_lease).await? {
+                Ok(session) => return Ok(PullResult::Granted { session }),
+                // The owner renewed its lease meanwhile (so it is alive after all), or another node claimed
+                // it: look again.
+                Err(Some(_)) | Err(None) => continue,
+            }
+        }
+        Ok(PullResult::Busy)
     }
 
     /// Promotes the local copy (held in `slot`, role replica, its primary dead or unreachable) to primary:

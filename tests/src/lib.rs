@@ -4,6 +4,7 @@
 //! without colliding. Every process is killed when the [`Cluster`] is dropped (and, through `PR_SET_PDEATHSIG`,
 //! when the test process itself dies).
 
+pub mod redis;
 pub mod test_app;
 
 use std::collections::{HashMap, HashSet};

@@ -1,171 +1,205 @@
 //! Redis as the session bank, the store's side (issue 10 item 7), against a real `redis-server` started on a
-//! free loopback port: versioned writes never roll a session back, TTLs are set, and a paused store gives a
-//! timeout error instead of a hang.
+//! free loopback port: the bank answers replication items as a session server would, versioned writes never
+//! roll a session back, an old owner is fenced once another node claimed the session, TTLs are set, and a
+//! paused store gives a timeout error instead of a hang.
 
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_tests::{free_port, loopback_ip, wait_until};
+use cluster_tests::redis::Server;
+use node::config::{BankConfig, BankKind};
 use node::ids::{NodeId, SessionId};
-use node::redis_bank::{BankError, RedisBank, Stored};
+use node::redis_bank::{BankError, Pulled, RedisBank};
 use node::session::Session;
+use node::wire::{Item, ItemResult};
 
-/// A `redis-server` of our own, killed (by pid) when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    ip: std::net::Ipv4Addr,
+const SID: SessionId = SessionId(0x5e55);
+const LEASE: Duration = Duration::from_millis(300);
+
+fn node(n: u64) -> NodeId {
+    NodeId::new((1 << 50) + n).unwrap()
 }
 
-impl Server {
-    fn start() -> Server {
-        let ip = loopback_ip();
-        let port = free_port(ip);
-        let child = Command::new("redis-server")
-            .args(["--bind", &ip.to_string(), "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (bash .ci/setup installs it)");
-        let s = Server { child, port, ip };
-        wait_until(Duration::from_secs(10), "redis-server answers", || {
-            s.cli(&["PING"]) == "PONG"
-        })
-        .unwrap();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}:{}", self.ip, self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", &self.ip.to_string(), "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli is installed");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn session(epoch: u64, version: u64) -> Session {
-    let mut s = Session::new(SessionId(0x5e55), NodeId::new((1 << 50) + 1).unwrap(), None);
+fn session(owner: u64, epoch: u64, version: u64) -> Session {
+    let mut s = Session::new(SID, node(owner), None);
     s.epoch = epoch;
     s.version = version;
     s.data.insert("version".into(), version.into());
     s
 }
 
-async fn bank(server: &Server) -> RedisBank {
-    RedisBank::connect(
-        &server.url(),
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap()
+fn bank(server: &Server) -> Arc<RedisBank> {
+    let cfg = BankConfig {
+        urls: vec![server.url()],
+        kind: BankKind::Server,
+        master: None,
+        timeout: Duration::from_millis(500),
+        wait_replicas: 0,
+        id: BankConfig::derive_id("test-secret"),
+    };
+    RedisBank::new(&cfg, Duration::from_secs(60), LEASE)
+}
+
+/// Owner `owner` copies `s` to the bank; returns the bank's answer.
+async fn copy(b: &RedisBank, owner: u64, s: Session) -> ItemResult {
+    let mut r = b
+        .apply(node(owner), vec![Item::Full { session: s }])
+        .await
+        .unwrap();
+    r.pop().unwrap()
+}
+
+/// Takes the session over for `requester`, waiting out the owner's lease if `respect_lease`.
+async fn claim(b: &RedisBank, requester: u64, respect_lease: bool) -> Result<Session, Option<Duration>> {
+    let Pulled::Owned { epoch, owner, .. } = b.peek(SID, 0).await.unwrap() else {
+        panic!("the bank holds the session");
+    };
+    b.claim(SID, node(requester), (epoch, owner), respect_lease)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
-async fn a_newer_copy_is_written_and_an_older_one_never_overwrites_it() {
+async fn a_newer_copy_is_taken_and_an_older_one_never_overwrites_it() {
     let server = Server::start();
-    let b = bank(&server).await;
-    assert_eq!(b.put(&session(1, 1)).await.unwrap(), Stored::Written);
-    assert_eq!(b.put(&session(1, 3)).await.unwrap(), Stored::Written);
+    let b = bank(&server);
+    assert_eq!(copy(&b, 1, session(1, 1, 1)).await, ItemResult::Applied);
+    assert_eq!(copy(&b, 1, session(1, 1, 3)).await, ItemResult::Applied);
     assert_eq!(
-        b.put(&session(1, 2)).await.unwrap(),
-        Stored::Stale,
-        "an older version"
+        copy(&b, 1, session(1, 1, 2)).await,
+        ItemResult::Applied,
+        "an older version is acknowledged (the bank holds newer) but not written"
     );
+    let got = claim(&b, 2, false).await.unwrap();
     assert_eq!(
-        b.put(&session(1, 3)).await.unwrap(),
-        Stored::Stale,
-        "the same version"
+        (got.version, got.epoch, got.primary, got.secondary),
+        (3, 2, node(2), Some(b.id())),
+        "the newest copy, now owned by node 2 at a higher epoch, the bank its copy"
     );
-    assert_eq!(b.get(SessionId(0x5e55)).await.unwrap().unwrap().version, 3);
-    // A takeover raises the epoch: its copy wins even at a lower version, and the old owner's never again.
-    assert_eq!(b.put(&session(2, 1)).await.unwrap(), Stored::Written);
-    assert_eq!(
-        b.put(&session(1, 9)).await.unwrap(),
-        Stored::Stale,
-        "an old owner"
-    );
-    let held = b.get(SessionId(0x5e55)).await.unwrap().unwrap();
-    assert_eq!(
-        (held.epoch, held.version, held.data["version"].as_u64()),
-        (2, 1, Some(1))
-    );
-    b.remove(SessionId(0x5e55)).await.unwrap();
-    assert!(b.get(SessionId(0x5e55)).await.unwrap().is_none());
+    assert_eq!(got.data["version"], 3);
 }
 
 #[tokio::test]
-async fn two_writers_racing_on_one_session_leave_the_newest_copy() {
+async fn an_old_owner_is_fenced_once_another_node_claimed_the_session() {
     let server = Server::start();
-    let (a, b) = (bank(&server).await, bank(&server).await);
+    let b = bank(&server);
+    copy(&b, 1, session(1, 1, 4)).await;
+    assert!(
+        matches!(claim(&b, 2, true).await, Err(Some(w)) if w <= LEASE),
+        "node 1's read lease still runs"
+    );
+    let mut s = claim(&b, 2, false).await.unwrap();
+    assert_eq!(
+        copy(&b, 1, session(1, 1, 9)).await,
+        ItemResult::Fenced {
+            owner: node(2),
+            epoch: 2
+        },
+        "the old owner can never again get a write acknowledged"
+    );
+    let renew = Item::Validate {
+        sid: SID,
+        epoch: 1,
+        version: 4,
+    };
+    assert!(matches!(
+        b.apply(node(1), vec![renew]).await.unwrap()[0],
+        ItemResult::Fenced { .. }
+    ));
+    s.version += 1;
+    assert_eq!(copy(&b, 2, s).await, ItemResult::Applied, "the new owner's copy is taken");
+}
+
+#[tokio::test]
+async fn two_owners_racing_on_one_session_leave_the_newest_copy() {
+    let server = Server::start();
+    let (a, b) = (bank(&server), bank(&server));
     let up = async {
         for v in 1..=60 {
-            a.put(&session(1, v)).await.unwrap();
+            copy(&a, 1, session(1, 1, v)).await;
         }
     };
     let down = async {
         for v in (1..=60).rev() {
-            b.put(&session(1, v)).await.unwrap();
+            copy(&b, 1, session(1, 1, v)).await;
         }
     };
     tokio::join!(up, down);
-    assert_eq!(a.get(SessionId(0x5e55)).await.unwrap().unwrap().version, 60);
+    assert_eq!(claim(&a, 2, false).await.unwrap().version, 60);
 }
 
 #[tokio::test]
-async fn every_write_and_read_sets_the_sessions_ttl() {
+async fn a_session_that_ended_is_not_brought_back_by_a_late_copy() {
     let server = Server::start();
-    let b = bank(&server).await;
-    b.put(&session(1, 1)).await.unwrap();
-    let key = format!("srv:s:{:032x}", 0x5e55);
+    let b = bank(&server);
+    copy(&b, 1, session(1, 2, 5)).await;
+    let end = Item::Remove { sid: SID, epoch: 2 };
+    assert_eq!(b.apply(node(1), vec![end]).await.unwrap(), vec![ItemResult::Applied]);
+    assert_eq!(
+        copy(&b, 1, session(1, 1, 4)).await,
+        ItemResult::Ended { epoch: 2 },
+        "a copy of an older tenure"
+    );
+    assert!(matches!(b.peek(SID, 0).await.unwrap(), Pulled::Ended));
+}
+
+#[tokio::test]
+async fn a_delta_is_refused_and_the_missing_version_asks_for_the_whole_session() {
+    let server = Server::start();
+    let b = bank(&server);
+    copy(&b, 1, session(1, 1, 3)).await;
+    let renew = |version| Item::Validate {
+        sid: SID,
+        epoch: 1,
+        version,
+    };
+    let answers = b.apply(node(1), vec![renew(3), renew(4)]).await.unwrap();
+    assert_eq!(answers, vec![ItemResult::Applied, ItemResult::NeedFull]);
+    assert!(
+        matches!(b.peek(SID, 4).await.unwrap(), Pulled::Nothing),
+        "a copy older than the client's cookie counts as none"
+    );
+}
+
+#[tokio::test]
+async fn every_copy_and_lease_renewal_sets_the_sessions_ttl() {
+    let server = Server::start();
+    let b = bank(&server);
+    copy(&b, 1, session(1, 1, 1)).await;
+    let key = format!("srv:s:{:032x}", SID.0);
     let ttl = |s: &Server| s.cli(&["PTTL", &key]).parse::<i64>().unwrap();
     assert!((1..=60_000).contains(&ttl(&server)), "{}", ttl(&server));
     server.cli(&["PEXPIRE", &key, "5000"]);
-    b.get(SessionId(0x5e55)).await.unwrap();
-    assert!(ttl(&server) > 5_000, "a read refreshes it");
+    let renew = Item::Validate {
+        sid: SID,
+        epoch: 1,
+        version: 1,
+    };
+    b.apply(node(1), vec![renew]).await.unwrap();
+    assert!(ttl(&server) > 5_000, "a renewal (every read after a lease) refreshes it");
 }
 
 #[tokio::test]
 async fn a_paused_store_gives_a_timeout_error_not_a_hang_and_works_again_when_resumed() {
     let server = Server::start();
-    let b = bank(&server).await;
-    b.put(&session(1, 1)).await.unwrap();
+    let b = bank(&server);
+    copy(&b, 1, session(1, 1, 1)).await;
     server.signal(libc::SIGSTOP);
-    let err = b.put(&session(1, 2)).await.unwrap_err();
+    let err = b
+        .apply(node(1), vec![Item::Full { session: session(1, 1, 2) }])
+        .await
+        .unwrap_err();
     assert!(matches!(err, BankError::Timeout(_)), "{err}");
     server.signal(libc::SIGCONT);
-    // The connection manager reconnects in the background: the first puts may still fail.
+    // The connection manager reconnects in the background: the first copies may still fail.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let written = loop {
-        match b.put(&session(1, 3)).await {
-            Ok(w) => break w,
+    loop {
+        match b.apply(node(1), vec![Item::Full { session: session(1, 1, 3) }]).await {
+            Ok(r) => break assert_eq!(r, vec![ItemResult::Applied]),
             Err(e) if tokio::time::Instant::now() > deadline => {
                 panic!("the bank never worked again after SIGCONT: {e}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-    };
-    assert_eq!(written, Stored::Written);
+    }
 }

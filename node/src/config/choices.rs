@@ -127,6 +127,25 @@ choice!(Topology {
     Broadcast => "broadcast",
 });
 
+/// What kind of Redis deployment `[replication.bank] redis` names (DESIGN §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BankKind {
+    /// One Redis or Valkey server (default): one URL.
+    #[default]
+    Server,
+    /// A Redis Cluster: the URLs are seed nodes; the client follows the cluster's slot map.
+    Cluster,
+    /// A primary found through Sentinel: the URLs are the sentinels, `master` names the service.
+    Sentinel,
+}
+
+choice!(BankKind {
+    Server => "server",
+    Cluster => "cluster",
+    Sentinel => "sentinel",
+});
+
 /// What a node is in the `rss` topology (`[[nodes]] role`, DESIGN §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

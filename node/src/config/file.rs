@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use super::{Algorithm, Failover, LogFormat, NodeRole, ReplicationMode, Secret, Topology};
+use super::{Algorithm, BankKind, Failover, LogFormat, NodeRole, ReplicationMode, Secret, Topology};
 
 /// One body cap for the balancer and the nodes, unless the file sets them apart.
 const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -170,6 +170,30 @@ pub(super) struct FileReplication {
     pub lease_ms: u64,
     pub copies: usize,
     pub batch: FileBatch,
+    pub bank: Option<FileBank>,
+}
+
+/// `[replication.bank]`: Redis or Valkey as the bank.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileBank {
+    pub redis: Vec<String>,
+    pub kind: BankKind,
+    pub master: Option<String>,
+    pub timeout_ms: u64,
+    pub wait_replicas: u32,
+}
+
+impl Default for FileBank {
+    fn default() -> Self {
+        FileBank {
+            redis: Vec::new(),
+            kind: BankKind::Server,
+            master: None,
+            timeout_ms: 500,
+            wait_replicas: 0,
+        }
+    }
 }
 
 impl Default for FileReplication {
@@ -182,6 +206,7 @@ impl Default for FileReplication {
             lease_ms: 500,
             copies: 1,
             batch: FileBatch::default(),
+            bank: None,
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use builder::ClusterFile;
 pub use choices::{
-    Algorithm, Failover, LogFormat, NodeRole, ReplicationMode, Topology, UnknownChoice,
+    Algorithm, BankKind, Failover, LogFormat, NodeRole, ReplicationMode, Topology, UnknownChoice,
 };
 pub use secret::Secret;
 
@@ -180,6 +180,36 @@ pub struct ReplicationConfig {
     pub max_updates: usize,
     /// `[replication.batch] max_delay_ms`: default 5 ms.
     pub max_delay: Duration,
+    /// `[replication.bank]`: Redis or Valkey as the bank instead of `rss` nodes. Default none.
+    pub bank: Option<BankConfig>,
+}
+
+/// `[replication.bank]`: a Redis-protocol store (Redis 7, Valkey) as the session bank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankConfig {
+    /// `redis`: `redis://HOST:PORT[/DB]` URLs: the server, the cluster's seed nodes, or the sentinels.
+    pub urls: Vec<String>,
+    /// `kind`: `server` (default), `cluster` or `sentinel`.
+    pub kind: BankKind,
+    /// `master`: the service name Sentinel knows the primary by; required with `kind = "sentinel"` only.
+    pub master: Option<String>,
+    /// `timeout_ms`: each command to the store gives up after this; default 500 ms.
+    pub timeout: Duration,
+    /// `wait_replicas`: a `sync` write also waits (`WAIT`, within `timeout`) for this many of the store's own
+    /// replicas; default 0. Not with `kind = "cluster"`.
+    pub wait_replicas: u32,
+    /// The bank's id in cookies: it stands where a session server's id would, derived from the cluster secret.
+    pub id: NodeId,
+}
+
+impl BankConfig {
+    /// The name the bank goes by in logs and metrics.
+    pub const NAME: &'static str = "redis-bank";
+
+    /// The bank's id: derived like a node's, from a name no node can have (`:` is not allowed in names).
+    pub fn derive_id(secret: &str) -> NodeId {
+        NodeId::derive("bank:redis", secret)
+    }
 }
 
 /// `[session]`.

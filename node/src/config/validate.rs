@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::file::{
-    FileConfig, FileCookie, FileLb, FileNode, FileNodeDefaults, FileReplication, FileSession,
+    FileBank, FileConfig, FileCookie, FileLb, FileNode, FileNodeDefaults, FileReplication, FileSession,
     FileSidecar,
 };
 use super::{
     ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig, LimitsConfig, NodeConfig,
-    NodeDefaults, NodeRole, ReplicationConfig, Secret, SessionConfig, SidecarConfig, Topology,
+    BankConfig, BankKind, NodeDefaults, NodeRole, ReplicationConfig, Secret, SessionConfig, SidecarConfig, Topology,
 };
 use crate::ids::{NodeId, PairTable};
 
@@ -106,7 +106,10 @@ impl FileConfig {
             .map(|u| parse_upstream("node.upstream", u))
             .transpose()?;
         let node = self.node.validate()?;
-        let replication = self.replication.validate()?;
+        let mut replication = self.replication.validate()?;
+        if let Some(bank) = &mut replication.bank {
+            bank.id = BankConfig::derive_id(secret.expose());
+        }
         let session = self.session.validate()?;
         let sidecar = self.sidecar.validate()?;
         let nodes = validate_nodes(&secret, self.nodes, upstream)?;
@@ -114,7 +117,9 @@ impl FileConfig {
         if nodes.iter().any(|n| n.upstream.is_some()) {
             check_app_fits_lb_timeout(&sidecar, &replication, &lb)?;
         }
-        let pairs = PairTable::build(nodes.iter().map(|n| n.id)).map_err(|(a, b)| {
+        // A Redis bank stands in cookies where a session server would: its id is a term of segments too.
+        let bank_id = replication.bank.as_ref().map(|b| b.id);
+        let pairs = PairTable::build(nodes.iter().map(|n| n.id).chain(bank_id)).map_err(|(a, b)| {
             Violation::new(
                 "nodes",
                 format!("two different pairs have the same id sum ({a} and {b}): change one node's `id`"),
@@ -256,6 +261,10 @@ impl FileReplication {
                 format!("{}: expected 1 or 2", self.copies),
             ));
         }
+        let bank = self
+            .bank
+            .map(|b| b.validate(self.topology, self.copies))
+            .transpose()?;
         if self.copies == 2 && self.topology != Topology::Rss {
             return Err(Violation::new(
                 "replication.copies",
@@ -283,6 +292,64 @@ impl FileReplication {
             lease: ms("replication.lease_ms", self.lease_ms)?,
             max_updates: at_least_one("replication.batch.max_updates", self.batch.max_updates)?,
             max_delay: ms("replication.batch.max_delay_ms", self.batch.max_delay_ms)?,
+            bank,
+        })
+    }
+}
+
+impl FileBank {
+    /// The bank's settings; its id is set once the secret is known.
+    fn validate(self, topology: Topology, copies: usize) -> Result<BankConfig, Violation> {
+        if topology != Topology::Rss {
+            return Err(Violation::new(
+                "replication.bank",
+                format!("a bank needs `topology = \"rss\"` (this file's is `{topology}`)"),
+            ));
+        }
+        if copies != 1 {
+            return Err(Violation::new(
+                "replication.copies",
+                format!("{copies}: a Redis bank takes one copy per session (the store keeps its own replicas)"),
+            ));
+        }
+        if self.redis.is_empty() {
+            return Err(Violation::new("replication.bank.redis", "missing: at least one `redis://HOST:PORT` URL"));
+        }
+        if let Some(bad) = self.redis.iter().find(|u| !u.starts_with("redis://") || u.len() == "redis://".len()) {
+            return Err(Violation::new(
+                "replication.bank.redis",
+                format!("{bad:?}: expected `redis://HOST:PORT` (TLS to the store is not supported yet)"),
+            ));
+        }
+        if self.kind == BankKind::Server && self.redis.len() > 1 {
+            return Err(Violation::new(
+                "replication.bank.redis",
+                format!("{} URLs for `kind = \"server\"`: one server has one URL (several: `kind = \"cluster\"` or `\"sentinel\"`)", self.redis.len()),
+            ));
+        }
+        match (self.kind, &self.master) {
+            (BankKind::Sentinel, None) => {
+                return Err(Violation::new("replication.bank.master", "missing: the service name Sentinel monitors (`kind = \"sentinel\"`)"));
+            }
+            (BankKind::Server | BankKind::Cluster, Some(_)) => {
+                return Err(Violation::new("replication.bank.master", format!("only with `kind = \"sentinel\"` (this bank's is `{}`)", self.kind)));
+            }
+            _ => {}
+        }
+        if self.kind == BankKind::Cluster && self.wait_replicas > 0 {
+            return Err(Violation::new(
+                "replication.bank.wait_replicas",
+                "not with `kind = \"cluster\"`: WAIT covers one connection's writes, and a cluster spreads them",
+            ));
+        }
+        Ok(BankConfig {
+            urls: self.redis,
+            kind: self.kind,
+            master: self.master,
+            timeout: ms("replication.bank.timeout_ms", self.timeout_ms)?,
+            wait_replicas: self.wait_replicas,
+            // Set from the secret in `FileConfig::validate`.
+            id: BankConfig::derive_id(""),
         })
     }
 }
@@ -372,11 +439,19 @@ fn check_roles(replication: &ReplicationConfig, nodes: &[NodeConfig]) -> Result<
         return Ok(());
     }
     let bank = count(NodeRole::Rss);
-    if bank < replication.copies {
+    if replication.bank.is_some() {
+        if let Some(i) = nodes.iter().position(|n| n.role == NodeRole::Rss) {
+            return Err(Violation::new(
+                format!("nodes[{i}].role"),
+                "`rss` nodes and `[replication.bank] redis` at once: the bank is the Redis store, pick one",
+            ));
+        }
+    } else if bank < replication.copies {
         return Err(Violation::new(
             "replication.copies",
             format!(
-                "{} copies per session need at least {} nodes with role = \"rss\"; the file has {bank}",
+                "{} copies per session need at least {} nodes with role = \"rss\" (or a Redis bank, \
+                 `[replication.bank] redis`); the file has {bank}",
                 replication.copies, replication.copies
             ),
         ));

@@ -72,8 +72,14 @@ pub fn end(slot: &mut Slot) -> Option<(Session, Vec<NodeId>)> {
 
 /// Primary side: the item to send to `peer` for session `sid` now, with the version it brings the copy to.
 /// `None` when there is nothing to send, or no copy goes to `peer`. A removal is sent once and its cursor
-/// dropped: if it is lost, expiry removes the copy.
-pub fn outgoing(slot: &mut Slot, sid: crate::ids::SessionId, peer: NodeId) -> Option<(Item, u64)> {
+/// dropped: if it is lost, expiry removes the copy. A `whole` peer (a Redis bank, which cannot apply deltas)
+/// gets the full session wherever another peer would get deltas.
+pub fn outgoing(
+    slot: &mut Slot,
+    sid: crate::ids::SessionId,
+    peer: NodeId,
+    whole: bool,
+) -> Option<(Item, u64)> {
     let i = slot.copies.iter().position(|c| c.peer == peer)?;
     if let Some(epoch) = slot.copies[i].remove {
         slot.copies.swap_remove(i);
@@ -85,7 +91,7 @@ pub fn outgoing(slot: &mut Slot, sid: crate::ids::SessionId, peer: NodeId) -> Op
     let s = slot.session.as_ref()?;
     let c = &mut slot.copies[i];
     let version = s.version;
-    if c.full {
+    if c.full || (whole && !c.pending.is_empty()) {
         c.full = false;
         c.validate = false;
         c.pending.clear();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prometheus::Histogram;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn, Instrument};
 
@@ -271,6 +272,8 @@ impl Replicator {
     /// One peer's task; runs until the peer is removed.
     async fn run(self: Arc<Self>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Queued>) {
         let batching = !self.sync();
+        let name = self.members.name_of(peer).unwrap_or_default();
+        let rtt = self.metrics.repl_rtt.with_label_values(&[&name]);
         loop {
             let Some((first, mut urgent)) = rx.recv().await else {
                 return;
@@ -297,22 +300,26 @@ impl Replicator {
             }
             let n = queued.len() as i64;
             self.metrics.repl_queue.sub(n);
-            self.send_batch(peer, queued).await;
+            self.send_batch(peer, queued, &rtt).await;
             self.settle(n);
         }
     }
 
-    async fn send_batch(&self, peer: NodeId, queued: Vec<Arc<Entry>>) {
+    async fn send_batch(&self, peer: NodeId, queued: Vec<Arc<Entry>>, rtt: &Histogram) {
         let mut seen: HashSet<usize> = HashSet::new();
         let mut sent: Vec<(Arc<Entry>, u64)> = Vec::new();
         let mut items: Vec<Item> = Vec::new();
         let mut bytes = 0;
+        let whole = self
+            .members
+            .peer(peer)
+            .is_some_and(|p| p.takes_whole_copies());
         for entry in queued {
             if !seen.insert(Arc::as_ptr(&entry) as usize) {
                 continue;
             }
             let mut slot = entry.slot.lock().await;
-            let Some((item, version)) = outgoing(&mut slot, entry.id, peer) else {
+            let Some((item, version)) = outgoing(&mut slot, entry.id, peer, whole) else {
                 continue;
             };
             drop(slot);
@@ -322,7 +329,7 @@ impl Replicator {
             let size = item.approx_bytes();
             if !items.is_empty() && bytes + size > MAX_BATCH_BYTES {
                 let (i, s) = (std::mem::take(&mut items), std::mem::take(&mut sent));
-                self.send_items(peer, i, s).await;
+                self.send_items(peer, i, s, rtt).await;
                 bytes = 0;
             }
             bytes += size;
@@ -330,12 +337,18 @@ impl Replicator {
             sent.push((entry, version));
         }
         if !items.is_empty() {
-            self.send_items(peer, items, sent).await;
+            self.send_items(peer, items, sent, rtt).await;
         }
     }
 
     /// Sends one batch of items to `peer` and carries out what each answer (or the failure) asks.
-    async fn send_items(&self, peer: NodeId, items: Vec<Item>, sent: Vec<(Arc<Entry>, u64)>) {
+    async fn send_items(
+        &self,
+        peer: NodeId,
+        items: Vec<Item>,
+        sent: Vec<(Arc<Entry>, u64)>,
+        rtt: &Histogram,
+    ) {
         self.metrics.repl_items.inc_by(items.len() as u64);
         let Some(p) = self.members.peer(peer) else {
             return;
@@ -344,9 +357,7 @@ impl Replicator {
         let reply = p
             .batch(self.settings.me, items, self.settings.peer_timeout)
             .await;
-        self.metrics
-            .repl_rtt
-            .observe(now().saturating_duration_since(sent_at).as_secs_f64());
+        rtt.observe(now().saturating_duration_since(sent_at).as_secs_f64());
         let results = match reply {
             Ok(results) => results,
             Err(e) => {

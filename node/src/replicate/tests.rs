@@ -31,7 +31,7 @@ fn write(p: &mut Slot, key: &str) {
 fn sync(p: &mut Slot, s: &mut Slot) -> Vec<AfterReply> {
     let mut seen = vec![];
     for _ in 0..4 {
-        let Some((item, v)) = outgoing(p, SID, id(2)) else {
+        let Some((item, v)) = outgoing(p, SID, id(2), false) else {
             break;
         };
         let r = incoming(s, id(1), item, Instant::now(), LEASE, None);
@@ -51,7 +51,7 @@ fn the_first_copy_is_full_then_deltas_follow() {
     write(&mut p, "a");
     write(&mut p, "a");
     assert!(matches!(
-        outgoing(&mut p.clone(), SID, id(2)),
+        outgoing(&mut p.clone(), SID, id(2), false),
         Some((Item::Deltas { base: 0, .. }, 2))
     ));
     assert_eq!(sync(&mut p, &mut s), vec![acked(2)]);
@@ -73,11 +73,26 @@ fn a_copy_that_lost_its_state_gets_the_full_session() {
 }
 
 #[test]
+fn a_peer_that_takes_whole_copies_gets_the_full_session_instead_of_deltas() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    write(&mut p, "a");
+    write(&mut p, "b");
+    let (item, v) = outgoing(&mut p, SID, id(2), true).unwrap();
+    assert!(matches!(&item, Item::Full { session } if session.version == 2), "{item:?}");
+    assert_eq!(v, 2);
+    assert!(outgoing(&mut p, SID, id(2), true).is_none(), "both deltas covered");
+    want_validate(&mut p);
+    let (item, _) = outgoing(&mut p, SID, id(2), true).unwrap();
+    assert!(matches!(item, Item::Validate { .. }), "a lease renewal stays small");
+}
+
+#[test]
 fn a_resent_batch_is_not_applied_twice() {
     let (mut p, mut s) = pair();
     sync(&mut p, &mut s);
     write(&mut p, "a");
-    let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
+    let (item, v) = outgoing(&mut p, SID, id(2), false).unwrap();
     // Applied, but the reply was lost; the primary resends the same deltas.
     incoming(&mut s, id(1), item.clone(), Instant::now(), LEASE, None);
     let r = incoming(&mut s, id(1), item, Instant::now(), LEASE, None);
@@ -132,18 +147,18 @@ fn a_removed_session_is_removed_from_the_copy_once() {
     sync(&mut p, &mut s);
     let (ended, peers) = end(&mut p).unwrap();
     assert_eq!((ended.id, peers), (SID, vec![id(2)]));
-    let (item, _) = outgoing(&mut p, SID, id(2)).unwrap();
+    let (item, _) = outgoing(&mut p, SID, id(2), false).unwrap();
     let r = incoming(&mut s, id(1), item, Instant::now(), LEASE, None);
     assert!(r.ended == Some(1) && r.forget);
     assert!(s.session.is_none());
-    assert!(outgoing(&mut p, SID, id(2)).is_none());
+    assert!(outgoing(&mut p, SID, id(2), false).is_none());
     assert!(p.is_vacant());
 }
 
 #[test]
 fn items_for_a_peer_without_a_copy_are_not_sent() {
     let (mut p, _) = pair();
-    assert!(outgoing(&mut p, SID, id(3)).is_none());
+    assert!(outgoing(&mut p, SID, id(3), false).is_none());
     assert!(p.copies[0].full, "the cursor stays for the right peer");
 }
 
@@ -253,7 +268,7 @@ fn a_late_item_refused_by_the_new_owner() -> (Slot, Slot, ItemResult, u64) {
     let (mut p, mut s) = pair();
     sync(&mut p, &mut s);
     write(&mut p, "a");
-    let (item, v) = outgoing(&mut p, SID, id(2)).unwrap();
+    let (item, v) = outgoing(&mut p, SID, id(2), false).unwrap();
     let now = Instant::now();
     let (granted, _) = grant(&mut p, id(2), id(1), now, LEASE).unwrap();
     install(&mut s, granted, 0, now);
@@ -339,7 +354,7 @@ fn a_late_copy_from_an_older_owner_does_not_bring_a_removed_session_back() {
     sync(&mut p, &mut s);
     let (late, v) = {
         p.copies[0].full = true;
-        outgoing(&mut p, SID, id(2)).unwrap()
+        outgoing(&mut p, SID, id(2), false).unwrap()
     };
     let removal = Item::Remove { sid: SID, epoch: 2 };
     let r = incoming(&mut s, id(3), removal, Instant::now(), LEASE, None);

@@ -1,0 +1,426 @@
+//! A Redis or Valkey store as the session bank (DESIGN §5.1, issue 10 item 7): one server, a Redis Cluster, or
+//! a primary found through Sentinel. To the rest of the node it is one more bank member: it takes a batch of
+//! replication items and answers each as a session server would, and it hands a session over on a takeover.
+//!
+//! - Versioned writes: each item runs as a script ([`scripts`]) that compares `(epoch, owner, version)` with
+//!   what is stored, so an older copy never overwrites a newer one and an old owner is fenced.
+//! - TTL = the idle timeout, refreshed by every copy and lease renewal (reads renew leases).
+//! - Every command gives up after `[replication.bank] timeout_ms`: a hung store delays an answer by that much
+//!   once, then the bank counts as down and sessions run unprotected until it answers heartbeats again.
+//! - The bank takes full copies only (it cannot apply deltas): [`RedisBank`] says so to the replicator.
+
+pub mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::config::{BankConfig, BankKind};
+use crate::ids::{NodeId, SessionId};
+use crate::session::Session;
+use crate::wire::{Item, ItemResult};
+use scripts::{Claimed, Held, Malformed};
+
+/// Why the bank could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BankError {
+    /// No answer within the per-command timeout (the store is down, paused or overloaded).
+    #[error("the bank did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The store answered with an error, or the connection failed.
+    #[error("the bank failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value that does not decode as a session, or an answer the scripts do not give.
+    #[error("the bank holds a value that is not a session: {0}")]
+    Corrupt(String),
+}
+
+impl From<Malformed> for BankError {
+    fn from(m: Malformed) -> Self {
+        BankError::Corrupt(m.0)
+    }
+}
+
+impl BankError {
+    /// Whether the store refused the connection: it is not running.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, BankError::Redis(e) if e.is_connection_refusal())
+    }
+}
+
+/// One connection, whichever kind of deployment: each reconnects on its own (Sentinel's is re-resolved by
+/// [`RedisBank`] after a failure, so a failover is followed).
+#[derive(Clone)]
+enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(MultiplexedConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+        }
+    }
+}
+
+/// The five scripts, hashed once.
+struct Scripts {
+    copy: redis::Script,
+    validate: redis::Script,
+    remove: redis::Script,
+    peek: redis::Script,
+    claim: redis::Script,
+}
+
+/// The bank: connects on first use (a store down at start only means sessions start unprotected).
+pub struct RedisBank {
+    cfg: BankConfig,
+    ttl_ms: u64,
+    lease_ms: u64,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    scripts: Scripts,
+}
+
+/// What a takeover got from the bank.
+#[derive(Debug)]
+pub enum Pulled {
+    /// The bank has no copy (or only one older than asked for).
+    Nothing,
+    /// The session ended.
+    Ended,
+    /// A copy whose owner may still be alive: the requester decides whether to wait, claim or go there.
+    Owned {
+        /// Its ownership epoch.
+        epoch: u64,
+        /// The owner.
+        owner: NodeId,
+        /// How long the owner's read lease still runs.
+        lease_left: Duration,
+    },
+}
+
+impl RedisBank {
+    /// The bank `cfg` describes; sessions live `ttl` after their last copy or lease renewal, and each copy
+    /// grants its owner a read lease of `lease` (`[replication] lease_ms`). Connects on first use.
+    pub fn new(cfg: &BankConfig, ttl: Duration, lease: Duration) -> Arc<RedisBank> {
+        Arc::new(RedisBank {
+            cfg: cfg.clone(),
+            ttl_ms: ttl.as_millis().max(1) as u64,
+            lease_ms: lease.as_millis().max(1) as u64,
+            conn: tokio::sync::Mutex::new(None),
+            scripts: Scripts {
+                copy: redis::Script::new(scripts::COPY),
+                validate: redis::Script::new(scripts::VALIDATE),
+                remove: redis::Script::new(scripts::REMOVE),
+                peek: redis::Script::new(scripts::PEEK),
+                claim: redis::Script::new(scripts::CLAIM),
+            },
+        })
+    }
+
+    /// The bank's id: where a session server's id would stand in cookies.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg.timeout
+    }
+
+    async fn connect(&self) -> Result<Conn, BankError> {
+        let t = self.timeout();
+        match self.cfg.kind {
+            BankKind::Server => {
+                let client = redis::Client::open(self.cfg.urls[0].as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(t))
+                    .set_response_timeout(Some(t))
+                    .set_number_of_retries(1);
+                Ok(Conn::Server(
+                    ConnectionManager::new_with_config(client, config).await?,
+                ))
+            }
+            BankKind::Cluster => {
+                let client = redis::cluster::ClusterClientBuilder::new(self.cfg.urls.clone())
+                    .connection_timeout(t)
+                    .response_timeout(t)
+                    .retries(1)
+                    .build()?;
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+            BankKind::Sentinel => {
+                let master = self.cfg.master.clone().unwrap_or_default();
+                let mut client = redis::sentinel::SentinelClient::build(
+                    self.cfg.urls.clone(),
+                    master,
+                    None,
+                    redis::sentinel::SentinelServerType::Master,
+                )?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(t))
+                    .set_response_timeout(Some(t));
+                Ok(Conn::Sentinel(
+                    client.get_async_connection_with_config(&config).await?,
+                ))
+            }
+        }
+    }
+
+    /// The connection, made now if there is none; `within` the timeout.
+    async fn conn(&self) -> Result<Conn, BankError> {
+        within(self.timeout(), async {
+            let mut held = self.conn.lock().await;
+            if let Some(c) = held.as_ref() {
+                return Ok(c.clone());
+            }
+            let c = self.connect().await?;
+            *held = Some(c.clone());
+            Ok(c)
+        })
+        .await
+    }
+
+    /// Runs `f` on the connection within the timeout. A failed call through Sentinel drops the connection so
+    /// the next one asks the sentinels for the primary again (it may have failed over).
+    async fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, BankError>>,
+    ) -> Result<T, BankError> {
+        let r = within(self.timeout(), f).await;
+        if r.is_err() && self.cfg.kind == BankKind::Sentinel {
+            *self.conn.lock().await = None;
+        }
+        r
+    }
+
+    fn key(sid: SessionId) -> String {
+        format!("srv:s:{:032x}", sid.0)
+    }
+
+    /// Answers `PING`; returns the server's incarnation (its `run_id`, hashed; 1 for a cluster, whose nodes
+    /// each have one) so a restarted, empty store is noticed like a restarted session server.
+    ///
+    /// # Errors
+    /// [`BankError`] when the store does not answer in time or fails.
+    pub async fn ping(&self) -> Result<u64, BankError> {
+        let mut c = self.conn().await?;
+        self.run(async {
+            if self.cfg.kind == BankKind::Cluster {
+                let _: String = redis::cmd("PING").query_async(&mut c).await?;
+                return Ok(1);
+            }
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut c)
+                .await?;
+            let run_id = info
+                .lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .unwrap_or("")
+                .trim();
+            let h = ahash::RandomState::with_seeds(5, 6, 7, 8).hash_one(run_id);
+            Ok(h.max(1))
+        })
+        .await
+    }
+
+    /// Applies a batch of replication items from owner `from`, as a session server would: one answer per
+    /// item, in order. Deltas are answered `NeedFull` (the bank keeps whole sessions; the replicator sends it
+    /// full copies only). In `sync` use with `wait_replicas`, also waits for the store's replicas.
+    ///
+    /// # Errors
+    /// [`BankError`] when the store does not answer in time or fails: the whole batch failed.
+    pub async fn apply(&self, from: NodeId, items: Vec<Item>) -> Result<Vec<ItemResult>, BankError> {
+        let c = self.conn().await?;
+        let from = from.get().to_string();
+        let calls = items.into_iter().map(|item| {
+            let mut c = c.clone();
+            let from = from.as_str();
+            async move {
+                let (script, sid) = match &item {
+                    Item::Full { session } => (&self.scripts.copy, session.id),
+                    Item::Validate { sid, .. } => (&self.scripts.validate, *sid),
+                    Item::Remove { sid, .. } => (&self.scripts.remove, *sid),
+                    Item::Deltas { .. } => return Ok(ItemResult::NeedFull),
+                };
+                let mut call = script.key(Self::key(sid));
+                call.arg(from);
+                match item {
+                    Item::Full { session } => {
+                        let data = postcard::to_allocvec(&session)
+                            .map_err(|e| BankError::Corrupt(e.to_string()))?;
+                        call.arg(session.epoch).arg(session.version).arg(data);
+                        call.arg(self.ttl_ms).arg(self.lease_ms());
+                    }
+                    Item::Validate { epoch, version, .. } => {
+                        call.arg(epoch).arg(version).arg(self.ttl_ms).arg(self.lease_ms());
+                    }
+                    Item::Remove { epoch, .. } => {
+                        call.arg(epoch).arg(self.ttl_ms);
+                    }
+                    Item::Deltas { .. } => unreachable!("answered above"),
+                }
+                let answer: Vec<Vec<u8>> = call.invoke_async(&mut c).await?;
+                Ok::<_, BankError>(scripts::item_result(&answer)?)
+            }
+        });
+        let results = self
+            .run(async { futures_util::future::try_join_all(calls).await })
+            .await?;
+        if self.cfg.wait_replicas > 0 && results.iter().any(|r| *r == ItemResult::Applied) {
+            self.wait_replicas(c).await?;
+        }
+        Ok(results)
+    }
+
+    /// The read lease each copy or validation grants the owner: no other node claims the session before it
+    /// runs out (unless the owner is known not to be running).
+    fn lease_ms(&self) -> u64 {
+        self.lease_ms
+    }
+
+    /// `WAIT n`: the store's replicas hold every write made on this connection so far. Fewer within the
+    /// timeout is not a failure (the primary holds the writes), only logged.
+    async fn wait_replicas(&self, mut c: Conn) -> Result<(), BankError> {
+        let want = self.cfg.wait_replicas;
+        let t = self.timeout().as_millis() as u64;
+        let got: u32 = self
+            .run(async {
+                Ok(redis::cmd("WAIT")
+                    .arg(want)
+                    .arg(t)
+                    .query_async(&mut c)
+                    .await?)
+            })
+            .await?;
+        if got < want {
+            tracing::warn!(want, got, "the bank's replicas did not all confirm within the timeout");
+        }
+        Ok(())
+    }
+
+    /// What the bank holds for `sid`, for a takeover. A copy older than `min_version` counts as nothing.
+    ///
+    /// # Errors
+    /// [`BankError`] when the store does not answer in time or fails.
+    pub async fn peek(&self, sid: SessionId, min_version: u64) -> Result<Pulled, BankError> {
+        let mut c = self.conn().await?;
+        let answer: Vec<Vec<u8>> = self
+            .run(async {
+                Ok(self
+                    .scripts
+                    .peek
+                    .key(Self::key(sid))
+                    .invoke_async(&mut c)
+                    .await?)
+            })
+            .await?;
+        Ok(match scripts::held(&answer)? {
+            Held::Nothing => Pulled::Nothing,
+            Held::Ended(_) => Pulled::Ended,
+            Held::Copy { version, .. } if version < min_version => Pulled::Nothing,
+            Held::Copy {
+                epoch,
+                owner,
+                lease_left_ms,
+                ..
+            } => Pulled::Owned {
+                epoch,
+                owner,
+                lease_left: Duration::from_millis(lease_left_ms),
+            },
+        })
+    }
+
+    /// Makes `requester` the owner of the session peeked at `(epoch, owner)`: epoch + 1, the bank as its copy.
+    /// With `respect_lease`, only once the old owner's read lease ran out. Returns the session to install, or
+    /// `Err(Some(wait))` / `Err(None)` when the lease still runs / the session changed since the peek.
+    ///
+    /// # Errors
+    /// [`BankError`] when the store does not answer in time, fails, or holds something that is not a session.
+    pub async fn claim(
+        &self,
+        sid: SessionId,
+        requester: NodeId,
+        (epoch, owner): (u64, NodeId),
+        respect_lease: bool,
+    ) -> Result<Result<Session, Option<Duration>>, BankError> {
+        let mut c = self.conn().await?;
+        let answer: Vec<Vec<u8>> = self
+            .run(async {
+                let mut call = self.scripts.claim.key(Self::key(sid));
+                call.arg(requester.get().to_string())
+                    .arg(epoch.to_string())
+                    .arg(owner.get().to_string())
+                    .arg(self.lease_ms())
+                    .arg(self.ttl_ms)
+                    .arg(if respect_lease { "1" } else { "0" });
+                Ok(call.invoke_async(&mut c).await?)
+            })
+            .await?;
+        match scripts::claimed(answer)? {
+            Claimed::Changed => Ok(Err(None)),
+            Claimed::Wait(ms) => Ok(Err(Some(Duration::from_millis(ms)))),
+            Claimed::Granted {
+                epoch,
+                version,
+                data,
+            } => {
+                let mut s: Session =
+                    postcard::from_bytes(&data).map_err(|e| BankError::Corrupt(e.to_string()))?;
+                if s.version != version || s.id != sid {
+                    return Err(BankError::Corrupt(format!(
+                        "the stored session is not the one its key and version name ({} vs {version})",
+                        s.version
+                    )));
+                }
+                s.epoch = epoch;
+                s.primary = requester;
+                s.secondary = Some(self.cfg.id);
+                s.also = None;
+                Ok(Ok(s))
+            }
+        }
+    }
+}
+
+/// `f`, or [`BankError::Timeout`] after `limit`.
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, BankError>>,
+) -> Result<T, BankError> {
+    match tokio::time::timeout(limit, f).await {
+        // The client's own response timeout (the same limit) says the same thing.
+        Ok(Err(BankError::Redis(e))) if e.is_timeout() => Err(BankError::Timeout(limit)),
+        Ok(r) => r,
+        Err(_) => Err(BankError::Timeout(limit)),
+    }
+}

@@ -1,0 +1,269 @@
+//! The bank's rules, as Lua scripts that run atomically in the store, and the pure decoding of their answers.
+//!
+//! A session is one hash, `srv:s:{id}`: `e` (its epoch), `v` (its version), `p` (its owner's id), `d` (the
+//! session, postcard), `g` (the end of the read lease the owner holds, in the store's clock, ms). A session
+//! that ended is a tombstone holding only `x` (the epoch at which it ended), so a late copy cannot bring it
+//! back. The rules are those of a session server (`replicate::incoming`): an item from an owner that a newer
+//! one outranks (a higher epoch, or the same epoch held by another node) is refused as fenced, so an old owner
+//! can never roll a session back or get a write acknowledged once another node claimed it.
+
+use crate::ids::NodeId;
+use crate::wire::ItemResult;
+
+/// A full copy. ARGV: owner, epoch, version, data, ttl ms, lease ms.
+pub const COPY: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'x')
+local e, v = tonumber(ARGV[2]), tonumber(ARGV[3])
+local x = tonumber(cur[4])
+if x and e < x then return {'ended', cur[4]} end
+local ce, cv = tonumber(cur[1]), tonumber(cur[2])
+if ce and (ce > e or (ce == e and cur[3] ~= ARGV[1])) then
+  return {'fenced', cur[3], cur[1]}
+end
+if not ce or ce < e or cv < v then
+  redis.call('HSET', KEYS[1], 'e', ARGV[2], 'v', ARGV[3], 'p', ARGV[1], 'd', ARGV[4])
+  redis.call('HDEL', KEYS[1], 'x')
+end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'g', t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[6]))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'applied'}
+";
+
+/// A lease renewal: the owner asks whether the bank holds its current version. ARGV: owner, epoch, version,
+/// ttl ms, lease ms.
+pub const VALIDATE: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'x')
+if cur[4] then
+  if tonumber(ARGV[2]) < tonumber(cur[4]) then return {'ended', cur[4]} end
+  return {'need_full'}
+end
+if not cur[1] then return {'need_full'} end
+local ce, e = tonumber(cur[1]), tonumber(ARGV[2])
+if ce > e or (ce == e and cur[3] ~= ARGV[1]) then return {'fenced', cur[3], cur[1]} end
+if ce < e or cur[2] ~= ARGV[3] then return {'need_full'} end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'g', t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[5]))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {'applied'}
+";
+
+/// The session ended: a tombstone replaces it. ARGV: owner, epoch, ttl ms.
+pub const REMOVE: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'e', 'p')
+if cur[1] then
+  local ce, e = tonumber(cur[1]), tonumber(ARGV[2])
+  if ce > e or (ce == e and cur[2] ~= ARGV[1]) then return {'fenced', cur[2], cur[1]} end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'x', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {'applied'}
+";
+
+/// What the bank holds, without the data, and the store's clock.
+pub const PEEK: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'x')
+local t = redis.call('TIME')
+return {cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or '',
+  tostring(t[1] * 1000 + math.floor(t[2] / 1000))}
+";
+
+/// A takeover: the requester becomes the owner at epoch + 1, if the session is still as peeked and (when asked
+/// to respect it) the old owner's read lease has run out. ARGV: requester, peeked epoch, peeked owner, lease ms,
+/// ttl ms, respect the lease (`1`/`0`).
+pub const CLAIM: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'd')
+if cur[1] ~= ARGV[2] or cur[3] ~= ARGV[3] or not cur[5] then return {'changed'} end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local g = tonumber(cur[4]) or 0
+if ARGV[6] == '1' and g > now then return {'wait', tostring(g - now)} end
+local e = tonumber(cur[1]) + 1
+redis.call('HSET', KEYS[1], 'e', tostring(e), 'p', ARGV[1], 'g', tostring(now + tonumber(ARGV[4])))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'granted', tostring(e), cur[2], cur[5]}
+";
+
+/// A script's answer that does not fit its contract (another program wrote the key, or a script changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected answer from the bank: {0}")]
+pub struct Malformed(pub String);
+
+fn text(field: &[u8]) -> Result<&str, Malformed> {
+    std::str::from_utf8(field).map_err(|_| Malformed("a field that is not text".into()))
+}
+
+fn number(field: &[u8]) -> Result<u64, Malformed> {
+    let t = text(field)?;
+    t.parse()
+        .map_err(|_| Malformed(format!("{t:?} is not a number")))
+}
+
+fn node(field: &[u8]) -> Result<NodeId, Malformed> {
+    NodeId::new(number(field)?).map_err(Malformed)
+}
+
+/// The answer of [`COPY`], [`VALIDATE`] or [`REMOVE`] as a session server would give it.
+///
+/// # Errors
+/// [`Malformed`] for an answer none of the scripts gives.
+pub fn item_result(answer: &[Vec<u8>]) -> Result<ItemResult, Malformed> {
+    match answer {
+        [kind] if kind == b"applied" => Ok(ItemResult::Applied),
+        [kind] if kind == b"need_full" => Ok(ItemResult::NeedFull),
+        [kind, epoch] if kind == b"ended" => Ok(ItemResult::Ended {
+            epoch: number(epoch)?,
+        }),
+        [kind, owner, epoch] if kind == b"fenced" => Ok(ItemResult::Fenced {
+            owner: node(owner)?,
+            epoch: number(epoch)?,
+        }),
+        other => Err(Malformed(format!("{} fields", other.len()))),
+    }
+}
+
+/// What [`PEEK`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Nothing under the key (never copied, or expired).
+    Nothing,
+    /// The session ended at this epoch.
+    Ended(u64),
+    /// A copy.
+    Copy {
+        /// Its ownership epoch.
+        epoch: u64,
+        /// Its version.
+        version: u64,
+        /// The node that owns it.
+        owner: NodeId,
+        /// How long the owner's read lease still runs, in ms (0: over).
+        lease_left_ms: u64,
+    },
+}
+
+/// Decodes [`PEEK`]'s answer.
+///
+/// # Errors
+/// [`Malformed`] when the fields do not decode.
+pub fn held(answer: &[Vec<u8>]) -> Result<Held, Malformed> {
+    let [e, v, p, g, x, now] = answer else {
+        return Err(Malformed(format!("{} fields from a peek", answer.len())));
+    };
+    if !x.is_empty() {
+        return Ok(Held::Ended(number(x)?));
+    }
+    if e.is_empty() {
+        return Ok(Held::Nothing);
+    }
+    let lease_end = if g.is_empty() { 0 } else { number(g)? };
+    Ok(Held::Copy {
+        epoch: number(e)?,
+        version: number(v)?,
+        owner: node(p)?,
+        lease_left_ms: lease_end.saturating_sub(number(now)?),
+    })
+}
+
+/// What [`CLAIM`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The requester owns the session now, at `epoch`; `data` is the session as last copied.
+    Granted {
+        /// The new ownership epoch.
+        epoch: u64,
+        /// The version the bank held.
+        version: u64,
+        /// The session, postcard.
+        data: Vec<u8>,
+    },
+    /// The old owner's lease runs this many ms more.
+    Wait(u64),
+    /// The session changed since it was peeked (a copy, or another claim): peek again.
+    Changed,
+}
+
+/// Decodes [`CLAIM`]'s answer.
+///
+/// # Errors
+/// [`Malformed`] for an answer the script does not give.
+pub fn claimed(mut answer: Vec<Vec<u8>>) -> Result<Claimed, Malformed> {
+    match answer.as_slice() {
+        [kind] if kind == b"changed" => Ok(Claimed::Changed),
+        [kind, ms] if kind == b"wait" => Ok(Claimed::Wait(number(ms)?)),
+        [kind, e, v, _] if kind == b"granted" => {
+            let (epoch, version) = (number(e)?, number(v)?);
+            let data = answer.pop().unwrap_or_default();
+            Ok(Claimed::Granted {
+                epoch,
+                version,
+                data,
+            })
+        }
+        other => Err(Malformed(format!("{} fields from a claim", other.len()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(f: &[&str]) -> Vec<Vec<u8>> {
+        f.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn script_answers_decode_as_a_session_server_would_answer() {
+        let owner = NodeId::new(1 << 50).unwrap();
+        assert_eq!(item_result(&fields(&["applied"])), Ok(ItemResult::Applied));
+        assert_eq!(
+            item_result(&fields(&["need_full"])),
+            Ok(ItemResult::NeedFull)
+        );
+        assert_eq!(
+            item_result(&fields(&["ended", "4"])),
+            Ok(ItemResult::Ended { epoch: 4 })
+        );
+        assert_eq!(
+            item_result(&fields(&["fenced", &(1u64 << 50).to_string(), "7"])),
+            Ok(ItemResult::Fenced { owner, epoch: 7 })
+        );
+        assert!(item_result(&fields(&["fenced", "12", "7"])).is_err(), "not a node id");
+        assert!(item_result(&fields(&["what"])).is_err());
+    }
+
+    #[test]
+    fn a_peek_tells_nothing_a_tombstone_and_a_copy_with_its_lease_apart() {
+        let owner = (1u64 << 50).to_string();
+        assert_eq!(held(&fields(&["", "", "", "", "", "100"])), Ok(Held::Nothing));
+        assert_eq!(held(&fields(&["", "", "", "", "3", "100"])), Ok(Held::Ended(3)));
+        assert_eq!(
+            held(&fields(&["2", "9", &owner, "350", "", "100"])),
+            Ok(Held::Copy {
+                epoch: 2,
+                version: 9,
+                owner: NodeId::new(1 << 50).unwrap(),
+                lease_left_ms: 250
+            })
+        );
+        let over = held(&fields(&["2", "9", &owner, "50", "", "100"])).unwrap();
+        assert!(matches!(over, Held::Copy { lease_left_ms: 0, .. }));
+        assert!(held(&fields(&["2"])).is_err());
+    }
+
+    #[test]
+    fn a_claim_answer_carries_the_new_epoch_and_the_data() {
+        assert_eq!(claimed(fields(&["changed"])), Ok(Claimed::Changed));
+        assert_eq!(claimed(fields(&["wait", "120"])), Ok(Claimed::Wait(120)));
+        assert_eq!(
+            claimed(fields(&["granted", "3", "9", "data"])),
+            Ok(Claimed::Granted {
+                epoch: 3,
+                version: 9,
+                data: b"data".to_vec()
+            })
+        );
+        assert!(claimed(fields(&["granted", "x", "9", "d"])).is_err());
+    }
+}
