@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 
 /// The key the balancer process is kept under.
 pub const LB: &str = "lb";
+/// The key of a Redis bank the bench started itself (`kill:redis-bank@10s` works like on a node).
+pub const BANK: &str = node::config::BankConfig::NAME;
 
 /// Directory of our own binaries: the bench's own.
 pub fn bin_dir() -> Result<PathBuf> {
@@ -87,7 +89,58 @@ impl Procs {
         self.spawn(LB, Path::new("lb"), &["--config", &cfg])
     }
 
-    /// Starts every node, then the lb, and waits until all answer their health endpoints.
+    /// The address of the file's Redis bank when it is one server on a loopback address: one the bench may
+    /// start itself.
+    pub fn local_bank(&self) -> Option<SocketAddr> {
+        let bank = self.config.replication.bank.as_ref()?;
+        if bank.kind != node::config::BankKind::Server {
+            return None;
+        }
+        let rest = bank.urls[0].strip_prefix("redis://")?;
+        let addr: SocketAddr = rest.split('/').next()?.parse().ok()?;
+        addr.ip().is_loopback().then_some(addr)
+    }
+
+    /// Starts `redis-server` (no persistence) on the file's local bank address under the key [`BANK`] and waits
+    /// until it answers `PING` (at most 10 s).
+    ///
+    /// # Errors
+    /// When the file names no local bank, `redis-server` is not installed, or it does not answer.
+    pub async fn start_bank(&mut self) -> Result<u32> {
+        let addr = self
+            .local_bank()
+            .context("the cluster file names no Redis bank on a loopback address")?;
+        let program = which("redis-server")
+            .context("redis-server is not installed (bash .ci/setup installs it)")?;
+        let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+        let args = [
+            "--bind", &ip, "--port", &port, "--save", "", "--appendonly", "no",
+        ];
+        let pid = self.children.spawn(BANK, &program, &args)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis_pong(addr).await {
+            if Instant::now() > deadline || !self.children.is_running(BANK) {
+                bail!("redis-server on {addr} did not answer PING; log:\n{}", self.log_tail(BANK));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(pid)
+    }
+
+    /// Starts node or bank `key` again (a fault's restart). Does not wait for a node to be healthy.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub async fn restart(&mut self, key: &str) -> Result<u32> {
+        if key == BANK {
+            self.start_bank().await
+        } else {
+            self.start_node(key)
+        }
+    }
+
+    /// Starts a local Redis bank when the file names one that is not running, every node, then the lb, and
+    /// waits until all answer their health endpoints.
     pub async fn start_all(&mut self, with_lb: bool) -> Result<()> {
         // A leftover cluster on the same ports would answer the health checks for ours, and the load would
         // measure it instead.
@@ -108,6 +161,12 @@ impl Procs {
                     "{a} from {} is already in use: is another cluster running?",
                     self.config_path.display()
                 );
+            }
+        }
+        if let Some(bank) = self.local_bank() {
+            // A server the user runs is used as it is; otherwise the bench runs one for the cluster's life.
+            if !redis_pong(bank).await {
+                self.start_bank().await?;
             }
         }
         let names: Vec<String> = self.config.nodes.iter().map(|n| n.name.clone()).collect();
@@ -231,6 +290,32 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .await
         .ok()
         .flatten()
+}
+
+/// Whether a Redis server answers `PING` on `addr` (a loopback address) within 300 ms.
+pub async fn redis_pong(addr: SocketAddr) -> bool {
+    if !addr.ip().is_loopback() {
+        return false;
+    }
+    let ping = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"+PONG\r\n")
+    };
+    tokio::time::timeout(Duration::from_millis(300), ping)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The first `program` on `$PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// A port on `ip` that was free a moment ago.

@@ -171,7 +171,7 @@ pub async fn apply(
         }
         Action::Restart => {
             procs.kill(&name);
-            match procs.start_node(&name) {
+            match procs.restart(&name).await {
                 Ok(_) => {
                     // Watched on the side: waiting here would hold back every fault due meanwhile.
                     if let Some(n) = procs.config.node(&name) {

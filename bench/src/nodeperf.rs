@@ -44,13 +44,21 @@ pub async fn node_perf(
     let mut load = load.clone();
     load.mix = "incr=1".into();
     let mut rows = Vec::new();
-    for (name, nodes, mode, bank) in [
-        ("unreplicated", 1, ReplicationMode::Sync, false),
-        ("sync", 2, ReplicationMode::Sync, false),
-        ("async", 2, ReplicationMode::Async, false),
-        ("rss sync", 2, ReplicationMode::Sync, true),
-        ("rss async", 2, ReplicationMode::Async, true),
-    ] {
+    let redis = which_redis();
+    let mut runs = vec![
+        ("unreplicated", 1, ReplicationMode::Sync, Bank::None),
+        ("sync", 2, ReplicationMode::Sync, Bank::None),
+        ("async", 2, ReplicationMode::Async, Bank::None),
+        ("rss sync", 2, ReplicationMode::Sync, Bank::Nodes),
+        ("rss async", 2, ReplicationMode::Async, Bank::Nodes),
+    ];
+    if redis {
+        runs.push(("redis sync", 1, ReplicationMode::Sync, Bank::Redis));
+        runs.push(("redis async", 1, ReplicationMode::Async, Bank::Redis));
+    } else {
+        eprintln!("redis-server is not installed: no Redis bank rows (bash .ci/setup installs it)");
+    }
+    for (name, nodes, mode, bank) in runs {
         let mut procs = start(&dir, &base, name, nodes, mode, bank).await?;
         let target = procs.config.nodes[0].http;
         let spec = load.spec(target, Some(&procs.config))?;
@@ -68,7 +76,12 @@ pub async fn node_perf(
             failed: s.failed(),
         });
     }
-    let mem = memory(&dir, &base, memory_sessions, session_bytes).await?;
+    let mem = memory(&dir, &base, memory_sessions, session_bytes, Bank::None).await?;
+    let redis_mem = if redis {
+        Some(memory(&dir, &base, memory_sessions, session_bytes, Bank::Redis).await?)
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&dir);
 
     let unrep = rows[0].rps.max(f64::MIN_POSITIVE);
@@ -94,27 +107,55 @@ pub async fn node_perf(
          primary {:.1} MiB, replica {:.1} MiB",
         mem.primary_mib_per_100k, mem.replica_mib_per_100k
     );
+    if let Some(m) = &redis_mem {
+        let _ = writeln!(
+            t,
+            "with a Redis bank: web node {:.1} MiB, redis-server {:.1} MiB",
+            m.primary_mib_per_100k, m.replica_mib_per_100k
+        );
+    }
     println!("{t}");
     if let Some(p) = &load.json {
         let v = json!({
             "throughput": rows.iter().map(|r| json!({"replication": r.name, "rps": r.rps, "p99_ms": r.p99_ms,
                 "ratio_to_unreplicated": r.rps / unrep})).collect::<Vec<_>>(),
             "memory": {"sessions": memory_sessions, "session_bytes": session_bytes,
-                "primary_mib_per_100k": mem.primary_mib_per_100k, "replica_mib_per_100k": mem.replica_mib_per_100k},
+                "primary_mib_per_100k": mem.primary_mib_per_100k, "replica_mib_per_100k": mem.replica_mib_per_100k,
+                "redis_web_mib_per_100k": redis_mem.as_ref().map(|m| m.primary_mib_per_100k),
+                "redis_server_mib_per_100k": redis_mem.as_ref().map(|m| m.replica_mib_per_100k)},
         });
         write_file(p, &serde_json::to_string_pretty(&v)?)?;
     }
     Ok(rows.iter().all(|r| !r.failed))
 }
 
-/// Writes a cluster file of `nodes` nodes on free ports of 127.0.0.1 and starts its nodes (no lb).
+/// Where a run's copies go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bank {
+    /// To the other nodes of a pair (or nowhere, alone).
+    None,
+    /// To session-server nodes (`role = "rss"`): every node but n1.
+    Nodes,
+    /// To a `redis-server` the bench starts on a free port.
+    Redis,
+}
+
+fn which_redis() -> bool {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Writes a cluster file of `nodes` nodes on free ports of 127.0.0.1 and starts its nodes (no lb), and the
+/// Redis bank when `bank` asks for one.
 async fn start(
     dir: &Path,
     base: &ClusterConfig,
     name: &str,
     nodes: usize,
     mode: ReplicationMode,
-    bank: bool,
+    bank: Bank,
 ) -> Result<Procs> {
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = || free_port(ip).map(|p| SocketAddr::new(ip, p));
@@ -122,8 +163,14 @@ async fn start(
     file.replication.mode = Some(mode);
     file.replication.max_updates = Some(base.replication.max_updates);
     file.replication.max_delay = Some(base.replication.max_delay);
-    if bank {
-        file.replication.extra = "topology = \"rss\"\n".into();
+    match bank {
+        Bank::None => {}
+        Bank::Nodes => file.replication.extra = "topology = \"rss\"\n".into(),
+        Bank::Redis => {
+            let at = port()?;
+            file.replication.extra =
+                format!("topology = \"rss\"\n\n[replication.bank]\nredis = [\"redis://{at}\"]\n");
+        }
     }
     // Long enough that no session expires during a run, large enough for the memory run's sessions.
     file.session.idle_timeout = Some(Duration::from_secs(3600));
@@ -132,7 +179,7 @@ async fn start(
         let mut node = NodeEntry::new(format!("n{i}"), port()?, port()?);
         node.machine = Some(format!("m{i}"));
         // In the bank topology every node but n1 is a session server.
-        if bank && i > 1 {
+        if bank == Bank::Nodes && i > 1 {
             node.extra = "role = \"rss\"\n".into();
         }
         file.nodes.push(node);
@@ -149,13 +196,24 @@ struct Memory {
     replica_mib_per_100k: f64,
 }
 
-/// Creates `n` sessions of about `bytes` each on n1 of a fresh sync pair; RSS growth of both, per 100 000.
-async fn memory(dir: &Path, base: &ClusterConfig, n: usize, bytes: usize) -> Result<Memory> {
-    let mut procs = start(dir, base, "memory", 2, ReplicationMode::Sync, false).await?;
+/// Creates `n` sessions of about `bytes` each on n1 of a fresh sync pair (or n1 with a Redis bank); RSS growth
+/// of n1 and of the copy's holder (n2, or redis-server), per 100 000.
+async fn memory(
+    dir: &Path,
+    base: &ClusterConfig,
+    n: usize,
+    bytes: usize,
+    bank: Bank,
+) -> Result<Memory> {
+    let (name, nodes, holder) = match bank {
+        Bank::Redis => ("memory redis", 1, crate::cluster::BANK),
+        Bank::None | Bank::Nodes => ("memory", 2, "n2"),
+    };
+    let mut procs = start(dir, base, name, nodes, ReplicationMode::Sync, bank).await?;
     let target = procs.config.nodes[0].http;
     let pids = [
         procs.pid("n1").context("n1 pid")?,
-        procs.pid("n2").context("n2 pid")?,
+        procs.pid(holder).context("copy holder pid")?,
     ];
     // Let both settle (heartbeats, first connections) before the baseline.
     let before = [

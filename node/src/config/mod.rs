@@ -578,7 +578,7 @@ secret = "0123456789abcdef0123"
     fn roles_must_fit_the_topology() {
         let rss = |text: &str| format!("{text}\n[replication]\ntopology = \"rss\"\n");
         let err = error(&rss(GOOD));
-        assert!(err.contains("`replication.copies`: 1 copies per session need at least 1 nodes with role = \"rss\"; the file has 0"), "{err}");
+        assert!(err.contains("`replication.copies`: 1 copies per session need at least 1 nodes with role = \"rss\" (or a Redis bank, `[replication.bank] redis`); the file has 0"), "{err}");
         let bank = GOOD.replace(
             "repl = \"127.0.0.1:9102\"",
             "repl = \"127.0.0.1:9102\"\nrole = \"rss\"",
@@ -604,6 +604,50 @@ secret = "0123456789abcdef0123"
         );
         let pair_two = format!("{GOOD}\n[replication]\ncopies = 2\n");
         assert!(error(&pair_two).contains("need `topology = \"rss\"`"));
+    }
+
+    #[test]
+    fn a_redis_bank_replaces_the_session_servers_and_names_a_pair_with_every_web_node() {
+        let redis = |bank: &str| {
+            format!("{GOOD}\n[replication]\ntopology = \"rss\"\n\n[replication.bank]\n{bank}\n")
+        };
+        let c = ClusterConfig::from_toml("t.toml", &redis("redis = [\"redis://127.0.0.1:6379\"]")).unwrap();
+        let bank = c.replication.bank.clone().unwrap();
+        assert_eq!(
+            (bank.kind, bank.timeout, bank.wait_replicas),
+            (BankKind::Server, Duration::from_millis(500), 0)
+        );
+        assert_eq!(bank.id, BankConfig::derive_id("0123456789abcdef0123"));
+        assert!(c.nodes.iter().all(|n| n.id != bank.id));
+        let pair = crate::ids::Pair {
+            primary: c.nodes[0].id,
+            secondary: Some(bank.id),
+        };
+        assert_eq!(c.pairs.decode(pair.segment()), Some(pair), "cookies name the bank");
+        let cases = [
+            ("redis = []", 23, "`replication.bank.redis`: missing"),
+            ("redis = [\"http://x:1\"]", 23, "expected `redis://HOST:PORT`"),
+            ("redis = [\"redis://a:1\", \"redis://b:1\"]", 23, "one server has one URL"),
+            ("redis = [\"redis://a:1\"]\nkind = \"sentinel\"", 22, "`replication.bank.master`: missing"),
+            ("redis = [\"redis://a:1\"]\nmaster = \"m\"", 24, "only with `kind = \"sentinel\"`"),
+            ("redis = [\"redis://a:1\"]\nkind = \"cluster\"\nwait_replicas = 1", 25, "`replication.bank.wait_replicas`"),
+            ("redis = [\"redis://a:1\"]\ntimeout_ms = 0", 24, "`replication.bank.timeout_ms`: must be greater than 0"),
+            ("redis = [\"redis://a:1\"]\nkind = \"ring\"", 24, "unknown variant `ring`"),
+        ];
+        for (bank, line, want) in cases {
+            let err = error(&redis(bank));
+            assert!(err.contains(want), "{bank}: {err}");
+            assert!(err.starts_with(&format!("t.toml:{line}:")), "{bank}: {err}");
+        }
+        let pair = format!("{GOOD}\n[replication.bank]\nredis = [\"redis://a:1\"]\n");
+        assert!(error(&pair).contains("`replication.bank`: a bank needs `topology = \"rss\"`"));
+        let two = redis("redis = [\"redis://a:1\"]").replace("topology = \"rss\"", "topology = \"rss\"\ncopies = 2");
+        assert!(error(&two).contains("one copy per session"), "{}", error(&two));
+        let with_rss = redis("redis = [\"redis://a:1\"]").replace(
+            "repl = \"127.0.0.1:9102\"",
+            "repl = \"127.0.0.1:9102\"\nrole = \"rss\"",
+        );
+        assert!(error(&with_rss).contains("`nodes[1].role`: `rss` nodes and `[replication.bank] redis` at once"));
     }
 
     #[test]
