@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SETUP := .ci/setup
 
-.PHONY: run run-sidecar test bench bench-node bench-lb bench-sidecar soak check fmt setup
+.PHONY: run run-sidecar run-redis test bench bench-node bench-lb bench-sidecar soak check fmt setup
 
 setup:
 	@bash $(SETUP)
@@ -17,6 +17,12 @@ run: setup
 run-sidecar: setup
 	$(CARGO) build --release --bins
 	bash node/examples/cart/run.sh config/sidecar.toml
+
+# Two web nodes and a standby with Redis as the session bank (config/redis.toml); starts redis-server on the
+# file's address unless one answers there. Ctrl-C stops all of it.
+run-redis: setup
+	$(CARGO) build --release --bins
+	target/release/bench up --config config/redis.toml
 
 # Every test: unit tests and the integration tests that start the real binaries.
 test: setup

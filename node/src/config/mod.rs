@@ -571,7 +571,7 @@ secret = "0123456789abcdef0123"
                 checked += 1;
             }
         }
-        assert!(checked >= 3, "local, sidecar and rss at least: {checked}");
+        assert!(checked >= 4, "local, sidecar, rss and redis at least: {checked}");
     }
 
     #[test]
