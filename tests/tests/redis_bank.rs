@@ -203,3 +203,146 @@ async fn a_paused_store_gives_a_timeout_error_not_a_hang_and_works_again_when_re
         }
     }
 }
+
+/// A primary, its replica and one sentinel watching them (quorum 1, quick failover), on one loopback address;
+/// everything killed (by pid) when dropped.
+struct Watched {
+    primary: Server,
+    replica: Server,
+    sentinel: std::process::Child,
+    sentinel_port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Watched {
+    fn start() -> Watched {
+        let primary = Server::start();
+        let ip = primary.ip;
+        let replica = Server::start_on(
+            ip,
+            cluster_tests::free_port(ip),
+            &[
+                "--replicaof",
+                &ip.to_string(),
+                &primary.port.to_string(),
+                // Otherwise the primary sees it as 127.0.0.1 (its connection's source), where it does not
+                // listen, and sentinel finds no replica to promote.
+                "--replica-announce-ip",
+                &ip.to_string(),
+            ],
+        );
+        cluster_tests::wait_until(Duration::from_secs(10), "the replica is in sync", || {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        })
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "srv-sentinel-{}-{}",
+            std::process::id(),
+            primary.port
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        let sentinel_port = cluster_tests::free_port(ip);
+        std::fs::write(
+            &conf,
+            format!(
+                "bind {ip}\nport {sentinel_port}\nsentinel monitor bank {ip} {} 1\n\
+                 sentinel down-after-milliseconds bank 500\nsentinel failover-timeout bank 2000\n",
+                primary.port
+            ),
+        )
+        .unwrap();
+        // Sentinel wants its (writable) config file as the first argument.
+        let sentinel = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let w = Watched {
+            primary,
+            replica,
+            sentinel,
+            sentinel_port,
+            dir,
+        };
+        cluster_tests::wait_until(Duration::from_secs(10), "the sentinel knows the primary", || {
+            w.sentinel_cli(&["SENTINEL", "get-master-addr-by-name", "bank"])
+                .contains(&w.primary.port.to_string())
+        })
+        .unwrap();
+        // Sentinel learns of replicas from the primary's INFO, every 10 s: no failover before that.
+        cluster_tests::wait_until(Duration::from_secs(20), "the sentinel knows the replica", || {
+            w.sentinel_cli(&["SENTINEL", "replicas", "bank"])
+                .contains(&w.replica.port.to_string())
+        })
+        .unwrap();
+        w
+    }
+
+    fn sentinel_cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", &self.primary.ip.to_string(), "-p", &self.sentinel_port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn bank(&self) -> Arc<RedisBank> {
+        let cfg = BankConfig {
+            urls: vec![format!("redis://{}:{}", self.primary.ip, self.sentinel_port)],
+            kind: BankKind::Sentinel,
+            master: Some("bank".into()),
+            timeout: Duration::from_millis(500),
+            wait_replicas: 1,
+            id: BankConfig::derive_id("test-secret"),
+        };
+        RedisBank::new(&cfg, Duration::from_secs(60), LEASE)
+    }
+}
+
+#[tokio::test]
+async fn through_sentinel_a_copy_waits_for_the_replica_and_survives_a_failover() {
+    let mut w = Watched::start();
+    let b = w.bank();
+    assert_eq!(copy(&b, 1, session(1, 1, 7)).await, ItemResult::Applied);
+    let key = format!("srv:s:{:032x}", SID.0);
+    assert_eq!(
+        w.replica.cli(&["HGET", &key, "v"]),
+        "7",
+        "WAIT 1: the replica held the copy when the bank answered"
+    );
+    w.primary.kill();
+    // Sentinel promotes the replica; the bank follows it (a failed call asks the sentinels again).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match b.peek(SID, 7).await {
+            Ok(Pulled::Owned { .. }) => break,
+            Ok(other) => panic!("the promoted replica lost the copy: {other:?}"),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("the bank never reached the promoted replica: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let renewed = Item::Full {
+        session: session(1, 1, 8),
+    };
+    let answers = b.apply(node(1), vec![renewed]).await;
+    assert!(
+        matches!(answers.as_deref(), Ok([ItemResult::Applied])),
+        "copies go to the new primary: {answers:?}"
+    );
+}

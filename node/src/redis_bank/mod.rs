@@ -105,7 +105,10 @@ pub struct RedisBank {
     cfg: BankConfig,
     ttl_ms: u64,
     lease_ms: u64,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    /// The connection once made; read on every call, written when made or dropped.
+    conn: std::sync::RwLock<Option<Conn>>,
+    /// Held while a connection is being made, so concurrent callers make one.
+    connecting: tokio::sync::Mutex<()>,
     scripts: Scripts,
 }
 
@@ -135,7 +138,8 @@ impl RedisBank {
             cfg: cfg.clone(),
             ttl_ms: ttl.as_millis().max(1) as u64,
             lease_ms: lease.as_millis().max(1) as u64,
-            conn: tokio::sync::Mutex::new(None),
+            conn: std::sync::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             scripts: Scripts {
                 copy: redis::Script::new(scripts::COPY),
                 validate: redis::Script::new(scripts::VALIDATE),
@@ -194,15 +198,26 @@ impl RedisBank {
         }
     }
 
+    fn held(&self) -> Option<Conn> {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_held(&self, c: Option<Conn>) {
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
     /// The connection, made now if there is none; `within` the timeout.
     async fn conn(&self) -> Result<Conn, BankError> {
+        if let Some(c) = self.held() {
+            return Ok(c);
+        }
         within(self.timeout(), async {
-            let mut held = self.conn.lock().await;
-            if let Some(c) = held.as_ref() {
-                return Ok(c.clone());
+            let _one = self.connecting.lock().await;
+            if let Some(c) = self.held() {
+                return Ok(c);
             }
             let c = self.connect().await?;
-            *held = Some(c.clone());
+            self.set_held(Some(c.clone()));
             Ok(c)
         })
         .await
@@ -216,7 +231,7 @@ impl RedisBank {
     ) -> Result<T, BankError> {
         let r = within(self.timeout(), f).await;
         if r.is_err() && self.cfg.kind == BankKind::Sentinel {
-            *self.conn.lock().await = None;
+            self.set_held(None);
         }
         r
     }
@@ -311,7 +326,8 @@ impl RedisBank {
     /// timeout is not a failure (the primary holds the writes), only logged.
     async fn wait_replicas(&self, mut c: Conn) -> Result<(), BankError> {
         let want = self.cfg.wait_replicas;
-        let t = self.timeout().as_millis() as u64;
+        // Short of the command timeout, so a missing replica shows as fewer confirmations, not a failed bank.
+        let t = (self.timeout().as_millis() as u64 * 3 / 4).max(1);
         let got: u32 = self
             .run(async {
                 Ok(redis::cmd("WAIT")
