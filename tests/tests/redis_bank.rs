@@ -226,6 +226,12 @@ impl Watched {
     fn start() -> Watched {
         let primary = Server::start();
         let ip = primary.ip;
+        let dir = std::env::temp_dir().join(format!(
+            "srv-sentinel-{}-{}",
+            std::process::id(),
+            primary.port
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
         let replica = Server::start_on(
             ip,
             cluster_tests::free_port(ip),
@@ -237,6 +243,9 @@ impl Watched {
                 // listen, and sentinel finds no replica to promote.
                 "--replica-announce-ip",
                 &ip.to_string(),
+                // A replica keeps the primary's snapshot on disk while it loads: not in the source tree.
+                "--dir",
+                dir.to_str().unwrap(),
             ],
         );
         cluster_tests::wait_until(Duration::from_secs(10), "the replica is in sync", || {
@@ -245,12 +254,6 @@ impl Watched {
                 .contains("master_link_status:up")
         })
         .unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "srv-sentinel-{}-{}",
-            std::process::id(),
-            primary.port
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("sentinel.conf");
         let sentinel_port = cluster_tests::free_port(ip);
         std::fs::write(
