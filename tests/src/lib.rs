@@ -142,6 +142,20 @@ impl ClusterSpec {
             ..ClusterSpec::default()
         }
     }
+
+    /// A cluster in the `rss` topology with the lb and a Redis bank (`[replication.bank]`) instead of session
+    /// servers: node `n{i+1}` has role `roles[i]` (`web` or `standby`); `urls` are the `redis://` URLs (the
+    /// server, or a cluster's seed nodes) and `kind` is `server`, `cluster` or `sentinel`.
+    pub fn redis_bank(roles: &[&str], urls: &[String], kind: &str) -> ClusterSpec {
+        let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+        ClusterSpec {
+            replication_extra: format!(
+                "topology = \"rss\"\n\n[replication.bank]\nredis = [{}]\nkind = {kind:?}\n",
+                urls.join(", ")
+            ),
+            ..ClusterSpec::bank(roles, 1)
+        }
+    }
 }
 
 /// One node's addresses.
@@ -618,7 +632,8 @@ pub fn metric(node_url: &str, name: &str) -> f64 {
     sample(&text, name)
 }
 
-/// The node name a routing cookie value's segment names as primary, decoded with `config`.
+/// The names of the primary and secondary a routing cookie (`NAME=value`) names, decoded with `config`. A Redis
+/// bank as the secondary is named `redis-bank` ([`node::config::BankConfig::NAME`]).
 pub fn cookie_pair(
     cfg: &node::config::ClusterConfig,
     cookie: &str,
@@ -627,7 +642,12 @@ pub fn cookie_pair(
     let value = cookie.split_once('=')?.1;
     let c = codec.decode(value).ok()?;
     let pair = cfg.pairs.decode(c.segment)?;
-    let name = |id| cfg.node_by_id(id).map(|n| n.name.clone());
+    let bank = cfg.replication.bank.as_ref().map(|b| b.id);
+    let name = |id| {
+        cfg.node_by_id(id)
+            .map(|n| n.name.clone())
+            .or_else(|| (bank == Some(id)).then(|| node::config::BankConfig::NAME.to_string()))
+    };
     Some((name(pair.primary)?, pair.secondary.and_then(name)))
 }
 
@@ -708,6 +728,53 @@ mod tests {
         assert!(
             text.contains("[lb]\n") && text.contains("[replication]"),
             "tests edit these headers:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_redis_bank_spec_loads_with_its_bank_and_roles_and_cookies_name_the_bank() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let urls = [
+            "redis://127.0.0.9:7001".to_string(),
+            "redis://127.0.0.9:7002".to_string(),
+        ];
+        let spec = ClusterSpec::redis_bank(&["web", "web", "standby"], &urls, "cluster");
+        let nodes: Vec<NodeAddrs> = (1..=3)
+            .map(|i| NodeAddrs {
+                name: format!("n{i}"),
+                http: addr(9000 + i),
+                repl: addr(9100 + i),
+                app: None,
+            })
+            .collect();
+        let text = render_config(&spec, &nodes, addr(8080), addr(8081));
+        let c = ClusterConfig::from_toml("spec.toml", &text).unwrap();
+        let bank = c.replication.bank.clone().expect("a bank");
+        assert_eq!(
+            (bank.urls, bank.kind),
+            (urls.to_vec(), node::config::BankKind::Cluster)
+        );
+        assert_eq!(
+            c.replication.max_delay,
+            Duration::from_millis(5),
+            "[replication.batch] still read"
+        );
+        let roles: Vec<String> = c.nodes.iter().map(|n| n.role.to_string()).collect();
+        assert_eq!(roles, ["web", "web", "standby"]);
+        let pair = node::ids::Pair {
+            primary: c.nodes[0].id,
+            secondary: Some(bank.id),
+        };
+        let codec = node::cookie::CookieCodec::new(&c.cookie);
+        let minted = codec.encode(&node::cookie::RoutingCookie {
+            session: node::ids::SessionId(7),
+            segment: pair.segment(),
+            version: 1,
+        });
+        let cookie = format!("SRVSESSION={minted}");
+        assert_eq!(
+            cookie_pair(&c, &cookie),
+            Some(("n1".to_string(), Some("redis-bank".to_string())))
         );
     }
 

@@ -70,8 +70,12 @@ impl Server {
         }
     }
 
-    /// Kills the server and waits for it to exit.
+    /// Kills the server and waits for it to exit; once it was reaped, does nothing (its pid may be another
+    /// process's by now).
     pub fn kill(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         self.signal(libc::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -117,6 +121,10 @@ impl RedisCluster {
                 &[
                     "--cluster-enabled",
                     "yes",
+                    // Connections between nodes leave from 127.0.0.1, where no node listens: each must tell the
+                    // others its own address, or the cluster never joins.
+                    "--cluster-announce-ip",
+                    &ip.to_string(),
                     "--cluster-config-file",
                     conf.to_str().unwrap(),
                     "--dir",
@@ -130,14 +138,24 @@ impl RedisCluster {
             .iter()
             .map(|m| format!("{}:{}", m.ip, m.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
             .expect("redis-cli is installed");
+        // It waits for the nodes to join with no limit of its own.
+        let joined = wait_until(Duration::from_secs(30), "redis-cli --cluster create to finish", || {
+            matches!(create.try_wait(), Ok(Some(_)))
+        });
+        if joined.is_err() {
+            let _ = create.kill();
+        }
+        let out = create.wait_with_output().expect("redis-cli's output");
         assert!(
-            out.status.success(),
+            joined.is_ok() && out.status.success(),
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
