@@ -114,13 +114,23 @@ impl Procs {
             .context("redis-server is not installed (bash .ci/setup installs it)")?;
         let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
         let args = [
-            "--bind", &ip, "--port", &port, "--save", "", "--appendonly", "no",
+            "--bind",
+            &ip,
+            "--port",
+            &port,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ];
         let pid = self.children.spawn(BANK, &program, &args)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !redis_pong(addr).await {
             if Instant::now() > deadline || !self.children.is_running(BANK) {
-                bail!("redis-server on {addr} did not answer PING; log:\n{}", self.log_tail(BANK));
+                bail!(
+                    "redis-server on {addr} did not answer PING; log:\n{}",
+                    self.log_tail(BANK)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

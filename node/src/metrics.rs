@@ -103,16 +103,11 @@ impl Metrics {
             .register(Box::new(repl_queue.clone()))
             .expect("unique");
         let copies = IntGaugeVec::new(
-            Opts::new(
-                "node_copies",
-                "Sessions owned here with a copy on the peer",
-            ),
+            Opts::new("node_copies", "Sessions owned here with a copy on the peer"),
             &["peer"],
         )
         .expect("valid");
-        registry
-            .register(Box::new(copies.clone()))
-            .expect("unique");
+        registry.register(Box::new(copies.clone())).expect("unique");
         let repl_rtt = HistogramVec::new(
             HistogramOpts::new(
                 "node_replication_batch_seconds",

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::cookie::RoutingCookie;
 use crate::connection::LinkError;
+use crate::cookie::RoutingCookie;
 use crate::ids::{NodeId, Pair, SessionId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -280,7 +280,9 @@ impl Takeover {
                 owner_gone: self.members.is_gone(owner),
             };
             let decision = match decide(&view) {
-                Grant::CheckOwner if self.members.probe(owner, self.load()).await => Grant::Redirect,
+                Grant::CheckOwner if self.members.probe(owner, self.load()).await => {
+                    Grant::Redirect
+                }
                 Grant::CheckOwner => decide(&PullView {
                     owner_alive: false,
                     owner_gone: self.members.is_gone(owner),
@@ -297,7 +299,10 @@ impl Takeover {
                 }
                 Grant::Now => false,
             };
-            match bank.claim(sid, self.me, (epoch, owner), respect_lease).await? {
+            match bank
+                .claim(sid, self.me, (epoch, owner), respect_lease)
+                .await?
+            {
                 Ok(session) => return Ok(PullResult::Granted { session }),
                 // The owner renewed its lease meanwhile (so it is alive after all), or another node claimed
                 // it: look again.

@@ -112,7 +112,8 @@ impl RedisCluster {
                     break p;
                 }
             };
-            let dir = std::env::temp_dir().join(format!("srv-redis-cluster-{}-{port}", std::process::id()));
+            let dir = std::env::temp_dir()
+                .join(format!("srv-redis-cluster-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let conf = dir.join("nodes.conf");
             let mut s = Server::start_on(
@@ -147,9 +148,11 @@ impl RedisCluster {
             .spawn()
             .expect("redis-cli is installed");
         // It waits for the nodes to join with no limit of its own.
-        let joined = wait_until(Duration::from_secs(30), "redis-cli --cluster create to finish", || {
-            matches!(create.try_wait(), Ok(Some(_)))
-        });
+        let joined = wait_until(
+            Duration::from_secs(30),
+            "redis-cli --cluster create to finish",
+            || matches!(create.try_wait(), Ok(Some(_))),
+        );
         if joined.is_err() {
             let _ = create.kill();
         }
@@ -160,11 +163,15 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let c = RedisCluster { masters };
-        wait_until(Duration::from_secs(20), "every master says cluster_state:ok", || {
-            c.masters
-                .iter()
-                .all(|m| m.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "every master says cluster_state:ok",
+            || {
+                c.masters
+                    .iter()
+                    .all(|m| m.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            },
+        )
         .unwrap();
         c
     }

@@ -50,7 +50,11 @@ async fn copy(b: &RedisBank, owner: u64, s: Session) -> ItemResult {
 }
 
 /// Takes the session over for `requester`, waiting out the owner's lease if `respect_lease`.
-async fn claim(b: &RedisBank, requester: u64, respect_lease: bool) -> Result<Session, Option<Duration>> {
+async fn claim(
+    b: &RedisBank,
+    requester: u64,
+    respect_lease: bool,
+) -> Result<Session, Option<Duration>> {
     let Pulled::Owned { epoch, owner, .. } = b.peek(SID, 0).await.unwrap() else {
         panic!("the bank holds the session");
     };
@@ -107,7 +111,11 @@ async fn an_old_owner_is_fenced_once_another_node_claimed_the_session() {
         ItemResult::Fenced { .. }
     ));
     s.version += 1;
-    assert_eq!(copy(&b, 2, s).await, ItemResult::Applied, "the new owner's copy is taken");
+    assert_eq!(
+        copy(&b, 2, s).await,
+        ItemResult::Applied,
+        "the new owner's copy is taken"
+    );
 }
 
 #[tokio::test]
@@ -134,7 +142,10 @@ async fn a_session_that_ended_is_not_brought_back_by_a_late_copy() {
     let b = bank(&server);
     copy(&b, 1, session(1, 2, 5)).await;
     let end = Item::Remove { sid: SID, epoch: 2 };
-    assert_eq!(b.apply(node(1), vec![end]).await.unwrap(), vec![ItemResult::Applied]);
+    assert_eq!(
+        b.apply(node(1), vec![end]).await.unwrap(),
+        vec![ItemResult::Applied]
+    );
     assert_eq!(
         copy(&b, 1, session(1, 1, 4)).await,
         ItemResult::Ended { epoch: 2 },
@@ -176,7 +187,10 @@ async fn every_copy_and_lease_renewal_sets_the_sessions_ttl() {
         version: 1,
     };
     b.apply(node(1), vec![renew]).await.unwrap();
-    assert!(ttl(&server) > 5_000, "a renewal (every read after a lease) refreshes it");
+    assert!(
+        ttl(&server) > 5_000,
+        "a renewal (every read after a lease) refreshes it"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +200,12 @@ async fn a_paused_store_gives_a_timeout_error_not_a_hang_and_works_again_when_re
     copy(&b, 1, session(1, 1, 1)).await;
     server.signal(libc::SIGSTOP);
     let err = b
-        .apply(node(1), vec![Item::Full { session: session(1, 1, 2) }])
+        .apply(
+            node(1),
+            vec![Item::Full {
+                session: session(1, 1, 2),
+            }],
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, BankError::Timeout(_)), "{err}");
@@ -194,7 +213,15 @@ async fn a_paused_store_gives_a_timeout_error_not_a_hang_and_works_again_when_re
     // The connection manager reconnects in the background: the first copies may still fail.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match b.apply(node(1), vec![Item::Full { session: session(1, 1, 3) }]).await {
+        match b
+            .apply(
+                node(1),
+                vec![Item::Full {
+                    session: session(1, 1, 3),
+                }],
+            )
+            .await
+        {
             Ok(r) => break assert_eq!(r, vec![ItemResult::Applied]),
             Err(e) if tokio::time::Instant::now() > deadline => {
                 panic!("the bank never worked again after SIGCONT: {e}")
@@ -280,23 +307,36 @@ impl Watched {
             sentinel_port,
             dir,
         };
-        cluster_tests::wait_until(Duration::from_secs(10), "the sentinel knows the primary", || {
-            w.sentinel_cli(&["SENTINEL", "get-master-addr-by-name", "bank"])
-                .contains(&w.primary.port.to_string())
-        })
+        cluster_tests::wait_until(
+            Duration::from_secs(10),
+            "the sentinel knows the primary",
+            || {
+                w.sentinel_cli(&["SENTINEL", "get-master-addr-by-name", "bank"])
+                    .contains(&w.primary.port.to_string())
+            },
+        )
         .unwrap();
         // Sentinel learns of replicas from the primary's INFO, every 10 s: no failover before that.
-        cluster_tests::wait_until(Duration::from_secs(20), "the sentinel knows the replica", || {
-            w.sentinel_cli(&["SENTINEL", "replicas", "bank"])
-                .contains(&w.replica.port.to_string())
-        })
+        cluster_tests::wait_until(
+            Duration::from_secs(20),
+            "the sentinel knows the replica",
+            || {
+                w.sentinel_cli(&["SENTINEL", "replicas", "bank"])
+                    .contains(&w.replica.port.to_string())
+            },
+        )
         .unwrap();
         w
     }
 
     fn sentinel_cli(&self, args: &[&str]) -> String {
         let out = std::process::Command::new("redis-cli")
-            .args(["-h", &self.primary.ip.to_string(), "-p", &self.sentinel_port.to_string()])
+            .args([
+                "-h",
+                &self.primary.ip.to_string(),
+                "-p",
+                &self.sentinel_port.to_string(),
+            ])
             .args(args)
             .output()
             .expect("redis-cli is installed");
@@ -305,7 +345,10 @@ impl Watched {
 
     fn bank(&self) -> Arc<RedisBank> {
         let cfg = BankConfig {
-            urls: vec![format!("redis://{}:{}", self.primary.ip, self.sentinel_port)],
+            urls: vec![format!(
+                "redis://{}:{}",
+                self.primary.ip, self.sentinel_port
+            )],
             kind: BankKind::Sentinel,
             master: Some("bank".into()),
             timeout: Duration::from_millis(500),

@@ -6,7 +6,9 @@
 
 use serde::Deserialize;
 
-use super::{Algorithm, BankKind, Failover, LogFormat, NodeRole, ReplicationMode, Secret, Topology};
+use super::{
+    Algorithm, BankKind, Failover, LogFormat, NodeRole, ReplicationMode, Secret, Topology,
+};
 
 /// One body cap for the balancer and the nodes, unless the file sets them apart.
 const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -571,7 +571,10 @@ secret = "0123456789abcdef0123"
                 checked += 1;
             }
         }
-        assert!(checked >= 4, "local, sidecar, rss and redis at least: {checked}");
+        assert!(
+            checked >= 4,
+            "local, sidecar, rss and redis at least: {checked}"
+        );
     }
 
     #[test]
@@ -611,7 +614,8 @@ secret = "0123456789abcdef0123"
         let redis = |bank: &str| {
             format!("{GOOD}\n[replication]\ntopology = \"rss\"\n\n[replication.bank]\n{bank}\n")
         };
-        let c = ClusterConfig::from_toml("t.toml", &redis("redis = [\"redis://127.0.0.1:6379\"]")).unwrap();
+        let c = ClusterConfig::from_toml("t.toml", &redis("redis = [\"redis://127.0.0.1:6379\"]"))
+            .unwrap();
         let bank = c.replication.bank.clone().unwrap();
         assert_eq!(
             (bank.kind, bank.timeout, bank.wait_replicas),
@@ -623,16 +627,48 @@ secret = "0123456789abcdef0123"
             primary: c.nodes[0].id,
             secondary: Some(bank.id),
         };
-        assert_eq!(c.pairs.decode(pair.segment()), Some(pair), "cookies name the bank");
+        assert_eq!(
+            c.pairs.decode(pair.segment()),
+            Some(pair),
+            "cookies name the bank"
+        );
         let cases = [
             ("redis = []", 23, "`replication.bank.redis`: missing"),
-            ("redis = [\"http://x:1\"]", 23, "expected `redis://HOST:PORT`"),
-            ("redis = [\"redis://a:1\", \"redis://b:1\"]", 23, "one server has one URL"),
-            ("redis = [\"redis://a:1\"]\nkind = \"sentinel\"", 22, "`replication.bank.master`: missing"),
-            ("redis = [\"redis://a:1\"]\nmaster = \"m\"", 24, "only with `kind = \"sentinel\"`"),
-            ("redis = [\"redis://a:1\"]\nkind = \"cluster\"\nwait_replicas = 1", 25, "`replication.bank.wait_replicas`"),
-            ("redis = [\"redis://a:1\"]\ntimeout_ms = 0", 24, "`replication.bank.timeout_ms`: must be greater than 0"),
-            ("redis = [\"redis://a:1\"]\nkind = \"ring\"", 24, "unknown variant `ring`"),
+            (
+                "redis = [\"http://x:1\"]",
+                23,
+                "expected `redis://HOST:PORT`",
+            ),
+            (
+                "redis = [\"redis://a:1\", \"redis://b:1\"]",
+                23,
+                "one server has one URL",
+            ),
+            (
+                "redis = [\"redis://a:1\"]\nkind = \"sentinel\"",
+                22,
+                "`replication.bank.master`: missing",
+            ),
+            (
+                "redis = [\"redis://a:1\"]\nmaster = \"m\"",
+                24,
+                "only with `kind = \"sentinel\"`",
+            ),
+            (
+                "redis = [\"redis://a:1\"]\nkind = \"cluster\"\nwait_replicas = 1",
+                25,
+                "`replication.bank.wait_replicas`",
+            ),
+            (
+                "redis = [\"redis://a:1\"]\ntimeout_ms = 0",
+                24,
+                "`replication.bank.timeout_ms`: must be greater than 0",
+            ),
+            (
+                "redis = [\"redis://a:1\"]\nkind = \"ring\"",
+                24,
+                "unknown variant `ring`",
+            ),
         ];
         for (bank, line, want) in cases {
             let err = error(&redis(bank));
@@ -641,13 +677,19 @@ secret = "0123456789abcdef0123"
         }
         let pair = format!("{GOOD}\n[replication.bank]\nredis = [\"redis://a:1\"]\n");
         assert!(error(&pair).contains("`replication.bank`: a bank needs `topology = \"rss\"`"));
-        let two = redis("redis = [\"redis://a:1\"]").replace("topology = \"rss\"", "topology = \"rss\"\ncopies = 2");
-        assert!(error(&two).contains("one copy per session"), "{}", error(&two));
+        let two = redis("redis = [\"redis://a:1\"]")
+            .replace("topology = \"rss\"", "topology = \"rss\"\ncopies = 2");
+        assert!(
+            error(&two).contains("one copy per session"),
+            "{}",
+            error(&two)
+        );
         let with_rss = redis("redis = [\"redis://a:1\"]").replace(
             "repl = \"127.0.0.1:9102\"",
             "repl = \"127.0.0.1:9102\"\nrole = \"rss\"",
         );
-        assert!(error(&with_rss).contains("`nodes[1].role`: `rss` nodes and `[replication.bank] redis` at once"));
+        assert!(error(&with_rss)
+            .contains("`nodes[1].role`: `rss` nodes and `[replication.bank] redis` at once"));
     }
 
     #[test]

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::file::{
-    FileBank, FileConfig, FileCookie, FileLb, FileNode, FileNodeDefaults, FileReplication, FileSession,
-    FileSidecar,
+    FileBank, FileConfig, FileCookie, FileLb, FileNode, FileNodeDefaults, FileReplication,
+    FileSession, FileSidecar,
 };
 use super::{
-    ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig, LimitsConfig, NodeConfig,
-    BankConfig, BankKind, NodeDefaults, NodeRole, ReplicationConfig, Secret, SessionConfig, SidecarConfig, Topology,
+    BankConfig, BankKind, ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig,
+    LimitsConfig, NodeConfig, NodeDefaults, NodeRole, ReplicationConfig, Secret, SessionConfig,
+    SidecarConfig, Topology,
 };
 use crate::ids::{NodeId, PairTable};
 
@@ -313,12 +314,21 @@ impl FileBank {
             ));
         }
         if self.redis.is_empty() {
-            return Err(Violation::new("replication.bank.redis", "missing: at least one `redis://HOST:PORT` URL"));
-        }
-        if let Some(bad) = self.redis.iter().find(|u| !u.starts_with("redis://") || u.len() == "redis://".len()) {
             return Err(Violation::new(
                 "replication.bank.redis",
-                format!("{bad:?}: expected `redis://HOST:PORT` (TLS to the store is not supported yet)"),
+                "missing: at least one `redis://HOST:PORT` URL",
+            ));
+        }
+        if let Some(bad) = self
+            .redis
+            .iter()
+            .find(|u| !u.starts_with("redis://") || u.len() == "redis://".len())
+        {
+            return Err(Violation::new(
+                "replication.bank.redis",
+                format!(
+                    "{bad:?}: expected `redis://HOST:PORT` (TLS to the store is not supported yet)"
+                ),
             ));
         }
         if self.kind == BankKind::Server && self.redis.len() > 1 {
@@ -329,10 +339,19 @@ impl FileBank {
         }
         match (self.kind, &self.master) {
             (BankKind::Sentinel, None) => {
-                return Err(Violation::new("replication.bank.master", "missing: the service name Sentinel monitors (`kind = \"sentinel\"`)"));
+                return Err(Violation::new(
+                    "replication.bank.master",
+                    "missing: the service name Sentinel monitors (`kind = \"sentinel\"`)",
+                ));
             }
             (BankKind::Server | BankKind::Cluster, Some(_)) => {
-                return Err(Violation::new("replication.bank.master", format!("only with `kind = \"sentinel\"` (this bank's is `{}`)", self.kind)));
+                return Err(Violation::new(
+                    "replication.bank.master",
+                    format!(
+                        "only with `kind = \"sentinel\"` (this bank's is `{}`)",
+                        self.kind
+                    ),
+                ));
             }
             _ => {}
         }

@@ -252,10 +252,7 @@ impl RedisBank {
                 let _: String = redis::cmd("PING").query_async(&mut c).await?;
                 return Ok(1);
             }
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut c)
-                .await?;
+            let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await?;
             let run_id = info
                 .lines()
                 .find_map(|l| l.strip_prefix("run_id:"))
@@ -273,7 +270,11 @@ impl RedisBank {
     ///
     /// # Errors
     /// [`BankError`] when the store does not answer in time or fails: the whole batch failed.
-    pub async fn apply(&self, from: NodeId, items: Vec<Item>) -> Result<Vec<ItemResult>, BankError> {
+    pub async fn apply(
+        &self,
+        from: NodeId,
+        items: Vec<Item>,
+    ) -> Result<Vec<ItemResult>, BankError> {
         let c = self.conn().await?;
         let from = from.get().to_string();
         let calls = items.into_iter().map(|item| {
@@ -296,7 +297,10 @@ impl RedisBank {
                         call.arg(self.ttl_ms).arg(self.lease_ms());
                     }
                     Item::Validate { epoch, version, .. } => {
-                        call.arg(epoch).arg(version).arg(self.ttl_ms).arg(self.lease_ms());
+                        call.arg(epoch)
+                            .arg(version)
+                            .arg(self.ttl_ms)
+                            .arg(self.lease_ms());
                     }
                     Item::Remove { epoch, .. } => {
                         call.arg(epoch).arg(self.ttl_ms);
@@ -310,7 +314,7 @@ impl RedisBank {
         let results = self
             .run(async { futures_util::future::try_join_all(calls).await })
             .await?;
-        if self.cfg.wait_replicas > 0 && results.iter().any(|r| *r == ItemResult::Applied) {
+        if self.cfg.wait_replicas > 0 && results.contains(&ItemResult::Applied) {
             self.wait_replicas(c).await?;
         }
         Ok(results)
@@ -338,7 +342,11 @@ impl RedisBank {
             })
             .await?;
         if got < want {
-            tracing::warn!(want, got, "the bank's replicas did not all confirm within the timeout");
+            tracing::warn!(
+                want,
+                got,
+                "the bank's replicas did not all confirm within the timeout"
+            );
         }
         Ok(())
     }

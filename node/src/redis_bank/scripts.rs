@@ -229,15 +229,24 @@ mod tests {
             item_result(&fields(&["fenced", &(1u64 << 50).to_string(), "7"])),
             Ok(ItemResult::Fenced { owner, epoch: 7 })
         );
-        assert!(item_result(&fields(&["fenced", "12", "7"])).is_err(), "not a node id");
+        assert!(
+            item_result(&fields(&["fenced", "12", "7"])).is_err(),
+            "not a node id"
+        );
         assert!(item_result(&fields(&["what"])).is_err());
     }
 
     #[test]
     fn a_peek_tells_nothing_a_tombstone_and_a_copy_with_its_lease_apart() {
         let owner = (1u64 << 50).to_string();
-        assert_eq!(held(&fields(&["", "", "", "", "", "100"])), Ok(Held::Nothing));
-        assert_eq!(held(&fields(&["", "", "", "", "3", "100"])), Ok(Held::Ended(3)));
+        assert_eq!(
+            held(&fields(&["", "", "", "", "", "100"])),
+            Ok(Held::Nothing)
+        );
+        assert_eq!(
+            held(&fields(&["", "", "", "", "3", "100"])),
+            Ok(Held::Ended(3))
+        );
         assert_eq!(
             held(&fields(&["2", "9", &owner, "350", "", "100"])),
             Ok(Held::Copy {
@@ -248,7 +257,13 @@ mod tests {
             })
         );
         let over = held(&fields(&["2", "9", &owner, "50", "", "100"])).unwrap();
-        assert!(matches!(over, Held::Copy { lease_left_ms: 0, .. }));
+        assert!(matches!(
+            over,
+            Held::Copy {
+                lease_left_ms: 0,
+                ..
+            }
+        ));
         assert!(held(&fields(&["2"])).is_err());
     }
 

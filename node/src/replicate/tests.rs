@@ -79,12 +79,21 @@ fn a_peer_that_takes_whole_copies_gets_the_full_session_instead_of_deltas() {
     write(&mut p, "a");
     write(&mut p, "b");
     let (item, v) = outgoing(&mut p, SID, id(2), true).unwrap();
-    assert!(matches!(&item, Item::Full { session } if session.version == 2), "{item:?}");
+    assert!(
+        matches!(&item, Item::Full { session } if session.version == 2),
+        "{item:?}"
+    );
     assert_eq!(v, 2);
-    assert!(outgoing(&mut p, SID, id(2), true).is_none(), "both deltas covered");
+    assert!(
+        outgoing(&mut p, SID, id(2), true).is_none(),
+        "both deltas covered"
+    );
     want_validate(&mut p);
     let (item, _) = outgoing(&mut p, SID, id(2), true).unwrap();
-    assert!(matches!(item, Item::Validate { .. }), "a lease renewal stays small");
+    assert!(
+        matches!(item, Item::Validate { .. }),
+        "a lease renewal stays small"
+    );
 }
 
 #[test]

@@ -35,7 +35,9 @@ impl Sim {
                 Some(e) if e.pulling.is_some() => continue,
                 Some(e) if e.gen == gen => {
                     node.queue.remove(&q);
-                    if let Some((item, v)) = replicate::outgoing(&mut e.slot, sid, node_id(peer)) {
+                    if let Some((item, v)) =
+                        replicate::outgoing(&mut e.slot, sid, node_id(peer), false)
+                    {
                         items.push((item, v));
                         sent.push((sid, gen, v));
                     }
