@@ -490,6 +490,8 @@ impl<A: App> SessionService<A> {
         let (s, peers) = replicate::end(slot)?;
         self.store.mark_ended(s.id, s.epoch);
         if peers.is_empty() {
+            // A copy may still be on a peer that was unreachable when the copies were re-homed to none.
+            self.store.mark_untold(s.id);
             self.store.remove(entry);
         }
         self.replicator.enqueue_all(&peers, entry);

@@ -224,11 +224,20 @@ type Shard = HashMap<SessionId, Arc<Entry>, ahash::RandomState>;
 /// starts a fresh session without being counted as lost.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
+/// A session that ended here.
+#[derive(Clone, Copy, Debug)]
+struct Ended {
+    at: Instant,
+    epoch: u64,
+    /// No copy could be told (none was reachable): a peer coming back may still hold one.
+    untold: bool,
+}
+
 /// Sharded session table.
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
-    /// Sessions that ended here, and when.
-    ended: Mutex<HashMap<SessionId, (Instant, u64), ahash::RandomState>>,
+    /// Sessions that ended here: when, at which epoch, and whether a copy may still hold them untold.
+    ended: Mutex<HashMap<SessionId, Ended, ahash::RandomState>>,
 }
 
 impl Default for Store {
@@ -276,7 +285,39 @@ impl Store {
         self.ended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (now(), epoch));
+            .insert(
+                id,
+                Ended {
+                    at: now(),
+                    epoch,
+                    untold: false,
+                },
+            );
+    }
+
+    /// Notes that no copy of ended session `id` could be told to drop it (none was reachable): a peer that
+    /// comes back is told then ([`Store::untold_ends`]).
+    pub fn mark_untold(&self, id: SessionId) {
+        if let Some(e) = self
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            e.untold = true;
+        }
+    }
+
+    /// Sessions that ended here, within [`TOMBSTONE_TTL`], that a copy may still hold untold, with the epoch
+    /// at which they ended.
+    pub fn untold_ends(&self) -> Vec<(SessionId, u64)> {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, e)| e.untold)
+            .map(|(id, e)| (*id, e.epoch))
+            .collect()
     }
 
     /// Whether session `id` ended here within [`TOMBSTONE_TTL`].
@@ -291,7 +332,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .map(|(_, epoch)| *epoch)
+            .map(|e| e.epoch)
     }
 
     /// Forgets sessions that ended before `now - TOMBSTONE_TTL`.
@@ -299,7 +340,7 @@ impl Store {
         self.ended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+            .retain(|_, e| now.saturating_duration_since(e.at) < TOMBSTONE_TTL);
     }
 
     /// Every entry at this moment (the maps are not held while the caller works on them).

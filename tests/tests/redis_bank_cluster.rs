@@ -518,3 +518,55 @@ fn the_node_refuses_a_redis_bank_beside_session_servers_and_a_bank_outside_the_r
         "the error names the bank and the topology it needs: {log}"
     );
 }
+
+#[test]
+fn a_session_ended_while_redis_was_paused_does_not_come_back_when_its_web_node_dies() {
+    let server = Server::start();
+    let mut c = redis_cluster(&[server.url()], "server");
+    let lb = c.lb_url();
+    let mut u = User::new();
+    for _ in 0..3 {
+        assert_eq!(u.incr(&lb, "n").unwrap().status, 200);
+    }
+    let home = u.get(&lb).unwrap().served_by.unwrap();
+    wait_until(Duration::from_secs(10), "the session is copied to Redis", || {
+        copied_to_redis(&c) == 1.0
+    })
+    .unwrap();
+    server.signal(libc::SIGSTOP);
+    wait_until(
+        Duration::from_secs(20),
+        "the session runs unprotected while Redis is paused",
+        || unprotected(&c) == 1.0,
+    )
+    .unwrap();
+    let cookie = u.cookie.clone();
+    let ended = u.send(&lb, "DELETE", "/session", None).unwrap();
+    assert!((200..300).contains(&ended.status), "{ended:?}");
+    server.signal(libc::SIGCONT);
+    // Redis still holds the copy from before the pause until the web node tells it the session ended.
+    wait_until(
+        Duration::from_secs(20),
+        "Redis holds the session's tombstone",
+        || {
+            let keys = server.cli(&["KEYS", "srv:s:*"]);
+            !keys.is_empty() && server.cli(&["HEXISTS", &keys, "x"]) == "1"
+        },
+    )
+    .unwrap();
+    c.kill(&home);
+    u.cookie = cookie;
+    let again = u.incr(&lb, "n").unwrap();
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(
+        again.json()["value"],
+        1,
+        "a fresh session: the logout was not undone"
+    );
+    let served = again.served_by.clone().unwrap();
+    assert_eq!(
+        metric(&c.node_url(&served), "sessions_lost_total"),
+        0.0,
+        "an ended session is not counted as lost"
+    );
+}

@@ -198,9 +198,34 @@ impl Replicator {
             }
             Change::Up(peer) => {
                 info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
+                let told = self.clone();
+                tokio::spawn(async move { told.tell_ends(peer).await });
                 // Sessions short of copies (none, or one of a bank's two) get them now.
                 let wanted = self.settings.topology.copies();
                 tokio::spawn(async move { me.rehome_all(move |c| c.len() < wanted, peer).await });
+            }
+        }
+    }
+
+    /// Tells `peer`, back after being unreachable, to drop its copies of sessions that ended here meanwhile
+    /// (it may hold one: a logout must not come back when this node dies later). Best effort: a miss leaves
+    /// the copy to expire.
+    async fn tell_ends(self: Arc<Self>, peer: NodeId) {
+        let ends = self.store.untold_ends();
+        let Some(p) = self.members.peer(peer) else {
+            return;
+        };
+        for chunk in ends.chunks(MAX_BATCH) {
+            let items = chunk
+                .iter()
+                .map(|&(sid, epoch)| Item::Remove { sid, epoch })
+                .collect();
+            if let Err(e) = p
+                .batch(self.settings.me, items, self.settings.peer_timeout)
+                .await
+            {
+                debug!(error = %e, "telling a peer of ended sessions failed");
+                return;
             }
         }
     }
@@ -369,8 +394,10 @@ impl Replicator {
                     match on_failure(&mut slot, peer) {
                         AfterFailure::Rehome => self.rehome(&entry, &mut slot, &[peer]),
                         AfterFailure::Forget => {
-                            // A removal whose copy went down with the peer: release whoever waits for it.
+                            // A removal whose copy went down with the peer: release whoever waits for it,
+                            // and tell the peer when it is back.
                             entry.update_mark(|m| m.lease_seq += 1);
+                            self.store.mark_untold(entry.id);
                             self.store.remove(&entry);
                         }
                         AfterFailure::Nothing => {}
