@@ -282,17 +282,14 @@ impl Store {
 
     /// Remembers that session `id` ended here (deleted or expired) at ownership epoch `epoch`.
     pub fn mark_ended(&self, id: SessionId, epoch: u64) {
-        self.ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                id,
-                Ended {
-                    at: now(),
-                    epoch,
-                    untold: false,
-                },
-            );
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Ended {
+                at: now(),
+                epoch,
+                untold: false,
+            },
+        );
     }
 
     /// Notes that no copy of ended session `id` could be told to drop it (none was reachable): a peer that

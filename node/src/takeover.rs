@@ -260,15 +260,12 @@ impl Takeover {
         min_version: u64,
     ) -> Result<PullResult, BankError> {
         for _ in 0..BANK_CLAIM_TRIES {
-            let (epoch, owner, lease_left) = match bank.peek(sid, min_version).await? {
+            let peeked = match bank.peek(sid, min_version).await? {
                 Pulled::Nothing => return Ok(PullResult::NotFound),
                 Pulled::Ended => return Ok(PullResult::Ended),
-                Pulled::Owned {
-                    epoch,
-                    owner,
-                    lease_left,
-                } => (epoch, owner, lease_left),
+                Pulled::Owned(p) => p,
             };
+            let owner = peeked.owner;
             let view = PullView {
                 role: Role::Replica,
                 owner,
@@ -294,15 +291,14 @@ impl Takeover {
                 Grant::Redirect => return Ok(PullResult::Redirect { owner }),
                 Grant::Busy | Grant::CheckOwner => return Ok(PullResult::Busy),
                 Grant::AfterLease => {
-                    tokio::time::sleep(lease_left.min(self.lease)).await;
+                    // A whole lease by this node's clock, not the store's: the store's may be another host's
+                    // after a failover, or stepped. The claim then checks the owner did not renew meanwhile.
+                    tokio::time::sleep(self.lease).await;
                     true
                 }
                 Grant::Now => false,
             };
-            match bank
-                .claim(sid, self.me, (epoch, owner), respect_lease)
-                .await?
-            {
+            match bank.claim(sid, self.me, &peeked, respect_lease).await? {
                 Ok(session) => return Ok(PullResult::Granted { session }),
                 // The owner renewed its lease meanwhile (so it is alive after all), or another node claimed
                 // it: look again.

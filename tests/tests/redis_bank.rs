@@ -55,10 +55,10 @@ async fn claim(
     requester: u64,
     respect_lease: bool,
 ) -> Result<Session, Option<Duration>> {
-    let Pulled::Owned { epoch, owner, .. } = b.peek(SID, 0).await.unwrap() else {
+    let Pulled::Owned(peeked) = b.peek(SID, 0).await.unwrap() else {
         panic!("the bank holds the session");
     };
-    b.claim(SID, node(requester), (epoch, owner), respect_lease)
+    b.claim(SID, node(requester), &peeked, respect_lease)
         .await
         .unwrap()
 }
@@ -119,6 +119,33 @@ async fn an_old_owner_is_fenced_once_another_node_claimed_the_session() {
 }
 
 #[tokio::test]
+async fn a_claim_that_waited_out_a_lease_is_refused_when_the_owner_renewed_it_meanwhile() {
+    let server = Server::start();
+    let b = bank(&server);
+    copy(&b, 1, session(1, 1, 4)).await;
+    let Pulled::Owned(peeked) = b.peek(SID, 0).await.unwrap() else {
+        panic!("the bank holds the session");
+    };
+    tokio::time::sleep(LEASE).await;
+    let renew = Item::Validate {
+        sid: SID,
+        epoch: 1,
+        version: 4,
+    };
+    b.apply(node(1), vec![renew]).await.unwrap();
+    let got = b.claim(SID, node(2), &peeked, true).await.unwrap();
+    assert!(
+        matches!(got, Err(None)),
+        "the owner renewed since the peek: alive after all ({got:?})"
+    );
+    assert_eq!(
+        copy(&b, 1, session(1, 1, 5)).await,
+        ItemResult::Applied,
+        "and still the owner"
+    );
+}
+
+#[tokio::test]
 async fn two_owners_racing_on_one_session_leave_the_newest_copy() {
     let server = Server::start();
     let (a, b) = (bank(&server), bank(&server));
@@ -152,6 +179,26 @@ async fn a_session_that_ended_is_not_brought_back_by_a_late_copy() {
         "a copy of an older tenure"
     );
     assert!(matches!(b.peek(SID, 0).await.unwrap(), Pulled::Ended));
+    let older_end = Item::Remove { sid: SID, epoch: 1 };
+    assert_eq!(
+        b.apply(node(1), vec![older_end]).await.unwrap(),
+        vec![ItemResult::Ended { epoch: 2 }],
+        "a late removal of an older tenure keeps the newer tombstone"
+    );
+    assert_eq!(
+        copy(&b, 1, session(1, 1, 4)).await,
+        ItemResult::Ended { epoch: 2 }
+    );
+}
+
+#[tokio::test]
+async fn a_key_another_program_wrote_costs_that_session_its_copy_not_the_batch() {
+    let server = Server::start();
+    let b = bank(&server);
+    let key = format!("srv:s:{:032x}", SID.0);
+    server.cli(&["SET", &key, "not a session"]);
+    assert_eq!(copy(&b, 1, session(1, 1, 2)).await, ItemResult::Applied);
+    assert_eq!(claim(&b, 2, false).await.unwrap().version, 2);
 }
 
 #[tokio::test]

@@ -529,9 +529,11 @@ fn a_session_ended_while_redis_was_paused_does_not_come_back_when_its_web_node_d
         assert_eq!(u.incr(&lb, "n").unwrap().status, 200);
     }
     let home = u.get(&lb).unwrap().served_by.unwrap();
-    wait_until(Duration::from_secs(10), "the session is copied to Redis", || {
-        copied_to_redis(&c) == 1.0
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the session is copied to Redis",
+        || copied_to_redis(&c) == 1.0,
+    )
     .unwrap();
     server.signal(libc::SIGSTOP);
     wait_until(

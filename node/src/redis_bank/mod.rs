@@ -112,6 +112,17 @@ pub struct RedisBank {
     scripts: Scripts,
 }
 
+/// A copy as a takeover saw it, to claim it only if nothing changed since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peeked {
+    /// Its ownership epoch.
+    pub epoch: u64,
+    /// The owner.
+    pub owner: NodeId,
+    /// The owner's lease as stored: every renewal changes it.
+    lease_mark: Vec<u8>,
+}
+
 /// What a takeover got from the bank.
 #[derive(Debug)]
 pub enum Pulled {
@@ -120,14 +131,7 @@ pub enum Pulled {
     /// The session ended.
     Ended,
     /// A copy whose owner may still be alive: the requester decides whether to wait, claim or go there.
-    Owned {
-        /// Its ownership epoch.
-        epoch: u64,
-        /// The owner.
-        owner: NodeId,
-        /// How long the owner's read lease still runs.
-        lease_left: Duration,
-    },
+    Owned(Peeked),
 }
 
 impl RedisBank {
@@ -141,11 +145,11 @@ impl RedisBank {
             conn: std::sync::RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             scripts: Scripts {
-                copy: redis::Script::new(scripts::COPY),
-                validate: redis::Script::new(scripts::VALIDATE),
-                remove: redis::Script::new(scripts::REMOVE),
-                peek: redis::Script::new(scripts::PEEK),
-                claim: redis::Script::new(scripts::CLAIM),
+                copy: guarded(scripts::COPY),
+                validate: guarded(scripts::VALIDATE),
+                remove: guarded(scripts::REMOVE),
+                peek: guarded(scripts::PEEK),
+                claim: guarded(scripts::CLAIM),
             },
         })
     }
@@ -374,19 +378,22 @@ impl RedisBank {
             Held::Copy {
                 epoch,
                 owner,
-                lease_left_ms,
+                lease_mark,
                 ..
-            } => Pulled::Owned {
+            } => Pulled::Owned(Peeked {
                 epoch,
                 owner,
-                lease_left: Duration::from_millis(lease_left_ms),
-            },
+                lease_mark,
+            }),
         })
     }
 
-    /// Makes `requester` the owner of the session peeked at `(epoch, owner)`: epoch + 1, the bank as its copy.
-    /// With `respect_lease`, only once the old owner's read lease ran out. Returns the session to install, or
-    /// `Err(Some(wait))` / `Err(None)` when the lease still runs / the session changed since the peek.
+    /// Makes `requester` the owner of the session as `peeked`: epoch + 1, the bank as its copy. With
+    /// `respect_lease` (the caller waited a whole lease since the peek, by its own clock), only if the owner did
+    /// not renew its lease since and it ran out in the store's clock too. Returns the session to install, or
+    /// `Err(Some(wait))` / `Err(None)` when the lease still runs / the session changed since the peek. With
+    /// `wait_replicas`, a granted claim is on the store's replicas before it is returned (a failover must not
+    /// forget it and let the old owner write again).
     ///
     /// # Errors
     /// [`BankError`] when the store does not answer in time, fails, or holds something that is not a session.
@@ -394,7 +401,7 @@ impl RedisBank {
         &self,
         sid: SessionId,
         requester: NodeId,
-        (epoch, owner): (u64, NodeId),
+        peeked: &Peeked,
         respect_lease: bool,
     ) -> Result<Result<Session, Option<Duration>>, BankError> {
         let mut c = self.conn().await?;
@@ -402,11 +409,12 @@ impl RedisBank {
             .run(async {
                 let mut call = self.scripts.claim.key(Self::key(sid));
                 call.arg(requester.get().to_string())
-                    .arg(epoch.to_string())
-                    .arg(owner.get().to_string())
+                    .arg(peeked.epoch.to_string())
+                    .arg(peeked.owner.get().to_string())
                     .arg(self.lease_ms())
                     .arg(self.ttl_ms)
-                    .arg(if respect_lease { "1" } else { "0" });
+                    .arg(if respect_lease { "1" } else { "0" })
+                    .arg(peeked.lease_mark.as_slice());
                 Ok(call.invoke_async(&mut c).await?)
             })
             .await?;
@@ -430,10 +438,18 @@ impl RedisBank {
                 s.primary = requester;
                 s.secondary = Some(self.cfg.id);
                 s.also = None;
+                if self.cfg.wait_replicas > 0 {
+                    self.wait_replicas(c).await?;
+                }
                 Ok(Ok(s))
             }
         }
     }
+}
+
+/// `script` with [`scripts::PRELUDE`] before it.
+fn guarded(script: &str) -> redis::Script {
+    redis::Script::new(&format!("{}{script}", scripts::PRELUDE))
 }
 
 /// `f`, or [`BankError::Timeout`] after `limit`.

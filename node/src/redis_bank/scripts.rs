@@ -10,6 +10,12 @@
 use crate::ids::NodeId;
 use crate::wire::ItemResult;
 
+/// Run before each script: a key under our prefix that is not a hash (another program wrote it) is dropped, so
+/// it costs that one session its copy instead of failing every batch it is in.
+pub const PRELUDE: &str = r"
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then redis.call('DEL', KEYS[1]) end
+";
+
 /// A full copy. ARGV: owner, epoch, version, data, ttl ms, lease ms.
 pub const COPY: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'x')
@@ -48,11 +54,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {'applied'}
 ";
 
-/// The session ended: a tombstone replaces it. ARGV: owner, epoch, ttl ms.
+/// The session ended: a tombstone replaces it (a later one of an older tenure changes nothing). ARGV: owner,
+/// epoch, ttl ms.
 pub const REMOVE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'e', 'p')
-if cur[1] then
-  local ce, e = tonumber(cur[1]), tonumber(ARGV[2])
+local cur = redis.call('HMGET', KEYS[1], 'e', 'p', 'x')
+local e = tonumber(ARGV[2])
+if cur[3] then
+  if e < tonumber(cur[3]) then return {'ended', cur[3]} end
+elseif cur[1] then
+  local ce = tonumber(cur[1])
   if ce > e or (ce == e and cur[2] ~= ARGV[1]) then return {'fenced', cur[2], cur[1]} end
 end
 redis.call('DEL', KEYS[1])
@@ -61,20 +71,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'applied'}
 ";
 
-/// What the bank holds, without the data, and the store's clock.
+/// What the bank holds, without the data: epoch, version, owner, lease mark, tombstone.
 pub const PEEK: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'x')
-local t = redis.call('TIME')
-return {cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or '',
-  tostring(t[1] * 1000 + math.floor(t[2] / 1000))}
+return {cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or ''}
 ";
 
-/// A takeover: the requester becomes the owner at epoch + 1, if the session is still as peeked and (when asked
-/// to respect it) the old owner's read lease has run out. ARGV: requester, peeked epoch, peeked owner, lease ms,
-/// ttl ms, respect the lease (`1`/`0`).
+/// A takeover: the requester becomes the owner at epoch + 1, if the session is still as peeked, its owner's
+/// lease not renewed since (the lease mark unchanged) and, when asked to respect it, run out in the store's
+/// clock too. ARGV: requester, peeked epoch, peeked owner, lease ms, ttl ms, respect the lease (`1`/`0`),
+/// peeked lease mark.
 pub const CLAIM: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'd')
 if cur[1] ~= ARGV[2] or cur[3] ~= ARGV[3] or not cur[5] then return {'changed'} end
+if ARGV[6] == '1' and (cur[4] or '') ~= ARGV[7] then return {'changed'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local g = tonumber(cur[4]) or 0
@@ -124,7 +134,7 @@ pub fn item_result(answer: &[Vec<u8>]) -> Result<ItemResult, Malformed> {
 }
 
 /// What [`PEEK`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Held {
     /// Nothing under the key (never copied, or expired).
     Nothing,
@@ -138,8 +148,9 @@ pub enum Held {
         version: u64,
         /// The node that owns it.
         owner: NodeId,
-        /// How long the owner's read lease still runs, in ms (0: over).
-        lease_left_ms: u64,
+        /// The end of the owner's read lease as stored, changed by every renewal: a claim that waited out a
+        /// lease checks that it was not renewed meanwhile.
+        lease_mark: Vec<u8>,
     },
 }
 
@@ -148,7 +159,7 @@ pub enum Held {
 /// # Errors
 /// [`Malformed`] when the fields do not decode.
 pub fn held(answer: &[Vec<u8>]) -> Result<Held, Malformed> {
-    let [e, v, p, g, x, now] = answer else {
+    let [e, v, p, g, x] = answer else {
         return Err(Malformed(format!("{} fields from a peek", answer.len())));
     };
     if !x.is_empty() {
@@ -157,12 +168,11 @@ pub fn held(answer: &[Vec<u8>]) -> Result<Held, Malformed> {
     if e.is_empty() {
         return Ok(Held::Nothing);
     }
-    let lease_end = if g.is_empty() { 0 } else { number(g)? };
     Ok(Held::Copy {
         epoch: number(e)?,
         version: number(v)?,
         owner: node(p)?,
-        lease_left_ms: lease_end.saturating_sub(number(now)?),
+        lease_mark: g.clone(),
     })
 }
 
@@ -239,31 +249,17 @@ mod tests {
     #[test]
     fn a_peek_tells_nothing_a_tombstone_and_a_copy_with_its_lease_apart() {
         let owner = (1u64 << 50).to_string();
+        assert_eq!(held(&fields(&["", "", "", "", ""])), Ok(Held::Nothing));
+        assert_eq!(held(&fields(&["", "", "", "", "3"])), Ok(Held::Ended(3)));
         assert_eq!(
-            held(&fields(&["", "", "", "", "", "100"])),
-            Ok(Held::Nothing)
-        );
-        assert_eq!(
-            held(&fields(&["", "", "", "", "3", "100"])),
-            Ok(Held::Ended(3))
-        );
-        assert_eq!(
-            held(&fields(&["2", "9", &owner, "350", "", "100"])),
+            held(&fields(&["2", "9", &owner, "350", ""])),
             Ok(Held::Copy {
                 epoch: 2,
                 version: 9,
                 owner: NodeId::new(1 << 50).unwrap(),
-                lease_left_ms: 250
+                lease_mark: b"350".to_vec()
             })
         );
-        let over = held(&fields(&["2", "9", &owner, "50", "", "100"])).unwrap();
-        assert!(matches!(
-            over,
-            Held::Copy {
-                lease_left_ms: 0,
-                ..
-            }
-        ));
         assert!(held(&fields(&["2"])).is_err());
     }
 
