@@ -11,8 +11,8 @@ use super::file::{
 };
 use super::{
     BankConfig, BankKind, ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig,
-    LimitsConfig, NodeConfig, NodeDefaults, NodeRole, ReplicationConfig, Secret, SessionConfig,
-    SidecarConfig, Topology,
+    LimitsConfig, NodeConfig, NodeDefaults, NodeRole, ReplicationConfig, ReplicationMode, Secret,
+    SessionConfig, SidecarConfig, Topology,
 };
 use crate::ids::{NodeId, PairTable};
 
@@ -246,7 +246,7 @@ impl FileNodeDefaults {
 }
 
 impl FileReplication {
-    fn validate(self) -> Result<ReplicationConfig, Violation> {
+    fn validate(mut self) -> Result<ReplicationConfig, Violation> {
         if self.topology == Topology::Broadcast {
             return Err(Violation::new(
                 "replication.topology",
@@ -262,10 +262,7 @@ impl FileReplication {
                 format!("{}: expected 1 or 2", self.copies),
             ));
         }
-        let bank = self
-            .bank
-            .map(|b| b.validate(self.topology, self.copies))
-            .transpose()?;
+        let bank = self.bank.take().map(|b| b.validate(&self)).transpose()?;
         if self.copies == 2 && self.topology != Topology::Rss {
             return Err(Violation::new(
                 "replication.copies",
@@ -300,7 +297,8 @@ impl FileReplication {
 
 impl FileBank {
     /// The bank's settings; its id is set once the secret is known.
-    fn validate(self, topology: Topology, copies: usize) -> Result<BankConfig, Violation> {
+    fn validate(self, r: &FileReplication) -> Result<BankConfig, Violation> {
+        let (topology, copies) = (r.topology, r.copies);
         if topology != Topology::Rss {
             return Err(Violation::new(
                 "replication.bank",
@@ -354,6 +352,40 @@ impl FileBank {
                 ));
             }
             _ => {}
+        }
+        if let Some(bad) = self.redis.iter().find(|u| {
+            let rest = &u["redis://".len()..];
+            match self.kind {
+                BankKind::Server => false,
+                BankKind::Cluster => rest.contains('/'),
+                BankKind::Sentinel => rest.contains('/') || rest.contains('@'),
+            }
+        }) {
+            return Err(Violation::new(
+                "replication.bank.redis",
+                format!(
+                    "{bad:?}: with `kind = \"{}\"` a URL is `redis://HOST:PORT` (credentials or a database for the \
+                     store behind the sentinels are not supported yet; a cluster has one database)",
+                    self.kind
+                ),
+            ));
+        }
+        if self.wait_replicas > 0 && r.mode != ReplicationMode::Sync {
+            return Err(Violation::new(
+                "replication.bank.wait_replicas",
+                "only with `mode = \"sync\"`: in async mode no write waits for its copy",
+            ));
+        }
+        // A write waits for its copy at most three peer timeouts: a store that takes longer per command turns
+        // a paused store into failed requests instead of unprotected sessions.
+        if self.timeout_ms >= r.peer_timeout_ms {
+            return Err(Violation::new(
+                "replication.bank.timeout_ms",
+                format!(
+                    "{} must be under replication.peer_timeout_ms ({})",
+                    self.timeout_ms, r.peer_timeout_ms
+                ),
+            ));
         }
         if self.kind == BankKind::Cluster && self.wait_replicas > 0 {
             return Err(Violation::new(

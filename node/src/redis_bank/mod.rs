@@ -11,6 +11,7 @@
 
 pub mod scripts;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,9 @@ pub struct RedisBank {
     conn: std::sync::RwLock<Option<Conn>>,
     /// Held while a connection is being made, so concurrent callers make one.
     connecting: tokio::sync::Mutex<()>,
+    /// Fewer replicas than `wait_replicas` confirmed a write: `WAIT` (which holds the shared connection) is
+    /// skipped until heartbeats see enough replicas connected again.
+    replicas_short: std::sync::atomic::AtomicBool,
     scripts: Scripts,
 }
 
@@ -144,6 +148,7 @@ impl RedisBank {
             lease_ms: lease.as_millis().max(1) as u64,
             conn: std::sync::RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            replicas_short: std::sync::atomic::AtomicBool::new(false),
             scripts: Scripts {
                 copy: guarded(scripts::COPY),
                 validate: guarded(scripts::VALIDATE),
@@ -263,6 +268,20 @@ impl RedisBank {
                 .unwrap_or("")
                 .trim();
             let h = ahash::RandomState::with_seeds(5, 6, 7, 8).hash_one(run_id);
+            if self.replicas_short.load(Ordering::Relaxed) {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await?;
+                let connected = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("connected_slaves:"))
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+                    .unwrap_or(0);
+                if connected >= self.cfg.wait_replicas {
+                    self.replicas_short.store(false, Ordering::Relaxed);
+                }
+            }
             Ok(h.max(1))
         })
         .await
@@ -318,7 +337,7 @@ impl RedisBank {
         let results = self
             .run(async { futures_util::future::try_join_all(calls).await })
             .await?;
-        if self.cfg.wait_replicas > 0 && results.contains(&ItemResult::Applied) {
+        if results.contains(&ItemResult::Applied) {
             self.wait_replicas(c).await?;
         }
         Ok(results)
@@ -330,10 +349,14 @@ impl RedisBank {
         self.lease_ms
     }
 
-    /// `WAIT n`: the store's replicas hold every write made on this connection so far. Fewer within the
-    /// timeout is not a failure (the primary holds the writes), only logged.
+    /// `WAIT n` (`wait_replicas`, when set): the store's replicas hold every write made on this connection so
+    /// far. Fewer within the timeout is not a failure (the primary holds the writes): it is logged, and waiting
+    /// stops until enough replicas are connected again.
     async fn wait_replicas(&self, mut c: Conn) -> Result<(), BankError> {
         let want = self.cfg.wait_replicas;
+        if want == 0 || self.replicas_short.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         // Short of the command timeout, so a missing replica shows as fewer confirmations, not a failed bank.
         let t = (self.timeout().as_millis() as u64 * 3 / 4).max(1);
         let got: u32 = self
@@ -346,10 +369,11 @@ impl RedisBank {
             })
             .await?;
         if got < want {
+            self.replicas_short.store(true, Ordering::Relaxed);
             tracing::warn!(
                 want,
                 got,
-                "the bank's replicas did not all confirm within the timeout"
+                "the bank's replicas did not all confirm within the timeout: not waiting for them until they are back"
             );
         }
         Ok(())
@@ -438,9 +462,7 @@ impl RedisBank {
                 s.primary = requester;
                 s.secondary = Some(self.cfg.id);
                 s.also = None;
-                if self.cfg.wait_replicas > 0 {
-                    self.wait_replicas(c).await?;
-                }
+                self.wait_replicas(c).await?;
                 Ok(Ok(s))
             }
         }
