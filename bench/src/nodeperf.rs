@@ -29,6 +29,8 @@ struct Row {
     rps: f64,
     p99_ms: f64,
     failed: bool,
+    /// Cores used during the run: the node served, the copies' holder (a node or redis-server), the bench.
+    cores: [f64; 3],
 }
 
 /// Runs the three throughput clusters and the memory measurement; prints ratios; `false` if any run failed.
@@ -66,7 +68,22 @@ pub async fn node_perf(
             "\n== {name}: increments straight to {}",
             procs.config.nodes[0].name
         );
+        let holder = match bank {
+            Bank::Redis => procs.pid(crate::cluster::BANK),
+            Bank::None | Bank::Nodes => procs.pid("n2"),
+        };
+        let pids = [procs.pid("n1"), holder];
+        let cpu_of = |p: Option<u32>| p.and_then(crate::cpu::of_pid).unwrap_or_default();
+        let before = (pids.map(cpu_of), crate::cpu::own(), Instant::now());
         let s = runner::execute(&spec, name, None, vec![], load.quiet).await;
+        let wall = before.2.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
+        let after = (pids.map(cpu_of), crate::cpu::own());
+        let core = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64() / wall;
+        let cores = [
+            core(after.0[0], before.0[0]),
+            core(after.0[1], before.0[1]),
+            core(after.1, before.1),
+        ];
         procs.kill_all();
         let _ = std::fs::remove_dir_all(&procs.log_dir);
         rows.push(Row {
@@ -74,6 +91,7 @@ pub async fn node_perf(
             rps: s.rps(),
             p99_ms: s.ms(0.99),
             failed: s.failed(),
+            cores,
         });
     }
     let mem = memory(&dir, &base, memory_sessions, session_bytes, Bank::None).await?;
@@ -88,17 +106,20 @@ pub async fn node_perf(
     let mut t = String::from("\nincrements/s through one node (same run, same load)\n");
     let _ = writeln!(
         t,
-        "{:<14} {:>10} {:>9} {:>16}",
-        "replication", "req/s", "p99 ms", "vs unreplicated"
+        "{:<14} {:>10} {:>9} {:>16}   {}",
+        "replication", "req/s", "p99 ms", "vs unreplicated", "cores: node / copy holder / bench"
     );
     for r in &rows {
         let _ = writeln!(
             t,
-            "{:<14} {:>10.0} {:>9.2} {:>15.2}x",
+            "{:<14} {:>10.0} {:>9.2} {:>15.2}x   {:.2} / {:.2} / {:.2}",
             r.name,
             r.rps,
             r.p99_ms,
-            r.rps / unrep
+            r.rps / unrep,
+            r.cores[0],
+            r.cores[1],
+            r.cores[2]
         );
     }
     let _ = writeln!(
@@ -118,7 +139,8 @@ pub async fn node_perf(
     if let Some(p) = &load.json {
         let v = json!({
             "throughput": rows.iter().map(|r| json!({"replication": r.name, "rps": r.rps, "p99_ms": r.p99_ms,
-                "ratio_to_unreplicated": r.rps / unrep})).collect::<Vec<_>>(),
+                "ratio_to_unreplicated": r.rps / unrep, "cores_node": r.cores[0], "cores_copy_holder": r.cores[1],
+                "cores_bench": r.cores[2]})).collect::<Vec<_>>(),
             "memory": {"sessions": memory_sessions, "session_bytes": session_bytes,
                 "primary_mib_per_100k": mem.primary_mib_per_100k, "replica_mib_per_100k": mem.replica_mib_per_100k,
                 "redis_web_mib_per_100k": redis_mem.as_ref().map(|m| m.primary_mib_per_100k),

@@ -211,8 +211,25 @@ async fn a_delta_is_refused_and_the_missing_version_asks_for_the_whole_session()
         epoch: 1,
         version,
     };
-    let answers = b.apply(node(1), vec![renew(3), renew(4)]).await.unwrap();
-    assert_eq!(answers, vec![ItemResult::Applied, ItemResult::NeedFull]);
+    let delta = Item::Deltas {
+        sid: SID,
+        epoch: 1,
+        base: 3,
+        deltas: Vec::new(),
+    };
+    let answers = b
+        .apply(node(1), vec![renew(3), delta, renew(4)])
+        .await
+        .unwrap();
+    assert_eq!(
+        answers,
+        vec![
+            ItemResult::Applied,
+            ItemResult::NeedFull,
+            ItemResult::NeedFull
+        ],
+        "one answer per item, in order"
+    );
     assert!(
         matches!(b.peek(SID, 4).await.unwrap(), Pulled::Nothing),
         "a copy older than the client's cookie counts as none"

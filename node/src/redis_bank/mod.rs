@@ -92,11 +92,9 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The five scripts, hashed once.
+/// The scripts, hashed once.
 struct Scripts {
-    copy: redis::Script,
-    validate: redis::Script,
-    remove: redis::Script,
+    apply: redis::Script,
     peek: redis::Script,
     claim: redis::Script,
 }
@@ -150,9 +148,7 @@ impl RedisBank {
             connecting: tokio::sync::Mutex::new(()),
             replicas_short: std::sync::atomic::AtomicBool::new(false),
             scripts: Scripts {
-                copy: guarded(scripts::COPY),
-                validate: guarded(scripts::VALIDATE),
-                remove: guarded(scripts::REMOVE),
+                apply: guarded(scripts::APPLY),
                 peek: guarded(scripts::PEEK),
                 claim: guarded(scripts::CLAIM),
             },
@@ -289,7 +285,8 @@ impl RedisBank {
 
     /// Applies a batch of replication items from owner `from`, as a session server would: one answer per
     /// item, in order. Deltas are answered `NeedFull` (the bank keeps whole sessions; the replicator sends it
-    /// full copies only). In `sync` use with `wait_replicas`, also waits for the store's replicas.
+    /// full copies only). One script call for the whole batch on one server; on a cluster, one per item (a
+    /// script's keys must share a slot). With `wait_replicas`, also waits for the store's replicas.
     ///
     /// # Errors
     /// [`BankError`] when the store does not answer in time or fails: the whole batch failed.
@@ -300,47 +297,80 @@ impl RedisBank {
     ) -> Result<Vec<ItemResult>, BankError> {
         let c = self.conn().await?;
         let from = from.get().to_string();
-        let calls = items.into_iter().map(|item| {
-            let mut c = c.clone();
-            let from = from.as_str();
-            async move {
-                let (script, sid) = match &item {
-                    Item::Full { session } => (&self.scripts.copy, session.id),
-                    Item::Validate { sid, .. } => (&self.scripts.validate, *sid),
-                    Item::Remove { sid, .. } => (&self.scripts.remove, *sid),
-                    Item::Deltas { .. } => return Ok(ItemResult::NeedFull),
-                };
-                let mut call = script.key(Self::key(sid));
-                call.arg(from);
-                match item {
-                    Item::Full { session } => {
-                        let data = postcard::to_allocvec(&session)
-                            .map_err(|e| BankError::Corrupt(e.to_string()))?;
-                        call.arg(session.epoch).arg(session.version).arg(data);
-                        call.arg(self.ttl_ms).arg(self.lease_ms());
-                    }
-                    Item::Validate { epoch, version, .. } => {
-                        call.arg(epoch)
-                            .arg(version)
-                            .arg(self.ttl_ms)
-                            .arg(self.lease_ms());
-                    }
-                    Item::Remove { epoch, .. } => {
-                        call.arg(epoch).arg(self.ttl_ms);
-                    }
-                    Item::Deltas { .. } => unreachable!("answered above"),
+        let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
+        let mut sent: Vec<(String, [Vec<u8>; 5])> = Vec::with_capacity(items.len());
+        for item in &items {
+            let args = match item {
+                Item::Deltas { .. } => {
+                    results.push(Some(ItemResult::NeedFull));
+                    continue;
                 }
-                let answer: Vec<Vec<u8>> = call.invoke_async(&mut c).await?;
-                Ok::<_, BankError>(scripts::item_result(&answer)?)
-            }
-        });
-        let results = self
-            .run(async { futures_util::future::try_join_all(calls).await })
+                Item::Full { session } => {
+                    let data = postcard::to_allocvec(session)
+                        .map_err(|e| BankError::Corrupt(e.to_string()))?;
+                    (session.id, b"c", session.epoch, session.version, data)
+                }
+                Item::Validate {
+                    sid,
+                    epoch,
+                    version,
+                } => (*sid, b"v", *epoch, *version, Vec::new()),
+                Item::Remove { sid, epoch } => (*sid, b"r", *epoch, 0, Vec::new()),
+            };
+            let (sid, kind, epoch, version, data) = args;
+            results.push(None);
+            sent.push((
+                Self::key(sid),
+                [
+                    kind.to_vec(),
+                    from.as_bytes().to_vec(),
+                    epoch.to_string().into_bytes(),
+                    version.to_string().into_bytes(),
+                    data,
+                ],
+            ));
+        }
+        let calls: Vec<&[(String, [Vec<u8>; 5])]> = if self.cfg.kind == BankKind::Cluster {
+            sent.chunks(1).collect()
+        } else {
+            sent.chunks(sent.len().max(1)).collect()
+        };
+        let answers = self
+            .run(futures_util::future::try_join_all(
+                calls.into_iter().filter(|c| !c.is_empty()).map(|chunk| {
+                    let mut c = c.clone();
+                    async move {
+                        let mut call = self.scripts.apply.prepare_invoke();
+                        call.arg(self.ttl_ms).arg(self.lease_ms());
+                        for (key, args) in chunk {
+                            call.key(key);
+                            for a in args {
+                                call.arg(a.as_slice());
+                            }
+                        }
+                        let answers: Vec<Vec<Vec<u8>>> = call.invoke_async(&mut c).await?;
+                        Ok::<_, BankError>(answers)
+                    }
+                }),
+            ))
             .await?;
-        if results.contains(&ItemResult::Applied) {
+        let mut answers = answers.into_iter().flatten();
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
+                Some(r) => r,
+                None => {
+                    let a = answers
+                        .next()
+                        .ok_or_else(|| BankError::Corrupt("fewer answers than items".into()))?;
+                    scripts::item_result(&a)?
+                }
+            });
+        }
+        if out.contains(&ItemResult::Applied) {
             self.wait_replicas(c).await?;
         }
-        Ok(results)
+        Ok(out)
     }
 
     /// The read lease each copy or validation grants the owner: no other node claims the session before it

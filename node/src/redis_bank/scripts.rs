@@ -10,69 +10,90 @@
 use crate::ids::NodeId;
 use crate::wire::ItemResult;
 
-/// Run before each script: a key under our prefix that is not a hash (another program wrote it) is dropped, so
-/// it costs that one session its copy instead of failing every batch it is in.
+/// Run before each script on each key: a key under our prefix that is not a hash (another program wrote it) is
+/// dropped, so it costs that one session its copy instead of failing every batch it is in.
 pub const PRELUDE: &str = r"
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then redis.call('DEL', KEYS[1]) end
+local function guard(k)
+  if redis.call('TYPE', k).ok ~= 'hash' then redis.call('DEL', k) end
+end
 ";
 
-/// A full copy. ARGV: owner, epoch, version, data, ttl ms, lease ms.
-pub const COPY: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'x')
-local e, v = tonumber(ARGV[2]), tonumber(ARGV[3])
-local x = tonumber(cur[4])
-if x and e < x then return {'ended', cur[4]} end
-local ce, cv = tonumber(cur[1]), tonumber(cur[2])
-if ce and (ce > e or (ce == e and cur[3] ~= ARGV[1])) then
-  return {'fenced', cur[3], cur[1]}
-end
-if not ce or ce < e or cv < v then
-  redis.call('HSET', KEYS[1], 'e', ARGV[2], 'v', ARGV[3], 'p', ARGV[1], 'd', ARGV[4])
-  redis.call('HDEL', KEYS[1], 'x')
-end
+/// Replication items, as many as there are keys, applied in one call: KEYS are the sessions' keys; ARGV[1] is
+/// the TTL and ARGV[2] the lease (ms); then five arguments per item: the kind (`c` a full copy, `v` a lease
+/// renewal, `r` a removal), the owner, the epoch, the version and the data (empty but for a copy). Returns one
+/// answer per item. The rules per kind:
+/// - a copy is refused as `ended` below a tombstone's epoch and as `fenced` under a newer owner; it is written
+///   when newer than what is held, and renews the owner's lease either way;
+/// - a renewal is `need_full` unless the bank holds exactly this owner's epoch and version;
+/// - a removal leaves a tombstone (the larger epoch of two).
+pub const APPLY: &str = r"
+local ttl, lease = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'g', t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[6]))
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {'applied'}
-";
-
-/// A lease renewal: the owner asks whether the bank holds its current version. ARGV: owner, epoch, version,
-/// ttl ms, lease ms.
-pub const VALIDATE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'x')
-if cur[4] then
-  if tonumber(ARGV[2]) < tonumber(cur[4]) then return {'ended', cur[4]} end
-  return {'need_full'}
-end
-if not cur[1] then return {'need_full'} end
-local ce, e = tonumber(cur[1]), tonumber(ARGV[2])
-if ce > e or (ce == e and cur[3] ~= ARGV[1]) then return {'fenced', cur[3], cur[1]} end
-if ce < e or cur[2] ~= ARGV[3] then return {'need_full'} end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'g', t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[5]))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {'applied'}
-";
-
-/// The session ended: a tombstone replaces it (a later one of an older tenure changes nothing). ARGV: owner,
-/// epoch, ttl ms.
-pub const REMOVE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'e', 'p', 'x')
-local e = tonumber(ARGV[2])
-if cur[3] then
-  if e < tonumber(cur[3]) then return {'ended', cur[3]} end
-elseif cur[1] then
+local lease_end = t[1] * 1000 + math.floor(t[2] / 1000) + lease
+local function fenced(cur, e, owner)
   local ce = tonumber(cur[1])
-  if ce > e or (ce == e and cur[2] ~= ARGV[1]) then return {'fenced', cur[2], cur[1]} end
+  if ce and (ce > e or (ce == e and cur[3] ~= owner)) then return {'fenced', cur[3], cur[1]} end
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'x', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {'applied'}
+local function renew(k)
+  redis.call('HSET', k, 'g', lease_end)
+  redis.call('PEXPIRE', k, ttl)
+  return {'applied'}
+end
+local function copy(k, owner, es, vs, data)
+  local cur = redis.call('HMGET', k, 'e', 'v', 'p', 'x')
+  local e, v = tonumber(es), tonumber(vs)
+  if cur[4] and e < tonumber(cur[4]) then return {'ended', cur[4]} end
+  local no = fenced(cur, e, owner)
+  if no then return no end
+  local ce, cv = tonumber(cur[1]), tonumber(cur[2])
+  if not ce or ce < e or cv < v then
+    redis.call('HSET', k, 'e', es, 'v', vs, 'p', owner, 'd', data)
+    redis.call('HDEL', k, 'x')
+  end
+  return renew(k)
+end
+local function validate(k, owner, es, vs)
+  local cur = redis.call('HMGET', k, 'e', 'v', 'p', 'x')
+  local e = tonumber(es)
+  if cur[4] then
+    if e < tonumber(cur[4]) then return {'ended', cur[4]} end
+    return {'need_full'}
+  end
+  if not cur[1] then return {'need_full'} end
+  local no = fenced(cur, e, owner)
+  if no then return no end
+  if tonumber(cur[1]) < e or cur[2] ~= vs then return {'need_full'} end
+  return renew(k)
+end
+local function remove(k, owner, es)
+  local cur = redis.call('HMGET', k, 'e', 'v', 'p', 'x')
+  local e = tonumber(es)
+  if cur[4] then
+    if e < tonumber(cur[4]) then return {'ended', cur[4]} end
+  else
+    local no = fenced(cur, e, owner)
+    if no then return no end
+  end
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'x', es)
+  redis.call('PEXPIRE', k, ttl)
+  return {'applied'}
+end
+local out = {}
+for i, k in ipairs(KEYS) do
+  guard(k)
+  local a = 3 + (i - 1) * 5
+  local kind, owner, e, v = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  if kind == 'c' then out[i] = copy(k, owner, e, v, ARGV[a + 4])
+  elseif kind == 'v' then out[i] = validate(k, owner, e, v)
+  else out[i] = remove(k, owner, e) end
+end
+return out
 ";
 
 /// What the bank holds, without the data: epoch, version, owner, lease mark, tombstone.
 pub const PEEK: &str = r"
+guard(KEYS[1])
 local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'x')
 return {cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or ''}
 ";
@@ -82,6 +103,7 @@ return {cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or ''}
 /// clock too. ARGV: requester, peeked epoch, peeked owner, lease ms, ttl ms, respect the lease (`1`/`0`),
 /// peeked lease mark.
 pub const CLAIM: &str = r"
+guard(KEYS[1])
 local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'd')
 if cur[1] ~= ARGV[2] or cur[3] ~= ARGV[3] or not cur[5] then return {'changed'} end
 if ARGV[6] == '1' and (cur[4] or '') ~= ARGV[7] then return {'changed'} end
@@ -114,7 +136,7 @@ fn node(field: &[u8]) -> Result<NodeId, Malformed> {
     NodeId::new(number(field)?).map_err(Malformed)
 }
 
-/// The answer of [`COPY`], [`VALIDATE`] or [`REMOVE`] as a session server would give it.
+/// One item's answer from [`APPLY`], as a session server would give it.
 ///
 /// # Errors
 /// [`Malformed`] for an answer none of the scripts gives.
