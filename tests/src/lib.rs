@@ -692,17 +692,9 @@ mod tests {
     use super::*;
     use node::config::{ClusterConfig, Failover, ReplicationMode};
 
-    #[test]
-    fn a_rendered_spec_loads_with_its_mode_timings_and_extras() {
+    /// `spec` rendered for three nodes on fixed 127.0.0.1 ports, and the config it loads as.
+    fn rendered(spec: &ClusterSpec) -> (String, ClusterConfig) {
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let spec = ClusterSpec {
-            mode: "async",
-            max_delay_ms: 1500,
-            idle_timeout_s: 1,
-            lb_extra: "failover = \"secondary\"".into(),
-            node_extra: HashMap::from([(1, "drain = true".to_string())]),
-            ..ClusterSpec::default()
-        };
         let nodes: Vec<NodeAddrs> = (1..=3)
             .map(|i| NodeAddrs {
                 name: format!("n{i}"),
@@ -711,8 +703,22 @@ mod tests {
                 app: None,
             })
             .collect();
-        let text = render_config(&spec, &nodes, addr(8080), addr(8081));
+        let text = render_config(spec, &nodes, addr(8080), addr(8081));
         let c = ClusterConfig::from_toml("spec.toml", &text).unwrap();
+        (text, c)
+    }
+
+    #[test]
+    fn a_rendered_spec_loads_with_its_mode_timings_and_extras() {
+        let spec = ClusterSpec {
+            mode: "async",
+            max_delay_ms: 1500,
+            idle_timeout_s: 1,
+            lb_extra: "failover = \"secondary\"".into(),
+            node_extra: HashMap::from([(1, "drain = true".to_string())]),
+            ..ClusterSpec::default()
+        };
+        let (text, c) = rendered(&spec);
         assert_eq!(c.replication.mode, ReplicationMode::Async);
         assert_eq!(c.replication.max_delay, Duration::from_millis(1500));
         assert_eq!(c.session.idle_timeout, Duration::from_secs(1));
@@ -733,22 +739,12 @@ mod tests {
 
     #[test]
     fn a_redis_bank_spec_loads_with_its_bank_and_roles_and_cookies_name_the_bank() {
-        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let urls = [
             "redis://127.0.0.9:7001".to_string(),
             "redis://127.0.0.9:7002".to_string(),
         ];
         let spec = ClusterSpec::redis_bank(&["web", "web", "standby"], &urls, "cluster");
-        let nodes: Vec<NodeAddrs> = (1..=3)
-            .map(|i| NodeAddrs {
-                name: format!("n{i}"),
-                http: addr(9000 + i),
-                repl: addr(9100 + i),
-                app: None,
-            })
-            .collect();
-        let text = render_config(&spec, &nodes, addr(8080), addr(8081));
-        let c = ClusterConfig::from_toml("spec.toml", &text).unwrap();
+        let (_, c) = rendered(&spec);
         let bank = c.replication.bank.clone().expect("a bank");
         assert_eq!(
             (bank.urls, bank.kind),
