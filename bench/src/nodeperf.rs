@@ -106,8 +106,8 @@ pub async fn node_perf(
     let mut t = String::from("\nincrements/s through one node (same run, same load)\n");
     let _ = writeln!(
         t,
-        "{:<14} {:>10} {:>9} {:>16}   {}",
-        "replication", "req/s", "p99 ms", "vs unreplicated", "cores: node / copy holder / bench"
+        "{:<14} {:>10} {:>9} {:>16}   cores: node / copy holder / bench",
+        "replication", "req/s", "p99 ms", "vs unreplicated"
     );
     for r in &rows {
         let _ = writeln!(

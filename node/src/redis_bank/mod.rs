@@ -92,6 +92,9 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// One item for [`scripts::APPLY`]: its session's key and its five arguments.
+type Keyed = (String, [Vec<u8>; 5]);
+
 /// The scripts, hashed once.
 struct Scripts {
     apply: redis::Script,
@@ -298,7 +301,7 @@ impl RedisBank {
         let c = self.conn().await?;
         let from = from.get().to_string();
         let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
-        let mut sent: Vec<(String, [Vec<u8>; 5])> = Vec::with_capacity(items.len());
+        let mut sent: Vec<Keyed> = Vec::with_capacity(items.len());
         for item in &items {
             let args = match item {
                 Item::Deltas { .. } => {
@@ -330,7 +333,7 @@ impl RedisBank {
                 ],
             ));
         }
-        let calls: Vec<&[(String, [Vec<u8>; 5])]> = if self.cfg.kind == BankKind::Cluster {
+        let calls: Vec<&[Keyed]> = if self.cfg.kind == BankKind::Cluster {
             sent.chunks(1).collect()
         } else {
             sent.chunks(sent.len().max(1)).collect()
