@@ -159,6 +159,7 @@ fn bank_entry(b: &BankConfig) -> NodeConfig {
         secondary: None,
         role: NodeRole::Rss,
         upstream: None,
+        group: NodeConfig::DEFAULT_GROUP.to_string(),
     }
 }
 
@@ -188,6 +189,8 @@ pub struct Membership {
     changes: tokio::sync::mpsc::UnboundedSender<Change>,
     /// The role of the peers that hold copies: `web` in a pair (any other node), `rss` in a bank.
     copy_holders: NodeRole,
+    /// A broadcast group: copies go to every live peer of this node's group, and only there.
+    broadcast: bool,
     /// The Redis bank, when `[replication.bank]` names one: a peer like the session servers it replaces.
     redis: Option<Arc<Peer>>,
 }
@@ -214,6 +217,7 @@ impl Membership {
             peer_timeout: cfg.replication.peer_timeout,
             started: crate::store::now(),
             last_probe_all_ms: AtomicU64::new(0),
+            broadcast: cfg.replication.topology == Topology::Broadcast,
             copy_holders: match cfg.replication.topology {
                 Topology::Rss => NodeRole::Rss,
                 Topology::Pair | Topology::Broadcast => NodeRole::Web,
@@ -406,6 +410,56 @@ impl Membership {
         futures_util::future::join_all(ids.iter().map(|id| self.probe(*id, our_sessions))).await;
     }
 
+    /// The live peers of this node's broadcast group, in id order; empty outside the `broadcast` topology.
+    pub fn group(&self) -> Vec<NodeId> {
+        if !self.broadcast {
+            return Vec::new();
+        }
+        let mut ids: Vec<NodeId> = self
+            .read()
+            .values()
+            .filter(|p| p.is_alive() && self.in_my_group(p))
+            .map(|p| p.cfg.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn in_my_group(&self, p: &Peer) -> bool {
+        p.cfg.group == self.me.group && p.cfg.role == NodeRole::Web
+    }
+
+    /// Whether `id` is a peer of this node's broadcast group.
+    pub fn is_group_peer(&self, id: NodeId) -> bool {
+        self.broadcast && self.peer(id).is_some_and(|p| self.in_my_group(&p))
+    }
+
+    /// The peers that may hold a copy of a session besides the two its cookie names, for a takeover to poll:
+    /// the bank's members, or every peer of this node's broadcast group (alive or not: the takeover probes);
+    /// none in a pair.
+    pub fn holders(&self) -> Vec<NodeId> {
+        if !self.broadcast {
+            return self.bank();
+        }
+        let mut ids: Vec<NodeId> = self
+            .read()
+            .values()
+            .filter(|p| self.in_my_group(p))
+            .map(|p| p.cfg.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The peers that should hold a copy of `s` under `topology` now (a broadcast group's live peers).
+    pub fn copy_targets(
+        &self,
+        topology: crate::topology::Topology,
+        s: &crate::session::Session,
+    ) -> Vec<NodeId> {
+        topology.copy_targets(s, &self.group())
+    }
+
     /// The bank's members (peers with `role = "rss"`), in id order; empty outside the `rss` topology.
     pub fn bank(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self
@@ -445,7 +499,10 @@ impl Membership {
         let candidates: Vec<Candidate<'_>> = peers
             .values()
             .filter(|p| {
-                p.is_alive() && p.cfg.role == self.copy_holders && !exclude.contains(&p.cfg.id)
+                p.is_alive()
+                    && p.cfg.role == self.copy_holders
+                    && (!self.broadcast || p.cfg.group == self.me.group)
+                    && !exclude.contains(&p.cfg.id)
             })
             .map(|p| Candidate {
                 node: &p.cfg,
@@ -520,6 +577,7 @@ mod tests {
             secondary: None,
             upstream: None,
             role: crate::config::NodeRole::Web,
+            group: NodeConfig::DEFAULT_GROUP.into(),
         }
     }
 

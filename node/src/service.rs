@@ -284,7 +284,7 @@ impl<A: App> SessionService<A> {
         let mut slot = entry.slot.lock().await;
         let mut session = Session::new(sid, self.settings.me, secondary);
         session.also = also;
-        let targets = self.settings.topology.copy_targets(&session);
+        let targets = self.members.copy_targets(self.settings.topology, &session);
         slot.session = Some(session);
         slot.role = Role::Primary;
         replicate::retarget(&mut slot, &targets);

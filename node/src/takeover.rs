@@ -171,7 +171,7 @@ impl Takeover {
     ) -> Recovered {
         let candidates = self
             .topology
-            .takeover_sources(pair, self.me, &self.members.bank());
+            .takeover_sources(pair, self.me, &self.members.holders());
         // First only a copy as new as the client's cookie; when no holder has one (a lost async update), the
         // best copy left, flagged stale.
         let mut min_version = cookie.version;
@@ -212,6 +212,10 @@ impl Takeover {
                         let version = session.version;
                         let stale = replicate::install(slot, session, cookie.version, now());
                         entry.reset_mark(version + 1, sent_at + self.lease);
+                        if self.topology == Topology::Broadcast {
+                            // The granter keeps its copy; every other live member of the group gets one too.
+                            self.replicator.rehome(entry, slot, &[]);
+                        }
                         self.metrics.takeovers.inc();
                         info!(session = %cookie.session.log_hash(), from = %peer.cfg.name, version, stale, "session taken over");
                         return Recovered::Installed { stale };

@@ -1,6 +1,6 @@
 //! Where a session's copies live, as pure functions of the session and the cluster: which peers get a copy,
 //! how many of them must confirm a write before it is answered, and where a node looks for a session it
-//! does not host. Only the pair exists today (DESIGN §5.1); the bank and the grapevine add variants here.
+//! does not host, for the three shapes of DESIGN §5.1: the pair, the bank and the broadcast group.
 
 use crate::config::ReplicationMode;
 use crate::ids::{NodeId, Pair};
@@ -18,6 +18,10 @@ pub enum Topology {
         /// Bank members holding each session.
         copies: usize,
     },
+    /// Every live member of the owner's group holds every session of the group (seed 002). The owner is the
+    /// session's sequencer: other members forward its requests there, and one of them is named by the cookie
+    /// as its secondary, so takeover works as in the pair.
+    Broadcast,
 }
 
 impl Topology {
@@ -26,28 +30,29 @@ impl Topology {
         match choice {
             crate::config::Topology::Pair => Some(Topology::Pair),
             crate::config::Topology::Rss => Some(Topology::Rss { copies }),
-            crate::config::Topology::Broadcast => None,
+            crate::config::Topology::Broadcast => Some(Topology::Broadcast),
         }
     }
 
-    /// How many copies each session should have: 1, or `copies` in a bank.
+    /// How many copies a session's own fields name: 1 (its secondary), or `copies` in a bank. A broadcast
+    /// group's other copies come from the group ([`Topology::copy_targets`]).
     pub fn copies(self) -> usize {
         match self {
-            Topology::Pair => 1,
+            Topology::Pair | Topology::Broadcast => 1,
             Topology::Rss { copies } => copies,
         }
     }
 
-    /// The peers that should hold a copy of `s` (its owner excluded).
-    pub fn copy_targets(self, s: &Session) -> Vec<NodeId> {
+    /// The peers that should hold a copy of `s` (its owner excluded); `group` is the owner's live group peers
+    /// (only a broadcast group uses it).
+    pub fn copy_targets(self, s: &Session, group: &[NodeId]) -> Vec<NodeId> {
+        let mut t: Vec<NodeId> = s.secondary.into_iter().collect();
         match self {
-            Topology::Pair => s.secondary.into_iter().collect(),
-            Topology::Rss { .. } => {
-                let mut t: Vec<NodeId> = s.secondary.into_iter().collect();
-                t.extend(s.also.filter(|a| Some(*a) != s.secondary));
-                t
-            }
+            Topology::Pair => {}
+            Topology::Rss { .. } => t.extend(s.also.filter(|a| Some(*a) != s.secondary)),
+            Topology::Broadcast => t.extend(group.iter().filter(|g| Some(**g) != s.secondary)),
         }
+        t
     }
 
     /// How many of `targets` copies must confirm a write before it is answered: in `sync` mode one (the
@@ -59,16 +64,19 @@ impl Topology {
             (Topology::Pair, ReplicationMode::Sync) => targets.min(1),
             // Every copy: a write must outlive any one bank member dying with its web node.
             (Topology::Rss { copies }, ReplicationMode::Sync) => targets.min(copies),
+            // Every live member: any of them may then take the session over with every acknowledged write.
+            (Topology::Broadcast, ReplicationMode::Sync) => targets,
         }
     }
 
     /// The nodes to ask, in order, for a session whose cookie names `pair`, when `me` does not host it: the
-    /// secondary first, the copy the design names for recovery (seed 003 [0050]); in a bank the other members
-    /// next (the session may have been re-copied to one, seed 004 polls them); then the primary.
-    pub fn takeover_sources(self, pair: Pair, me: NodeId, bank: &[NodeId]) -> Vec<NodeId> {
+    /// secondary first, the copy the design names for recovery (seed 003 [0050]); then `holders`, the other
+    /// peers that may hold a copy (a bank's other members, seed 004 polls them; a broadcast group's members,
+    /// seed 002's requests for session state); then the primary.
+    pub fn takeover_sources(self, pair: Pair, me: NodeId, holders: &[NodeId]) -> Vec<NodeId> {
         let others = match self {
             Topology::Pair => &[][..],
-            Topology::Rss { .. } => bank,
+            Topology::Rss { .. } | Topology::Broadcast => holders,
         };
         let mut out: Vec<NodeId> = Vec::with_capacity(2 + others.len());
         let candidates = pair
@@ -120,11 +128,11 @@ mod tests {
     #[test]
     fn a_pair_copies_to_its_secondary_and_waits_for_it_only_in_sync_mode() {
         let s = Session::new(SessionId(1), id(1), Some(id(2)));
-        assert_eq!(Topology::Pair.copy_targets(&s), vec![id(2)]);
+        assert_eq!(Topology::Pair.copy_targets(&s, &[]), vec![id(2)]);
         assert_eq!(Topology::Pair.acks_needed(ReplicationMode::Sync, 1), 1);
         assert_eq!(Topology::Pair.acks_needed(ReplicationMode::Async, 1), 0);
         let alone = Session::new(SessionId(1), id(1), None);
-        assert!(Topology::Pair.copy_targets(&alone).is_empty());
+        assert!(Topology::Pair.copy_targets(&alone, &[]).is_empty());
         assert_eq!(Topology::Pair.acks_needed(ReplicationMode::Sync, 0), 0);
     }
 
@@ -162,7 +170,7 @@ mod tests {
         let mut s = Session::new(SessionId(1), id(1), Some(id(4)));
         s.also = Some(id(5));
         let two = Topology::Rss { copies: 2 };
-        assert_eq!(two.copy_targets(&s), vec![id(4), id(5)]);
+        assert_eq!(two.copy_targets(&s, &[]), vec![id(4), id(5)]);
         assert_eq!(two.acks_needed(ReplicationMode::Sync, 2), 2);
         assert_eq!(
             two.acks_needed(ReplicationMode::Sync, 1),
@@ -170,8 +178,31 @@ mod tests {
             "one member left: it alone"
         );
         assert_eq!(
-            Topology::Rss { copies: 1 }.copy_targets(&s),
+            Topology::Rss { copies: 1 }.copy_targets(&s, &[]),
             vec![id(4), id(5)]
+        );
+    }
+
+    #[test]
+    fn a_broadcast_session_goes_to_every_live_group_member_and_waits_for_all_of_them() {
+        let s = Session::new(SessionId(1), id(1), Some(id(3)));
+        let group = [id(2), id(3), id(4)];
+        let b = Topology::Broadcast;
+        assert_eq!(
+            b.copy_targets(&s, &group),
+            vec![id(3), id(2), id(4)],
+            "the cookie's secondary first"
+        );
+        assert_eq!(b.acks_needed(ReplicationMode::Sync, 3), 3);
+        assert_eq!(b.acks_needed(ReplicationMode::Async, 3), 0);
+        let pair = Pair {
+            primary: id(1),
+            secondary: Some(id(3)),
+        };
+        assert_eq!(
+            b.takeover_sources(pair, id(2), &group),
+            vec![id(3), id(4), id(1)],
+            "the named copy, the rest of the group, the old owner; never itself"
         );
     }
 

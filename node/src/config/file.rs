@@ -287,6 +287,8 @@ pub(super) struct FileNode {
     /// `None`: `[node] upstream`.
     pub upstream: Option<String>,
     pub role: NodeRole,
+    /// `None`: the one group of every node (`topology = "broadcast"` only).
+    pub group: Option<String>,
 }
 
 impl Default for FileNode {
@@ -303,6 +305,7 @@ impl Default for FileNode {
             secondary: None,
             upstream: None,
             role: NodeRole::Web,
+            group: None,
         }
     }
 }

@@ -265,6 +265,14 @@ pub struct NodeConfig {
     /// Sidecar mode: the application every non-`/_node/` request goes to (`upstream = "http://IP:PORT"`, in
     /// the entry or in `[node]`). Default: none, the built-in session API.
     pub upstream: Option<SocketAddr>,
+    /// `group`: the broadcast group whose every member holds every session of it (`topology = "broadcast"`).
+    /// Default [`NodeConfig::DEFAULT_GROUP`]: one group of every node.
+    pub group: String,
+}
+
+impl NodeConfig {
+    /// The group of a node whose entry names none.
+    pub const DEFAULT_GROUP: &'static str = "default";
 }
 
 /// The validated cluster file.
@@ -550,12 +558,27 @@ secret = "0123456789abcdef0123"
     }
 
     #[test]
-    fn a_topology_not_built_yet_is_refused_as_not_yet_supported() {
+    fn broadcast_groups_are_named_and_only_for_the_broadcast_topology() {
         let text = format!("{GOOD}\n[replication]\ntopology = \"broadcast\"\n");
-        assert_eq!(
-            error(&text),
-            "t.toml:20: `replication.topology`: `broadcast` is not yet supported: `pair` and `rss` are available in this version"
+        let c = ClusterConfig::from_toml("t.toml", &text).unwrap();
+        assert!(c.nodes.iter().all(|n| n.group == NodeConfig::DEFAULT_GROUP));
+        let grouped = text.replace(
+            "repl = \"127.0.0.1:9102\"",
+            "repl = \"127.0.0.1:9102\"\ngroup = \"eu-1\"",
         );
+        let c = ClusterConfig::from_toml("t.toml", &grouped).unwrap();
+        assert_eq!(c.nodes[1].group, "eu-1");
+        let bad = grouped.replace("eu-1", "eu 1");
+        assert!(
+            error(&bad).starts_with("t.toml:18: `nodes[1].group`: \"eu 1\""),
+            "{}",
+            error(&bad)
+        );
+        let in_a_pair = GOOD.replace(
+            "repl = \"127.0.0.1:9102\"",
+            "repl = \"127.0.0.1:9102\"\ngroup = \"eu-1\"",
+        );
+        assert!(error(&in_a_pair).contains("groups need `[replication] topology = \"broadcast\"`"));
         let text = format!("{GOOD}\n[replication]\ntopology = \"ring\"\n");
         assert!(error(&text).contains("unknown variant `ring`"));
     }

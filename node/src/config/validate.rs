@@ -113,6 +113,7 @@ impl FileConfig {
         }
         let session = self.session.validate()?;
         let sidecar = self.sidecar.validate()?;
+        check_groups(&replication, &self.nodes)?;
         let nodes = validate_nodes(&secret, self.nodes, upstream)?;
         check_roles(&replication, &nodes)?;
         if nodes.iter().any(|n| n.upstream.is_some()) {
@@ -247,15 +248,6 @@ impl FileNodeDefaults {
 
 impl FileReplication {
     fn validate(mut self) -> Result<ReplicationConfig, Violation> {
-        if self.topology == Topology::Broadcast {
-            return Err(Violation::new(
-                "replication.topology",
-                format!(
-                    "`{}` is not yet supported: `pair` and `rss` are available in this version",
-                    self.topology
-                ),
-            ));
-        }
         if !(1..=2).contains(&self.copies) {
             return Err(Violation::new(
                 "replication.copies",
@@ -473,6 +465,30 @@ fn check_token_header(name: &str) -> Result<String, Violation> {
     Ok(name.to_string())
 }
 
+/// Groups are for the `broadcast` topology, and are names.
+fn check_groups(replication: &ReplicationConfig, nodes: &[FileNode]) -> Result<(), Violation> {
+    for (i, n) in nodes.iter().enumerate() {
+        let Some(g) = &n.group else { continue };
+        if replication.topology != Topology::Broadcast {
+            return Err(Violation::new(
+                format!("nodes[{i}].group"),
+                format!(
+                    "groups need `[replication] topology = \"broadcast\"` (this file's is `{}`)",
+                    replication.topology
+                ),
+            ));
+        }
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if g.is_empty() || !g.chars().all(valid) {
+            return Err(Violation::new(
+                format!("nodes[{i}].group"),
+                format!("{g:?}: letters, digits, `-` and `_` only"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Roles fit the topology: only web nodes in a pair; a bank has session servers (at least `copies` of them) and
 /// a web node to serve.
 fn check_roles(replication: &ReplicationConfig, nodes: &[NodeConfig]) -> Result<(), Violation> {
@@ -646,6 +662,10 @@ fn validate_nodes(
             weight: n.weight,
             drain: n.drain,
             secondary: n.secondary,
+            group: n
+                .group
+                .clone()
+                .unwrap_or_else(|| NodeConfig::DEFAULT_GROUP.to_string()),
         });
     }
     for (i, n) in nodes.iter().enumerate() {

@@ -200,6 +200,13 @@ impl Replicator {
                 info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
                 let told = self.clone();
                 tokio::spawn(async move { told.tell_ends(peer).await });
+                if self.members.is_group_peer(peer) {
+                    // A broadcast group member (back, or new): every session of the group goes to it.
+                    tokio::spawn(
+                        async move { me.rehome_all(move |c| !copies_to(c, peer), peer).await },
+                    );
+                    return;
+                }
                 // Sessions short of copies (none, or one of a bank's two) get them now.
                 let wanted = self.settings.topology.copies();
                 tokio::spawn(async move { me.rehome_all(move |c| c.len() < wanted, peer).await });
@@ -269,11 +276,18 @@ impl Replicator {
         let Some(s) = slot.session.as_mut() else {
             return;
         };
-        (s.secondary, s.also) =
-            self.members
-                .choose_copies(s.id, exclude, self.settings.topology.copies());
+        // A broadcast group's session keeps the secondary its cookie names while that one lives: every member
+        // holds a copy anyway, and a new name would only re-mint cookies.
+        let keep = self.settings.topology == Topology::Broadcast
+            && s.secondary
+                .is_some_and(|x| self.members.is_alive(x) && !exclude.contains(&x));
+        if !keep {
+            (s.secondary, s.also) =
+                self.members
+                    .choose_copies(s.id, exclude, self.settings.topology.copies());
+        }
         let version = s.version;
-        let targets = self.settings.topology.copy_targets(s);
+        let targets = self.members.copy_targets(self.settings.topology, s);
         retarget(slot, &targets);
         self.metrics.rehomed.inc();
         if targets.is_empty() {
