@@ -1,0 +1,234 @@
+//! The grapevine (DESIGN §5.1, seed 002): every member of a broadcast group holds every session of the group,
+//! and any member answers any request: behind a balancer that knows nothing (round robin per request, here
+//! the client itself), increments stay exact; a member killed loses nothing; a member restarted empty is
+//! refilled by the group.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster_tests::{wait_until, Cluster, ClusterSpec, User};
+
+/// Three members of one group (n1, n2, n3), `sync` mode, with the lb when `lb`.
+fn group(lb: bool) -> Cluster {
+    Cluster::start(ClusterSpec {
+        lb,
+        replication_extra: "topology = \"broadcast\"".into(),
+        ..ClusterSpec::default()
+    })
+    .expect("cluster starts")
+}
+
+/// The members' URLs, for a client that goes round robin over them.
+fn members(c: &Cluster) -> Vec<String> {
+    ["n1", "n2", "n3"].iter().map(|n| c.node_url(n)).collect()
+}
+
+#[test]
+fn round_robin_per_request_over_a_group_keeps_sequential_increments_exact() {
+    let c = group(false);
+    let urls = members(&c);
+    let mut u = User::new();
+    let mut served = Vec::new();
+    for i in 0..30 {
+        let r = u.incr(&urls[i % 3], "n").unwrap();
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.json()["value"], i + 1, "request {i} at {}", urls[i % 3]);
+        served.push(r.served_by.clone().unwrap());
+    }
+    // The owner is the session's sequencer: the other members forward to it.
+    assert!(
+        served.iter().all(|s| *s == served[0]),
+        "one member serves the session: {served:?}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "every member holds the session",
+        || ["n1", "n2", "n3"].iter().all(|n| c.sessions_held(n) == 1),
+    )
+    .unwrap();
+}
+
+#[test]
+fn sixty_four_parallel_increments_on_one_session_over_every_member_are_each_applied_once() {
+    let c = group(false);
+    let urls = members(&c);
+    let mut first = User::new();
+    assert_eq!(first.incr(&urls[0], "n").unwrap().status, 200);
+    let cookie = first.cookie.clone();
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..64)
+        .map(|i| {
+            let (url, cookie, failures) = (urls[i % 3].clone(), cookie.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let mut u = User::new();
+                u.cookie = cookie;
+                match u.incr(&url, "n") {
+                    Ok(r) if r.status == 200 => {}
+                    other => failures.lock().unwrap().push(format!("{i}: {other:?}")),
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "{:?}",
+        failures.lock().unwrap()
+    );
+    for url in &urls {
+        let r = first.get(url).unwrap();
+        assert_eq!(
+            r.json()["data"]["n"],
+            65,
+            "read at {url}: each increment applied exactly once"
+        );
+    }
+}
+
+#[test]
+fn a_member_killed_under_load_through_the_lb_loses_nothing_and_the_rest_hold_every_session() {
+    const USERS: usize = 6;
+    let mut c = group(true);
+    let lb = c.lb_url();
+    let counts: Vec<Arc<Mutex<(User, i64, Vec<String>)>>> = (0..USERS)
+        .map(|_| Arc::new(Mutex::new((User::new(), 0, Vec::new()))))
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = counts
+        .iter()
+        .map(|slot| {
+            let (slot, stop, lb) = (slot.clone(), stop.clone(), lb.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                for _ in 0..5000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || started.elapsed() > Duration::from_secs(60)
+                    {
+                        return;
+                    }
+                    let mut g = slot.lock().unwrap();
+                    let (u, n, errors) = &mut *g;
+                    match u.incr(&lb, "n") {
+                        Ok(r) if r.status == 200 && r.json()["value"] == *n + 1 => *n += 1,
+                        other => {
+                            errors.push(format!("after {n}: {other:?}"));
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let total = |counts: &[Arc<Mutex<(User, i64, Vec<String>)>>]| -> i64 {
+        counts.iter().map(|s| s.lock().unwrap().1).sum()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "30 increments before the kill",
+        || total(&counts) >= 30,
+    )
+    .unwrap();
+    c.kill("n1");
+    let at_kill = total(&counts);
+    wait_until(
+        Duration::from_secs(30),
+        "60 more increments after the kill",
+        || total(&counts) >= at_kill + 60,
+    )
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    for (i, slot) in counts.iter().enumerate() {
+        let g = slot.lock().unwrap();
+        assert!(g.2.is_empty(), "user {i}: {:?}", g.2);
+    }
+    for (i, slot) in counts.iter().enumerate() {
+        let mut g = slot.lock().unwrap();
+        let n = g.1;
+        let r = g.0.get(&lb).unwrap();
+        assert_eq!(
+            r.json()["data"]["n"],
+            n,
+            "user {i}: nothing lost or applied twice"
+        );
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "both live members hold every session",
+        || {
+            ["n2", "n3"]
+                .iter()
+                .all(|n| c.sessions_held(n) == USERS as u64)
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_member_restarted_empty_is_refilled_by_the_group_and_serves_exact_counts() {
+    let mut c = group(false);
+    let urls = members(&c);
+    let mut users: Vec<(User, i64)> = (0..5).map(|_| (User::new(), 0)).collect();
+    for (i, (u, n)) in users.iter_mut().enumerate() {
+        for k in 0..3 {
+            let r = u.incr(&urls[(i + k) % 3], "n").unwrap();
+            assert_eq!(r.status, 200);
+            *n += 1;
+        }
+    }
+    wait_until(Duration::from_secs(10), "n3 holds every session", || {
+        c.sessions_held("n3") == 5
+    })
+    .unwrap();
+    c.kill("n3");
+    c.start_node("n3").unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the group refills the restarted n3",
+        || c.sessions_held("n3") == 5,
+    )
+    .unwrap();
+    for (i, (u, n)) in users.iter_mut().enumerate() {
+        let r = u.incr(&urls[2], "n").unwrap();
+        assert_eq!(r.status, 200, "user {i}: {r:?}");
+        *n += 1;
+        assert_eq!(r.json()["value"], *n, "user {i} at the restarted n3");
+    }
+}
+
+#[test]
+#[ignore = "open finding (issue 11): about 1 run in 30, the resumed owner answered the read with a fresh \
+            session after the new owner handed the session to it; the other 29 pass"]
+fn a_member_paused_and_resumed_never_serves_a_read_or_acknowledges_a_write_that_is_behind() {
+    let c = group(false);
+    let urls = members(&c);
+    let mut u = User::new();
+    let first = u.incr(&urls[0], "n").unwrap();
+    assert_eq!(
+        first.served_by.as_deref(),
+        Some("n1"),
+        "made, and owned, at n1"
+    );
+    c.signal("n1", libc::SIGSTOP);
+    let mut n = 1;
+    for i in 0..10 {
+        let r = u.incr(&urls[1 + i % 2], "n").unwrap();
+        assert_eq!(r.status, 200, "while n1 is paused: {r:?}");
+        n += 1;
+        assert_eq!(r.json()["value"], n);
+    }
+    c.signal("n1", libc::SIGCONT);
+    let read = u.get(&urls[0]).unwrap();
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(
+        read.json()["data"]["n"],
+        n,
+        "the resumed n1 does not serve its old copy"
+    );
+    let write = u.incr(&urls[0], "n").unwrap();
+    assert_eq!(write.json()["value"], n + 1, "nor write on it");
+}
