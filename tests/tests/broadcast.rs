@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use cluster_tests::{wait_until, Cluster, ClusterSpec, User};
 
+/// One user of a load: its client, the increments it had acknowledged, and what went wrong.
+type Shared = Arc<Mutex<(User, i64, Vec<String>)>>;
+
 /// Three members of one group (n1, n2, n3), `sync` mode, with the lb when `lb`.
 fn group(lb: bool) -> Cluster {
     Cluster::start(ClusterSpec {
@@ -92,7 +95,7 @@ fn a_member_killed_under_load_through_the_lb_loses_nothing_and_the_rest_hold_eve
     const USERS: usize = 6;
     let mut c = group(true);
     let lb = c.lb_url();
-    let counts: Vec<Arc<Mutex<(User, i64, Vec<String>)>>> = (0..USERS)
+    let counts: Vec<Shared> = (0..USERS)
         .map(|_| Arc::new(Mutex::new((User::new(), 0, Vec::new()))))
         .collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -121,9 +124,7 @@ fn a_member_killed_under_load_through_the_lb_loses_nothing_and_the_rest_hold_eve
             })
         })
         .collect();
-    let total = |counts: &[Arc<Mutex<(User, i64, Vec<String>)>>]| -> i64 {
-        counts.iter().map(|s| s.lock().unwrap().1).sum()
-    };
+    let total = |counts: &[Shared]| -> i64 { counts.iter().map(|s| s.lock().unwrap().1).sum() };
     wait_until(
         Duration::from_secs(20),
         "30 increments before the kill",

@@ -146,7 +146,7 @@ impl Sim {
         let s = e.slot.session.as_mut().expect("checked above");
         s.secondary = secondary;
         let version = s.version;
-        let targets = TOPOLOGY.copy_targets(s);
+        let targets = TOPOLOGY.copy_targets(s, &[]);
         replicate::retarget(&mut e.slot, &targets);
         if targets.is_empty() {
             self.update_mark(x, sid, |m| {
@@ -168,7 +168,7 @@ impl Sim {
             .filter(|(_, e)| e.pulling.is_none() && e.slot.role == Role::Primary)
             .filter(|(_, e)| {
                 let s = e.slot.session.as_ref();
-                s.is_some_and(|s| pred(&TOPOLOGY.copy_targets(s)))
+                s.is_some_and(|s| pred(&TOPOLOGY.copy_targets(s, &[])))
             })
             .map(|(sid, _)| *sid)
             .collect();

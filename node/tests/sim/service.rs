@@ -130,7 +130,7 @@ impl Sim {
         }
         let now = self.now();
         let session = Session::new(sid, node_id(x), secondary.map(node_id));
-        let targets = TOPOLOGY.copy_targets(&session);
+        let targets = TOPOLOGY.copy_targets(&session, &[]);
         let mut slot = Slot::empty(now);
         slot.session = Some(session);
         slot.role = Role::Primary;
