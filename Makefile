@@ -36,7 +36,8 @@ bench: setup
 	target/release/bench cluster --config config/local.toml --sessions 1000 --concurrency 64 --duration 30s \
 		--fault kill:primary@15s --json target/bench/report.json --plot target/bench/timeline.svg
 
-# One node's increments/s unreplicated, sync and async, and resident memory per 100 000 sessions of ~1 KB.
+# One node's increments/s unreplicated, pair, bank (rss nodes, Redis), broadcast groups of 2, 3 and 5, sync and
+# async, with the cores each process used; resident memory per 100 000 sessions of ~1 KB.
 bench-node: setup
 	$(CARGO) build --release --bins
 	mkdir -p target/bench

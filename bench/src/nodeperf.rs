@@ -54,6 +54,16 @@ pub async fn node_perf(
         ("rss sync", 2, ReplicationMode::Sync, Bank::Nodes),
         ("rss async", 2, ReplicationMode::Async, Bank::Nodes),
     ];
+    for (name, nodes, mode) in [
+        ("group of 2 sync", 2, ReplicationMode::Sync),
+        ("group of 2 async", 2, ReplicationMode::Async),
+        ("group of 3 sync", 3, ReplicationMode::Sync),
+        ("group of 3 async", 3, ReplicationMode::Async),
+        ("group of 5 sync", 5, ReplicationMode::Sync),
+        ("group of 5 async", 5, ReplicationMode::Async),
+    ] {
+        runs.push((name, nodes, mode, Bank::Group));
+    }
     if redis {
         runs.push(("redis sync", 1, ReplicationMode::Sync, Bank::Redis));
         runs.push(("redis async", 1, ReplicationMode::Async, Bank::Redis));
@@ -70,7 +80,7 @@ pub async fn node_perf(
         );
         let holder = match bank {
             Bank::Redis => procs.pid(crate::cluster::BANK),
-            Bank::None | Bank::Nodes => procs.pid("n2"),
+            Bank::None | Bank::Nodes | Bank::Group => procs.pid("n2"),
         };
         let pids = [procs.pid("n1"), holder];
         let cpu_of = |p: Option<u32>| p.and_then(crate::cpu::of_pid).unwrap_or_default();
@@ -106,13 +116,13 @@ pub async fn node_perf(
     let mut t = String::from("\nincrements/s through one node (same run, same load)\n");
     let _ = writeln!(
         t,
-        "{:<14} {:>10} {:>9} {:>16}   cores: node / copy holder / bench",
+        "{:<18} {:>10} {:>9} {:>16}   cores: node / copy holder / bench",
         "replication", "req/s", "p99 ms", "vs unreplicated"
     );
     for r in &rows {
         let _ = writeln!(
             t,
-            "{:<14} {:>10.0} {:>9.2} {:>15.2}x   {:.2} / {:.2} / {:.2}",
+            "{:<18} {:>10.0} {:>9.2} {:>15.2}x   {:.2} / {:.2} / {:.2}",
             r.name,
             r.rps,
             r.p99_ms,
@@ -160,6 +170,8 @@ enum Bank {
     Nodes,
     /// To a `redis-server` the bench starts on a free port.
     Redis,
+    /// To every other member of one broadcast group.
+    Group,
 }
 
 fn which_redis() -> bool {
@@ -188,6 +200,7 @@ async fn start(
     match bank {
         Bank::None => {}
         Bank::Nodes => file.replication.extra = "topology = \"rss\"\n".into(),
+        Bank::Group => file.replication.extra = "topology = \"broadcast\"\n".into(),
         Bank::Redis => {
             let at = port()?;
             file.replication.extra =
@@ -229,7 +242,7 @@ async fn memory(
 ) -> Result<Memory> {
     let (name, nodes, holder) = match bank {
         Bank::Redis => ("memory redis", 1, crate::cluster::BANK),
-        Bank::None | Bank::Nodes => ("memory", 2, "n2"),
+        Bank::None | Bank::Nodes | Bank::Group => ("memory", 2, "n2"),
     };
     let mut procs = start(dir, base, name, nodes, ReplicationMode::Sync, bank).await?;
     let target = procs.config.nodes[0].http;
