@@ -147,23 +147,28 @@ fn a_member_killed_under_load_through_the_lb_loses_nothing_and_the_rest_hold_eve
         let g = slot.lock().unwrap();
         assert!(g.2.is_empty(), "user {i}: {:?}", g.2);
     }
+    let mut held = Vec::new();
     for (i, slot) in counts.iter().enumerate() {
         let mut g = slot.lock().unwrap();
         let n = g.1;
-        let r = g.0.get(&lb).unwrap();
-        assert_eq!(
-            r.json()["data"]["n"],
-            n,
-            "user {i}: nothing lost or applied twice"
-        );
+        let r = g.0.get(&lb).unwrap().json();
+        assert_eq!(r["data"]["n"], n, "user {i}: nothing lost or applied twice");
+        assert!(r["version"].as_u64() > Some(0), "user {i}: {r}");
+        held.push((r["id"].as_str().unwrap().to_string(), r["version"].clone()));
     }
+    // After quiescence every live member holds the same version of every session.
+    let copy_version = |node: &str, sid: &str| -> serde_json::Value {
+        reqwest::blocking::get(format!("{}/_node/sessions/{sid}", c.node_url(node)))
+            .and_then(|r| r.json::<serde_json::Value>())
+            .map(|v| v["version"].clone())
+            .unwrap_or_default()
+    };
     wait_until(
         Duration::from_secs(10),
-        "both live members hold every session",
+        "both live members hold every session at its last version",
         || {
-            ["n2", "n3"]
-                .iter()
-                .all(|n| c.sessions_held(n) == USERS as u64)
+            held.iter()
+                .all(|(sid, v)| ["n2", "n3"].iter().all(|n| copy_version(n, sid) == *v))
         },
     )
     .unwrap();
