@@ -321,9 +321,11 @@ pub async fn redis_pong(addr: SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
-/// The first `program` on `$PATH`.
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
+/// A program on `$PATH` (or in the sbin directories `$PATH` often leaves out).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(program))
         .find(|p| p.is_file())
 }

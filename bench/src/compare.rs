@@ -4,14 +4,14 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::{write_file, LoadArgs};
-use crate::cluster::{free_port, Procs, LB};
+use crate::cluster::{free_port, which, Procs, LB};
 use crate::{cpu, runner};
 
 /// One measured path.
@@ -285,17 +285,6 @@ pub fn haproxy_config(
         let _ = writeln!(c, "  server {0} {1} cookie {0}", n.name, n.http);
     }
     c
-}
-
-/// A program on PATH (or in the sbin directories PATH often leaves out).
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! memory of the primary and the replica is read from /proc before and after.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::cli::{write_file, LoadArgs};
 use crate::client::{Conn, Jar};
-use crate::cluster::{free_port, Procs};
+use crate::cluster::{free_addrs, Procs};
 use crate::runner;
 use crate::verify::Op;
 
@@ -46,7 +46,7 @@ pub async fn node_perf(
     let mut load = load.clone();
     load.mix = "incr=1".into();
     let mut rows = Vec::new();
-    let redis = which_redis();
+    let redis = crate::cluster::which("redis-server").is_some();
     let mut runs = vec![
         ("unreplicated", 1, ReplicationMode::Sync, Bank::None),
         ("sync", 2, ReplicationMode::Sync, Bank::None),
@@ -78,11 +78,7 @@ pub async fn node_perf(
             "\n== {name}: increments straight to {}",
             procs.config.nodes[0].name
         );
-        let holder = match bank {
-            Bank::Redis => procs.pid(crate::cluster::BANK),
-            Bank::None | Bank::Nodes | Bank::Group => procs.pid("n2"),
-        };
-        let pids = [procs.pid("n1"), holder];
+        let pids = [procs.pid("n1"), procs.pid(bank.holder())];
         let cpu_of = |p: Option<u32>| p.and_then(crate::cpu::of_pid).unwrap_or_default();
         let before = (pids.map(cpu_of), crate::cpu::own(), Instant::now());
         let s = runner::execute(&spec, name, None, vec![], load.quiet).await;
@@ -174,11 +170,14 @@ enum Bank {
     Group,
 }
 
-fn which_redis() -> bool {
-    std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+impl Bank {
+    /// The process that holds the copies of n1's sessions.
+    fn holder(self) -> &'static str {
+        match self {
+            Bank::Redis => crate::cluster::BANK,
+            Bank::None | Bank::Nodes | Bank::Group => "n2",
+        }
+    }
 }
 
 /// Writes a cluster file of `nodes` nodes on free ports of 127.0.0.1 and starts its nodes (no lb), and the
@@ -191,8 +190,9 @@ async fn start(
     mode: ReplicationMode,
     bank: Bank,
 ) -> Result<Procs> {
-    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let port = || free_port(ip).map(|p| SocketAddr::new(ip, p));
+    // Every address at once, none alike: lb, admin, the bank, then two per node.
+    let mut free = free_addrs(IpAddr::V4(Ipv4Addr::LOCALHOST), 3 + 2 * nodes)?.into_iter();
+    let mut port = || free.next().context("fewer free addresses than asked for");
     let mut file = ClusterFile::new(base.secret.clone(), port()?, port()?);
     file.replication.mode = Some(mode);
     file.replication.max_updates = Some(base.replication.max_updates);
@@ -240,10 +240,11 @@ async fn memory(
     bytes: usize,
     bank: Bank,
 ) -> Result<Memory> {
-    let (name, nodes, holder) = match bank {
-        Bank::Redis => ("memory redis", 1, crate::cluster::BANK),
-        Bank::None | Bank::Nodes | Bank::Group => ("memory", 2, "n2"),
+    let (name, nodes) = match bank {
+        Bank::Redis => ("memory redis", 1),
+        Bank::None | Bank::Nodes | Bank::Group => ("memory", 2),
     };
+    let holder = bank.holder();
     let mut procs = start(dir, base, name, nodes, ReplicationMode::Sync, bank).await?;
     let target = procs.config.nodes[0].http;
     let pids = [

@@ -67,12 +67,21 @@ pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, skip: impl Fn(&HeaderN
 
 /// Whether an error comes from a refused connection (the process is not running).
 pub fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    any_cause(e, |err| {
+        err.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+/// Whether `pred` holds for `e` or any error behind it (its `source()` chain).
+pub fn any_cause(
+    e: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
+        if pred(err) {
+            return true;
         }
         cur = err.source();
     }

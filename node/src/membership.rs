@@ -10,7 +10,7 @@ use crate::config::{BankConfig, ClusterConfig, NodeConfig, NodeRole, Topology};
 use crate::connection::{auth_key, LinkError, PeerLink};
 use crate::ids::{NodeId, SessionId};
 use crate::redis_bank::RedisBank;
-use crate::wire::{Body, Item, ItemResult};
+use crate::wire::{Body, Item, ItemResult, PullResult};
 
 /// How a peer is reached.
 pub enum Transport {
@@ -128,14 +128,17 @@ impl Peer {
     /// Asks the peer for a session (a takeover's pull) and returns its answer.
     ///
     /// # Errors
-    /// The link's error; [`LinkError::Unexpected`] for a Redis bank, which takeover asks through
-    /// [`Peer::redis`] instead.
-    pub async fn pull(&self, ask: Body, timeout: Duration) -> Result<Body, LinkError> {
-        match &self.transport {
-            Transport::Link(link) => link.call(ask, timeout).await,
-            Transport::Bank(_) => Err(LinkError::Unexpected(
+    /// The link's error, or [`LinkError::Unexpected`] for an answer that is not a pull's; also for a Redis
+    /// bank, which takeover asks through [`Peer::redis`] instead.
+    pub async fn pull(&self, ask: Body, timeout: Duration) -> Result<PullResult, LinkError> {
+        let Transport::Link(link) = &self.transport else {
+            return Err(LinkError::Unexpected(
                 "a pull from the Redis bank goes through its scripts".into(),
-            )),
+            ));
+        };
+        match link.call(ask, timeout).await? {
+            Body::PullReply { result } => Ok(result),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
         }
     }
 
@@ -187,10 +190,8 @@ pub struct Membership {
     last_probe_all_ms: AtomicU64,
     /// Every liveness transition, whoever noticed it (heartbeat, probe, failed call), goes here once.
     changes: tokio::sync::mpsc::UnboundedSender<Change>,
-    /// The role of the peers that hold copies: `web` in a pair (any other node), `rss` in a bank.
-    copy_holders: NodeRole,
-    /// A broadcast group: copies go to every live peer of this node's group, and only there.
-    broadcast: bool,
+    /// The file's topology: which peers hold copies ([`Membership::holds_copies`]).
+    topology: Topology,
     /// The Redis bank, when `[replication.bank]` names one: a peer like the session servers it replaces.
     redis: Option<Arc<Peer>>,
 }
@@ -217,11 +218,7 @@ impl Membership {
             peer_timeout: cfg.replication.peer_timeout,
             started: crate::store::now(),
             last_probe_all_ms: AtomicU64::new(0),
-            broadcast: cfg.replication.topology == Topology::Broadcast,
-            copy_holders: match cfg.replication.topology {
-                Topology::Rss => NodeRole::Rss,
-                Topology::Pair | Topology::Broadcast => NodeRole::Web,
-            },
+            topology: cfg.replication.topology,
         };
         m.update(cfg);
         (m, rx)
@@ -412,43 +409,61 @@ impl Membership {
 
     /// The live peers of this node's broadcast group, in id order; empty outside the `broadcast` topology.
     pub fn group(&self) -> Vec<NodeId> {
-        if !self.broadcast {
+        if !self.is_broadcast() {
             return Vec::new();
         }
+        self.ids_where(|p| p.is_alive() && self.in_my_group(p))
+    }
+
+    /// The ids of the peers `pred` accepts, in id order.
+    fn ids_where(&self, pred: impl Fn(&Peer) -> bool) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self
             .read()
             .values()
-            .filter(|p| p.is_alive() && self.in_my_group(p))
+            .filter(|p| pred(p))
             .map(|p| p.cfg.id)
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Whether `p` may hold copies of this node's sessions: any other node in a pair, a session server in a
+    /// bank, a peer of this node's group in a broadcast topology.
+    fn holds_copies(&self, p: &Peer) -> bool {
+        match self.topology {
+            Topology::Pair => p.cfg.role == NodeRole::Web,
+            Topology::Rss => p.cfg.role == NodeRole::Rss,
+            Topology::Broadcast => self.in_my_group(p),
+        }
+    }
+
+    /// A broadcast group: copies go to every live peer of this node's group, and only there.
+    fn is_broadcast(&self) -> bool {
+        self.topology == Topology::Broadcast
     }
 
     fn in_my_group(&self, p: &Peer) -> bool {
         p.cfg.group == self.me.group && p.cfg.role == NodeRole::Web
     }
 
+    /// Whether peer `id` may hold copies of this node's sessions (see [`Membership::holds_copies`]).
+    pub fn may_hold_copies(&self, id: NodeId) -> bool {
+        self.peer(id).is_some_and(|p| self.holds_copies(&p))
+    }
+
     /// Whether `id` is a peer of this node's broadcast group.
     pub fn is_group_peer(&self, id: NodeId) -> bool {
-        self.broadcast && self.peer(id).is_some_and(|p| self.in_my_group(&p))
+        self.is_broadcast() && self.peer(id).is_some_and(|p| self.in_my_group(&p))
     }
 
     /// The peers that may hold a copy of a session besides the two its cookie names, for a takeover to poll:
     /// the bank's members, or every peer of this node's broadcast group (alive or not: the takeover probes);
     /// none in a pair.
     pub fn holders(&self) -> Vec<NodeId> {
-        if !self.broadcast {
+        if !self.is_broadcast() {
             return self.bank();
         }
-        let mut ids: Vec<NodeId> = self
-            .read()
-            .values()
-            .filter(|p| self.in_my_group(p))
-            .map(|p| p.cfg.id)
-            .collect();
-        ids.sort_unstable();
-        ids
+        self.ids_where(|p| self.in_my_group(p))
     }
 
     /// The peers that should hold a copy of `s` under `topology` now (a broadcast group's live peers).
@@ -461,15 +476,8 @@ impl Membership {
     }
 
     /// The bank's members (peers with `role = "rss"`), in id order; empty outside the `rss` topology.
-    pub fn bank(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self
-            .read()
-            .values()
-            .filter(|p| p.cfg.role == NodeRole::Rss)
-            .map(|p| p.cfg.id)
-            .collect();
-        ids.sort_unstable();
-        ids
+    fn bank(&self) -> Vec<NodeId> {
+        self.ids_where(|p| p.cfg.role == NodeRole::Rss)
     }
 
     /// The copy holders of a new or re-homed session: the secondary and, with `copies = 2` in a bank, a second
@@ -494,16 +502,11 @@ impl Membership {
 
     /// The secondary for a new or re-homed session (a bank member in the `rss` topology): see
     /// [`pick_secondary`]. Counts the assignment.
-    pub fn choose_secondary(&self, sid: SessionId, exclude: &[NodeId]) -> Option<NodeId> {
+    fn choose_secondary(&self, sid: SessionId, exclude: &[NodeId]) -> Option<NodeId> {
         let peers = self.read();
         let candidates: Vec<Candidate<'_>> = peers
             .values()
-            .filter(|p| {
-                p.is_alive()
-                    && p.cfg.role == self.copy_holders
-                    && (!self.broadcast || p.cfg.group == self.me.group)
-                    && !exclude.contains(&p.cfg.id)
-            })
+            .filter(|p| p.is_alive() && self.holds_copies(p) && !exclude.contains(&p.cfg.id))
             .map(|p| Candidate {
                 node: &p.cfg,
                 load: p.load(),

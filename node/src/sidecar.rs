@@ -25,7 +25,7 @@ use crate::app::{
 };
 use crate::body::{self, full, IdleTimeout, Read, ReplyBody};
 use crate::config::SidecarConfig;
-use crate::forward::{copy_headers, refused};
+use crate::forward::{any_cause, copy_headers, refused};
 use crate::ids::SessionId;
 use crate::session::{Outcome, RecordedReply, Session, SessionError};
 use crate::{HOP_HEADER, REQUEST_ID_HEADER};
@@ -141,7 +141,7 @@ impl Sidecar {
     ) -> Result<Response<hyper::body::Incoming>, Reply> {
         match tokio::time::timeout(self.settings.read_timeout, self.client.request(req)).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) if caused_by::<body::OverLimit>(&e) => {
+            Ok(Err(e)) if any_cause(&e, |x| x.is::<body::OverLimit>()) => {
                 // The client's upload passed `[node] max_body_bytes` while it streamed: its mistake.
                 Err(error_reply(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,18 +185,6 @@ pub struct Outgoing {
     req: Request<ReplyBody>,
     sid: SessionId,
     _lent: Option<Lent>,
-}
-
-/// Whether `e` or any error behind it is a `T`.
-fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
 
 /// The app's answer, held until its change is applied and copied.

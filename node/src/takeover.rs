@@ -113,21 +113,7 @@ impl Takeover {
             owner_unreachable,
             owner_gone: self.members.is_gone(owner),
         };
-        let decision = match decide(&view) {
-            Grant::CheckOwner => {
-                if self.members.probe(owner, self.load()).await {
-                    Grant::Redirect
-                } else {
-                    decide(&PullView {
-                        owner_alive: false,
-                        owner_gone: self.members.is_gone(owner),
-                        ..view
-                    })
-                }
-            }
-            d => d,
-        };
-        match decision {
+        match self.settle(view).await {
             Grant::Busy => return PullResult::Busy,
             Grant::Redirect => return PullResult::Redirect { owner },
             Grant::AfterLease => tokio::time::sleep_until(slot.granted_until.into()).await,
@@ -171,7 +157,7 @@ impl Takeover {
     ) -> Recovered {
         let candidates = self
             .topology
-            .takeover_sources(pair, self.me, &self.members.holders());
+            .takeover_sources(pair, self.me, || self.members.holders());
         // First only a copy as new as the client's cookie; when no holder has one (a lost async update), the
         // best copy left, flagged stale.
         let mut min_version = cookie.version;
@@ -200,11 +186,7 @@ impl Takeover {
                             owner_unreachable: unreachable,
                             min_version,
                         };
-                        match peer.pull(ask, self.peer_timeout + self.lease).await {
-                            Ok(Body::PullReply { result }) => Ok(result),
-                            Ok(other) => Err(LinkError::Unexpected(format!("{other:?}"))),
-                            Err(e) => Err(e),
-                        }
+                        peer.pull(ask, self.peer_timeout + self.lease).await
                     }
                 };
                 match answer {
@@ -253,6 +235,22 @@ impl Takeover {
         Recovered::Lost
     }
 
+    /// The decision for `view`, with the owner probed when the requester could not reach an owner this node
+    /// thinks alive: a live owner gets the requester, a silent one is decided on as dead. Never `CheckOwner`.
+    async fn settle(&self, view: PullView) -> Grant {
+        match decide(&view) {
+            Grant::CheckOwner if self.members.probe(view.owner, self.load()).await => {
+                Grant::Redirect
+            }
+            Grant::CheckOwner => decide(&PullView {
+                owner_alive: false,
+                owner_gone: self.members.is_gone(view.owner),
+                ..view
+            }),
+            d => d,
+        }
+    }
+
     /// A pull from the Redis bank: the same decision a session server makes for its copy ([`decide`]), taken
     /// here with this node's view of the owner, then an atomic claim in the store (epoch + 1, this node the
     /// owner) that fails if anything changed since the peek, or while the owner's read lease runs.
@@ -280,27 +278,16 @@ impl Takeover {
                 owner_unreachable,
                 owner_gone: self.members.is_gone(owner),
             };
-            let decision = match decide(&view) {
-                Grant::CheckOwner if self.members.probe(owner, self.load()).await => {
-                    Grant::Redirect
-                }
-                Grant::CheckOwner => decide(&PullView {
-                    owner_alive: false,
-                    owner_gone: self.members.is_gone(owner),
-                    ..view
-                }),
-                d => d,
-            };
-            let respect_lease = match decision {
+            let respect_lease = match self.settle(view).await {
                 Grant::Redirect => return Ok(PullResult::Redirect { owner }),
-                Grant::Busy | Grant::CheckOwner => return Ok(PullResult::Busy),
+                Grant::Busy => return Ok(PullResult::Busy),
                 Grant::AfterLease => {
                     // A whole lease by this node's clock, not the store's: the store's may be another host's
                     // after a failover, or stepped. The claim then checks the owner did not renew meanwhile.
                     tokio::time::sleep(self.lease).await;
                     true
                 }
-                Grant::Now => false,
+                Grant::Now | Grant::CheckOwner => false,
             };
             match bank.claim(sid, self.me, &peeked, respect_lease).await? {
                 Ok(session) => return Ok(PullResult::Granted { session }),

@@ -72,17 +72,22 @@ impl Topology {
     /// The nodes to ask, in order, for a session whose cookie names `pair`, when `me` does not host it: the
     /// secondary first, the copy the design names for recovery (seed 003 [0050]); then `holders`, the other
     /// peers that may hold a copy (a bank's other members, seed 004 polls them; a broadcast group's members,
-    /// seed 002's requests for session state); then the primary.
-    pub fn takeover_sources(self, pair: Pair, me: NodeId, holders: &[NodeId]) -> Vec<NodeId> {
+    /// seed 002's requests for session state), asked for only when the topology has them; then the primary.
+    pub fn takeover_sources(
+        self,
+        pair: Pair,
+        me: NodeId,
+        holders: impl FnOnce() -> Vec<NodeId>,
+    ) -> Vec<NodeId> {
         let others = match self {
-            Topology::Pair => &[][..],
-            Topology::Rss { .. } | Topology::Broadcast => holders,
+            Topology::Pair => Vec::new(),
+            Topology::Rss { .. } | Topology::Broadcast => holders(),
         };
         let mut out: Vec<NodeId> = Vec::with_capacity(2 + others.len());
         let candidates = pair
             .secondary
             .into_iter()
-            .chain(others.iter().copied())
+            .chain(others)
             .chain(Some(pair.primary));
         for n in candidates {
             if n != me && !out.contains(&n) {
@@ -143,11 +148,11 @@ mod tests {
             secondary: Some(id(2)),
         };
         assert_eq!(
-            Topology::Pair.takeover_sources(pair, id(3), &[id(5)]),
+            Topology::Pair.takeover_sources(pair, id(3), || vec![id(5)]),
             vec![id(2), id(1)]
         );
         assert_eq!(
-            Topology::Pair.takeover_sources(pair, id(2), &[]),
+            Topology::Pair.takeover_sources(pair, id(2), Vec::new),
             vec![id(1)]
         );
     }
@@ -160,7 +165,7 @@ mod tests {
         };
         let bank = [id(4), id(5), id(6)];
         assert_eq!(
-            Topology::Rss { copies: 1 }.takeover_sources(pair, id(3), &bank),
+            Topology::Rss { copies: 1 }.takeover_sources(pair, id(3), || bank.to_vec()),
             vec![id(5), id(4), id(6), id(1)]
         );
     }
@@ -200,7 +205,7 @@ mod tests {
             secondary: Some(id(3)),
         };
         assert_eq!(
-            b.takeover_sources(pair, id(2), &group),
+            b.takeover_sources(pair, id(2), || group.to_vec()),
             vec![id(3), id(4), id(1)],
             "the named copy, the rest of the group, the old owner; never itself"
         );

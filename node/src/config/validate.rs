@@ -107,10 +107,7 @@ impl FileConfig {
             .map(|u| parse_upstream("node.upstream", u))
             .transpose()?;
         let node = self.node.validate()?;
-        let mut replication = self.replication.validate()?;
-        if let Some(bank) = &mut replication.bank {
-            bank.id = BankConfig::derive_id(secret.expose());
-        }
+        let replication = self.replication.validate(&secret)?;
         let session = self.session.validate()?;
         let sidecar = self.sidecar.validate()?;
         check_groups(&replication, &self.nodes)?;
@@ -143,8 +140,7 @@ impl FileConfig {
 
 impl FileCookie {
     fn validate(self, secret: &Secret) -> Result<CookieConfig, Violation> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-        if self.name.is_empty() || !self.name.chars().all(valid_char) {
+        if self.name.is_empty() || !self.name.chars().all(name_char) {
             return Err(Violation::new(
                 "cookie.name",
                 format!("`{}`: use letters, digits, `_` and `-` only", self.name),
@@ -247,14 +243,19 @@ impl FileNodeDefaults {
 }
 
 impl FileReplication {
-    fn validate(mut self) -> Result<ReplicationConfig, Violation> {
+    /// The typed `[replication]`; `secret` derives a Redis bank's id.
+    fn validate(mut self, secret: &Secret) -> Result<ReplicationConfig, Violation> {
         if !(1..=2).contains(&self.copies) {
             return Err(Violation::new(
                 "replication.copies",
                 format!("{}: expected 1 or 2", self.copies),
             ));
         }
-        let bank = self.bank.take().map(|b| b.validate(&self)).transpose()?;
+        let bank = self
+            .bank
+            .take()
+            .map(|b| b.validate(&self, secret))
+            .transpose()?;
         if self.copies == 2 && self.topology != Topology::Rss {
             return Err(Violation::new(
                 "replication.copies",
@@ -289,7 +290,8 @@ impl FileReplication {
 
 impl FileBank {
     /// The bank's settings; its id is set once the secret is known.
-    fn validate(self, r: &FileReplication) -> Result<BankConfig, Violation> {
+    /// The bank's settings, its id derived from `secret`.
+    fn validate(self, r: &FileReplication, secret: &Secret) -> Result<BankConfig, Violation> {
         let (topology, copies) = (r.topology, r.copies);
         if topology != Topology::Rss {
             return Err(Violation::new(
@@ -391,8 +393,7 @@ impl FileBank {
             master: self.master,
             timeout: ms("replication.bank.timeout_ms", self.timeout_ms)?,
             wait_replicas: self.wait_replicas,
-            // Set from the secret in `FileConfig::validate`.
-            id: BankConfig::derive_id(""),
+            id: BankConfig::derive_id(secret.expose()),
         })
     }
 }
@@ -465,6 +466,11 @@ fn check_token_header(name: &str) -> Result<String, Violation> {
     Ok(name.to_string())
 }
 
+/// A character allowed in names (nodes, groups, the cookie): ASCII letters and digits, `-` and `_`.
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
 /// Groups are for the `broadcast` topology, and are names.
 fn check_groups(replication: &ReplicationConfig, nodes: &[FileNode]) -> Result<(), Violation> {
     for (i, n) in nodes.iter().enumerate() {
@@ -478,8 +484,7 @@ fn check_groups(replication: &ReplicationConfig, nodes: &[FileNode]) -> Result<(
                 ),
             ));
         }
-        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if g.is_empty() || !g.chars().all(valid) {
+        if g.is_empty() || !g.chars().all(name_char) {
             return Err(Violation::new(
                 format!("nodes[{i}].group"),
                 format!("{g:?}: letters, digits, `-` and `_` only"),
@@ -577,8 +582,7 @@ fn validate_nodes(
     for (i, n) in raw.into_iter().enumerate() {
         let key = |f: &str| format!("nodes[{i}].{f}");
         let name = required(&key("name"), n.name, "1-64 letters, digits, `-` or `_`")?;
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if name.is_empty() || name.len() > 64 || !name.chars().all(valid_char) {
+        if name.is_empty() || name.len() > 64 || !name.chars().all(name_char) {
             return Err(Violation::new(
                 key("name"),
                 format!("`{name}`: 1-64 letters, digits, `-` or `_`"),
@@ -640,7 +644,7 @@ fn validate_nodes(
                 ));
             }
         }
-        if n.role == NodeRole::Rss && upstream.is_some() && n.upstream.is_some() {
+        if n.role == NodeRole::Rss && n.upstream.is_some() {
             return Err(Violation::new(
                 key("upstream"),
                 "a session server (role = \"rss\") serves no requests, so it has no app",
@@ -664,7 +668,6 @@ fn validate_nodes(
             secondary: n.secondary,
             group: n
                 .group
-                .clone()
                 .unwrap_or_else(|| NodeConfig::DEFAULT_GROUP.to_string()),
         });
     }

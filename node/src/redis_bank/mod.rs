@@ -92,9 +92,6 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// One item for [`scripts::APPLY`]: its session's key and its five arguments.
-type Keyed = (String, [Vec<u8>; 5]);
-
 /// The scripts, hashed once.
 struct Scripts {
     apply: redis::Script,
@@ -163,12 +160,8 @@ impl RedisBank {
         self.cfg.id
     }
 
-    fn timeout(&self) -> Duration {
-        self.cfg.timeout
-    }
-
     async fn connect(&self) -> Result<Conn, BankError> {
-        let t = self.timeout();
+        let t = self.cfg.timeout;
         match self.cfg.kind {
             BankKind::Server => {
                 let client = redis::Client::open(self.cfg.urls[0].as_str())?;
@@ -219,7 +212,7 @@ impl RedisBank {
         if let Some(c) = self.held() {
             return Ok(c);
         }
-        within(self.timeout(), async {
+        within(self.cfg.timeout, async {
             let _one = self.connecting.lock().await;
             if let Some(c) = self.held() {
                 return Ok(c);
@@ -237,7 +230,7 @@ impl RedisBank {
         &self,
         f: impl std::future::Future<Output = Result<T, BankError>>,
     ) -> Result<T, BankError> {
-        let r = within(self.timeout(), f).await;
+        let r = within(self.cfg.timeout, f).await;
         if r.is_err() && self.cfg.kind == BankKind::Sentinel {
             self.set_held(None);
         }
@@ -260,23 +253,21 @@ impl RedisBank {
                 let _: String = redis::cmd("PING").query_async(&mut c).await?;
                 return Ok(1);
             }
-            let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await?;
-            let run_id = info
-                .lines()
-                .find_map(|l| l.strip_prefix("run_id:"))
-                .unwrap_or("")
-                .trim();
-            let h = ahash::RandomState::with_seeds(5, 6, 7, 8).hash_one(run_id);
+            // Both sections in one round trip (Redis 7, Valkey): the run id, and the replicas connected.
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .arg("replication")
+                .query_async(&mut c)
+                .await?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or("")
+                    .trim()
+            };
+            let h = ahash::RandomState::with_seeds(5, 6, 7, 8).hash_one(field("run_id:"));
             if self.replicas_short.load(Ordering::Relaxed) {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut c)
-                    .await?;
-                let connected = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("connected_slaves:"))
-                    .and_then(|n| n.trim().parse::<u32>().ok())
-                    .unwrap_or(0);
+                let connected = field("connected_slaves:").parse::<u32>().unwrap_or(0);
                 if connected >= self.cfg.wait_replicas {
                     self.replicas_short.store(false, Ordering::Relaxed);
                 }
@@ -299,63 +290,55 @@ impl RedisBank {
         items: Vec<Item>,
     ) -> Result<Vec<ItemResult>, BankError> {
         let c = self.conn().await?;
-        let from = from.get().to_string();
+        // One invocation for the batch; on a cluster one per item, each routed by its key.
+        let per_item = self.cfg.kind == BankKind::Cluster;
+        let start = || {
+            let mut call = self.scripts.apply.prepare_invoke();
+            call.arg(self.ttl_ms)
+                .arg(self.lease_ms)
+                .arg(from.get().to_string());
+            call
+        };
+        let mut calls = Vec::new();
         let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
-        let mut sent: Vec<Keyed> = Vec::with_capacity(items.len());
         for item in &items {
-            let args = match item {
+            let (sid, kind, epoch, version) = match item {
                 Item::Deltas { .. } => {
                     results.push(Some(ItemResult::NeedFull));
                     continue;
                 }
-                Item::Full { session } => {
-                    let data = postcard::to_allocvec(session)
-                        .map_err(|e| BankError::Corrupt(e.to_string()))?;
-                    (session.id, b"c", session.epoch, session.version, data)
-                }
+                Item::Full { session } => (session.id, "c", session.epoch, session.version),
                 Item::Validate {
                     sid,
                     epoch,
                     version,
-                } => (*sid, b"v", *epoch, *version, Vec::new()),
-                Item::Remove { sid, epoch } => (*sid, b"r", *epoch, 0, Vec::new()),
+                } => (*sid, "v", *epoch, *version),
+                Item::Remove { sid, epoch } => (*sid, "r", *epoch, 0),
             };
-            let (sid, kind, epoch, version, data) = args;
+            if calls.is_empty() || per_item {
+                calls.push(start());
+            }
+            let call = calls.last_mut().expect("pushed above");
+            call.key(Self::key(sid)).arg(kind).arg(epoch).arg(version);
+            match item {
+                Item::Full { session } => call.arg(
+                    postcard::to_allocvec(session)
+                        .map_err(|e| BankError::Corrupt(e.to_string()))?,
+                ),
+                _ => call.arg(""),
+            };
             results.push(None);
-            sent.push((
-                Self::key(sid),
-                [
-                    kind.to_vec(),
-                    from.as_bytes().to_vec(),
-                    epoch.to_string().into_bytes(),
-                    version.to_string().into_bytes(),
-                    data,
-                ],
-            ));
         }
-        let calls: Vec<&[Keyed]> = if self.cfg.kind == BankKind::Cluster {
-            sent.chunks(1).collect()
-        } else {
-            sent.chunks(sent.len().max(1)).collect()
-        };
         let answers = self
-            .run(futures_util::future::try_join_all(
-                calls.into_iter().filter(|c| !c.is_empty()).map(|chunk| {
+            .run(futures_util::future::try_join_all(calls.iter().map(
+                |call| {
                     let mut c = c.clone();
                     async move {
-                        let mut call = self.scripts.apply.prepare_invoke();
-                        call.arg(self.ttl_ms).arg(self.lease_ms());
-                        for (key, args) in chunk {
-                            call.key(key);
-                            for a in args {
-                                call.arg(a.as_slice());
-                            }
-                        }
                         let answers: Vec<Vec<Vec<u8>>> = call.invoke_async(&mut c).await?;
                         Ok::<_, BankError>(answers)
                     }
-                }),
-            ))
+                },
+            )))
             .await?;
         let mut answers = answers.into_iter().flatten();
         let mut out = Vec::with_capacity(results.len());
@@ -376,12 +359,6 @@ impl RedisBank {
         Ok(out)
     }
 
-    /// The read lease each copy or validation grants the owner: no other node claims the session before it
-    /// runs out (unless the owner is known not to be running).
-    fn lease_ms(&self) -> u64 {
-        self.lease_ms
-    }
-
     /// `WAIT n` (`wait_replicas`, when set): the store's replicas hold every write made on this connection so
     /// far. Fewer within the timeout is not a failure (the primary holds the writes): it is logged, and waiting
     /// stops until enough replicas are connected again.
@@ -391,7 +368,7 @@ impl RedisBank {
             return Ok(());
         }
         // Short of the command timeout, so a missing replica shows as fewer confirmations, not a failed bank.
-        let t = (self.timeout().as_millis() as u64 * 3 / 4).max(1);
+        let t = (self.cfg.timeout.as_millis() as u64 * 3 / 4).max(1);
         let got: u32 = self
             .run(async {
                 Ok(redis::cmd("WAIT")
@@ -468,7 +445,7 @@ impl RedisBank {
                 call.arg(requester.get().to_string())
                     .arg(peeked.epoch.to_string())
                     .arg(peeked.owner.get().to_string())
-                    .arg(self.lease_ms())
+                    .arg(self.lease_ms)
                     .arg(self.ttl_ms)
                     .arg(if respect_lease { "1" } else { "0" })
                     .arg(peeked.lease_mark.as_slice());

@@ -10,27 +10,33 @@
 use crate::ids::NodeId;
 use crate::wire::ItemResult;
 
-/// Run before each script on each key: a key under our prefix that is not a hash (another program wrote it) is
-/// dropped, so it costs that one session its copy instead of failing every batch it is in.
+/// Run before each script: `fields` reads a session's hash; a key under our prefix that is not a hash (another
+/// program wrote it) is dropped and read as empty, so it costs that one session its copy instead of failing
+/// every batch it is in.
 pub const PRELUDE: &str = r"
-local function guard(k)
-  if redis.call('TYPE', k).ok ~= 'hash' then redis.call('DEL', k) end
+local function fields(k, ...)
+  local cur = redis.pcall('HMGET', k, ...)
+  if cur.err then
+    redis.call('DEL', k)
+    return {}
+  end
+  return cur
 end
 ";
 
 /// Replication items, as many as there are keys, applied in one call: KEYS are the sessions' keys; ARGV[1] is
-/// the TTL and ARGV[2] the lease (ms); then five arguments per item: the kind (`c` a full copy, `v` a lease
-/// renewal, `r` a removal), the owner, the epoch, the version and the data (empty but for a copy). Returns one
-/// answer per item. The rules per kind:
+/// the TTL and ARGV[2] the lease (ms), ARGV[3] the owner sending them; then four arguments per item: the kind
+/// (`c` a full copy, `v` a lease renewal, `r` a removal), the epoch, the version and the data (empty but for a
+/// copy). Returns one answer per item. The rules per kind:
 /// - a copy is refused as `ended` below a tombstone's epoch and as `fenced` under a newer owner; it is written
 ///   when newer than what is held, and renews the owner's lease either way;
 /// - a renewal is `need_full` unless the bank holds exactly this owner's epoch and version;
 /// - a removal leaves a tombstone (the larger epoch of two).
 pub const APPLY: &str = r"
-local ttl, lease = ARGV[1], tonumber(ARGV[2])
+local ttl, lease, owner = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local t = redis.call('TIME')
 local lease_end = t[1] * 1000 + math.floor(t[2] / 1000) + lease
-local function fenced(cur, e, owner)
+local function fenced(cur, e)
   local ce = tonumber(cur[1])
   if ce and (ce > e or (ce == e and cur[3] ~= owner)) then return {'fenced', cur[3], cur[1]} end
 end
@@ -39,39 +45,39 @@ local function renew(k)
   redis.call('PEXPIRE', k, ttl)
   return {'applied'}
 end
-local function copy(k, owner, es, vs, data)
-  local cur = redis.call('HMGET', k, 'e', 'v', 'p', 'x')
+local function copy(k, es, vs, data)
+  local cur = fields(k, 'e', 'v', 'p', 'x')
   local e, v = tonumber(es), tonumber(vs)
   if cur[4] and e < tonumber(cur[4]) then return {'ended', cur[4]} end
-  local no = fenced(cur, e, owner)
+  local no = fenced(cur, e)
   if no then return no end
   local ce, cv = tonumber(cur[1]), tonumber(cur[2])
-  if not ce or ce < e or cv < v then
-    redis.call('HSET', k, 'e', es, 'v', vs, 'p', owner, 'd', data)
-    redis.call('HDEL', k, 'x')
-  end
-  return renew(k)
+  if ce and ce == e and cv >= v then return renew(k) end
+  redis.call('HSET', k, 'e', es, 'v', vs, 'p', owner, 'd', data, 'g', lease_end)
+  if cur[4] then redis.call('HDEL', k, 'x') end
+  redis.call('PEXPIRE', k, ttl)
+  return {'applied'}
 end
-local function validate(k, owner, es, vs)
-  local cur = redis.call('HMGET', k, 'e', 'v', 'p', 'x')
+local function validate(k, es, vs)
+  local cur = fields(k, 'e', 'v', 'p', 'x')
   local e = tonumber(es)
   if cur[4] then
     if e < tonumber(cur[4]) then return {'ended', cur[4]} end
     return {'need_full'}
   end
   if not cur[1] then return {'need_full'} end
-  local no = fenced(cur, e, owner)
+  local no = fenced(cur, e)
   if no then return no end
   if tonumber(cur[1]) < e or cur[2] ~= vs then return {'need_full'} end
   return renew(k)
 end
-local function remove(k, owner, es)
-  local cur = redis.call('HMGET', k, 'e', 'v', 'p', 'x')
+local function remove(k, es)
+  local cur = fields(k, 'e', 'v', 'p', 'x')
   local e = tonumber(es)
   if cur[4] then
     if e < tonumber(cur[4]) then return {'ended', cur[4]} end
   else
-    local no = fenced(cur, e, owner)
+    local no = fenced(cur, e)
     if no then return no end
   end
   redis.call('DEL', k)
@@ -81,20 +87,18 @@ local function remove(k, owner, es)
 end
 local out = {}
 for i, k in ipairs(KEYS) do
-  guard(k)
-  local a = 3 + (i - 1) * 5
-  local kind, owner, e, v = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  if kind == 'c' then out[i] = copy(k, owner, e, v, ARGV[a + 4])
-  elseif kind == 'v' then out[i] = validate(k, owner, e, v)
-  else out[i] = remove(k, owner, e) end
+  local a = 4 + (i - 1) * 4
+  local kind, e, v = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  if kind == 'c' then out[i] = copy(k, e, v, ARGV[a + 3])
+  elseif kind == 'v' then out[i] = validate(k, e, v)
+  else out[i] = remove(k, e) end
 end
 return out
 ";
 
 /// What the bank holds, without the data: epoch, version, owner, lease mark, tombstone.
 pub const PEEK: &str = r"
-guard(KEYS[1])
-local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'x')
+local cur = fields(KEYS[1], 'e', 'v', 'p', 'g', 'x')
 return {cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or ''}
 ";
 
@@ -103,8 +107,7 @@ return {cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or ''}
 /// clock too. ARGV: requester, peeked epoch, peeked owner, lease ms, ttl ms, respect the lease (`1`/`0`),
 /// peeked lease mark.
 pub const CLAIM: &str = r"
-guard(KEYS[1])
-local cur = redis.call('HMGET', KEYS[1], 'e', 'v', 'p', 'g', 'd')
+local cur = fields(KEYS[1], 'e', 'v', 'p', 'g', 'd')
 if cur[1] ~= ARGV[2] or cur[3] ~= ARGV[3] or not cur[5] then return {'changed'} end
 if ARGV[6] == '1' and (cur[4] or '') ~= ARGV[7] then return {'changed'} end
 local t = redis.call('TIME')

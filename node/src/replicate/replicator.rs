@@ -198,8 +198,10 @@ impl Replicator {
             }
             Change::Up(peer) => {
                 info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
-                let told = self.clone();
-                tokio::spawn(async move { told.tell_ends(peer).await });
+                if self.members.may_hold_copies(peer) {
+                    let told = self.clone();
+                    tokio::spawn(async move { told.tell_ends(peer).await });
+                }
                 if self.members.is_group_peer(peer) {
                     // A broadcast group member (back, or new): every session of the group goes to it.
                     tokio::spawn(
@@ -313,6 +315,11 @@ impl Replicator {
         let batching = !self.sync();
         let name = self.members.name_of(peer).unwrap_or_default();
         let rtt = self.metrics.repl_rtt.with_label_values(&[&name]);
+        // A peer is a node or the Redis bank for its whole life (the bank cannot change by reload).
+        let whole = self
+            .members
+            .peer(peer)
+            .is_some_and(|p| p.takes_whole_copies());
         loop {
             let Some((first, mut urgent)) = rx.recv().await else {
                 return;
@@ -339,20 +346,23 @@ impl Replicator {
             }
             let n = queued.len() as i64;
             self.metrics.repl_queue.sub(n);
-            self.send_batch(peer, queued, &rtt).await;
+            self.send_batch(peer, queued, whole, &rtt).await;
             self.settle(n);
         }
     }
 
-    async fn send_batch(&self, peer: NodeId, queued: Vec<Arc<Entry>>, rtt: &Histogram) {
+    /// Sends the items `queued` sessions have for `peer` (whole sessions for a peer that takes only those).
+    async fn send_batch(
+        &self,
+        peer: NodeId,
+        queued: Vec<Arc<Entry>>,
+        whole: bool,
+        rtt: &Histogram,
+    ) {
         let mut seen: HashSet<usize> = HashSet::new();
         let mut sent: Vec<(Arc<Entry>, u64)> = Vec::new();
         let mut items: Vec<Item> = Vec::new();
         let mut bytes = 0;
-        let whole = self
-            .members
-            .peer(peer)
-            .is_some_and(|p| p.takes_whole_copies());
         for entry in queued {
             if !seen.insert(Arc::as_ptr(&entry) as usize) {
                 continue;

@@ -105,7 +105,7 @@ impl Sim {
             secondary: cookie.secondary.map(node_id),
         };
         let candidates = TOPOLOGY
-            .takeover_sources(pair, node_id(x), &[])
+            .takeover_sources(pair, node_id(x), Vec::new)
             .into_iter()
             .map(|n| self.index(n))
             .collect();
