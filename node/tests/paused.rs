@@ -429,18 +429,23 @@ async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_a
 
 #[tokio::test(start_paused = true)]
 async fn a_read_that_must_renew_its_lease_does_not_wait_for_an_async_batch_to_fill() {
-    let (cfg, l) = cluster(2, |f| async_batches(f, 64)).await;
+    // A long max_delay, so that waiting for the batch and not waiting are far apart.
+    let (cfg, l) = cluster(2, |f| {
+        async_batches(f, 64);
+        f.replication.max_delay = Some(Duration::from_secs(10));
+    })
+    .await;
     let _nodes = start_all(&cfg, l);
     sleep(Duration::from_millis(500)).await;
     let (mut u, _) = session_on_n1(&cfg).await;
-    sleep(Duration::from_millis(1500)).await; // the first copy left; the 300 ms lease ran out
+    sleep(Duration::from_secs(11)).await; // the first copy left; the 300 ms lease ran out
     let started = Instant::now();
     assert_eq!(u.send("GET", url(&cfg, "n1", "/session")).await.0, 200);
-    // Virtual time: a wait for the batch would show as the whole max_delay (1 s). Idle moments on loopback
-    // may move the clock on to the next heartbeat, so the bound is max_delay itself, not a small number.
+    // Virtual time: a wait for the batch would show as the whole max_delay (10 s). Idle moments on loopback
+    // may move the clock on by a heartbeat (200 ms) now and then; half of max_delay leaves room for many.
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(1000),
+        took < Duration::from_secs(5),
         "a lease renewal leaves at once instead of waiting out max_delay: {took:?}"
     );
 }

@@ -632,6 +632,22 @@ pub fn metric(node_url: &str, name: &str) -> f64 {
     sample(&text, name)
 }
 
+/// Like [`metric`], but panics when the node does not answer or the page lacks the series: for checks that a
+/// count is 0, which a missing node or a renamed metric would otherwise pass.
+pub fn metric_present(node_url: &str, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{node_url}/_node/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_else(|e| panic!("{node_url}/_node/metrics: {e}"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{node_url} has no {name} in its metrics"));
+    line[name.len()..]
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{node_url}: not a number: {line}"))
+}
+
 /// The names of the primary and secondary a routing cookie (`NAME=value`) names, decoded with `config`. A Redis
 /// bank as the secondary is named `redis-bank` ([`node::config::BankConfig::NAME`]).
 pub fn cookie_pair(

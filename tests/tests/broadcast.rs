@@ -239,74 +239,54 @@ fn a_member_paused_and_resumed_never_serves_a_read_or_acknowledges_a_write_that_
     assert_eq!(write.json()["value"], n + 1, "nor write on it");
 }
 
-/// HAProxy in front of the group, balancing every request round robin with no stickiness at all; killed (by
-/// pid) when dropped.
-struct Haproxy {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Haproxy {
-    fn start(c: &Cluster) -> Haproxy {
-        let port = cluster_tests::free_port(c.ip);
-        let mut cfg = format!(
-            "global\n  maxconn 256\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  \
-             timeout server 30s\n\nfrontend fe\n  bind {}:{port}\n  default_backend group\n\n\
-             backend group\n  balance roundrobin\n",
-            c.ip
-        );
-        for n in &c.nodes {
-            cfg.push_str(&format!("  server {} {}\n", n.name, n.http));
-        }
-        let file = c.dir.join("haproxy.cfg");
-        std::fs::write(&file, cfg).unwrap();
-        let program = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).is_file())
-            .expect("haproxy is installed (bash .ci/setup installs it)");
-        let child = std::process::Command::new(program)
-            .arg("-f")
-            .arg(&file)
-            .arg("-db")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("haproxy starts");
-        let h = Haproxy {
-            child,
-            url: format!("http://{}:{port}", c.ip),
-        };
-        wait_until(
-            Duration::from_secs(10),
-            "haproxy accepts connections",
-            || std::net::TcpStream::connect((c.ip, port)).is_ok(),
-        )
-        .unwrap();
-        h
+/// Starts HAProxy (as one of the cluster's processes) in front of the group, balancing every request round
+/// robin with no stickiness at all; returns its URL once it accepts connections.
+fn haproxy(c: &mut Cluster) -> String {
+    let listen = c.unused_addr();
+    let mut cfg = format!(
+        "global\n  maxconn 256\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  \
+         timeout server 30s\n\nfrontend fe\n  bind {listen}\n  default_backend group\n\n\
+         backend group\n  balance roundrobin\n"
+    );
+    for n in &c.nodes {
+        cfg.push_str(&format!("  server {} {}\n", n.name, n.http));
     }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let file = c.dir.join("haproxy.cfg");
+    std::fs::write(&file, cfg).unwrap();
+    let program = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("haproxy is installed (bash .ci/setup installs it)");
+    let file = file.display().to_string();
+    c.start_process(
+        "haproxy",
+        std::path::Path::new(program),
+        &["-f", &file, "-db"],
+    )
+    .expect("haproxy starts");
+    wait_until(
+        Duration::from_secs(10),
+        "haproxy accepts connections",
+        || std::net::TcpStream::connect(listen).is_ok(),
+    )
+    .unwrap();
+    format!("http://{listen}")
 }
 
 #[test]
 fn behind_haproxy_round_robin_every_increment_is_exact_and_applied_once() {
-    let c = group(false);
-    let h = Haproxy::start(&c);
+    let mut c = group(false);
+    let url = haproxy(&mut c);
     let mut u = User::new();
     for i in 0..30 {
-        let r = u.incr(&h.url, "n").unwrap();
+        let r = u.incr(&url, "n").unwrap();
         assert_eq!(r.status, 200, "request {i}: {r:?}");
         assert_eq!(r.json()["value"], i + 1, "request {i}");
     }
     let cookie = u.cookie.clone();
     let threads: Vec<_> = (0..64)
         .map(|_| {
-            let (url, cookie) = (h.url.clone(), cookie.clone());
+            let (url, cookie) = (url.clone(), cookie.clone());
             std::thread::spawn(move || {
                 let mut u = User::new();
                 u.cookie = cookie;
@@ -316,7 +296,7 @@ fn behind_haproxy_round_robin_every_increment_is_exact_and_applied_once() {
         .collect();
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(u.get(&h.url).unwrap().json()["data"]["n"], 30 + 64);
+    assert_eq!(u.get(&url).unwrap().json()["data"]["n"], 30 + 64);
     // HAProxy spread the requests: the members that do not own the session forwarded theirs.
     let forwarded: Vec<f64> = ["n1", "n2", "n3"]
         .iter()

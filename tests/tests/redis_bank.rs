@@ -309,6 +309,8 @@ impl Drop for Watched {
     fn drop(&mut self) {
         let _ = self.sentinel.kill();
         let _ = self.sentinel.wait();
+        // The replica keeps its snapshot in the directory: it goes first.
+        self.replica.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

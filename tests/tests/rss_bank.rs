@@ -227,7 +227,7 @@ fn with_one_copy_a_session_whose_web_node_and_bank_member_both_died_is_lost_expl
         fresh, on_n1,
         "exactly the dead web node's sessions start over"
     );
-    let lost = cluster_tests::metric(&c.node_url("n4"), "sessions_lost_total");
+    let lost = cluster_tests::metric_present(&c.node_url("n4"), "sessions_lost_total");
     assert_eq!(lost as usize, on_n1, "and each is counted as lost");
 }
 
@@ -261,7 +261,7 @@ fn with_two_copies_a_web_node_and_a_bank_member_dying_together_lose_nothing() {
     c.kill("n1");
     c.kill("n3");
     one_more_each(&lb, &mut users);
-    let lost = cluster_tests::metric(&c.node_url("n2"), "sessions_lost_total");
+    let lost = cluster_tests::metric_present(&c.node_url("n2"), "sessions_lost_total");
     assert_eq!(lost, 0.0, "nothing lost");
 }
 
@@ -303,7 +303,7 @@ fn a_copy_left_behind_on_a_paused_bank_member_is_never_handed_out_over_a_current
         let (primary, _) = cookie_pair(&c.config(), u.cookie.as_deref().unwrap()).unwrap();
         assert_eq!(primary, "n2", "user {i}: the standby owns it now");
     }
-    let stale = cluster_tests::metric(&c.node_url("n2"), "sessions_stale_total");
+    let stale = cluster_tests::metric_present(&c.node_url("n2"), "sessions_stale_total");
     assert_eq!(stale, 0.0, "no copy older than its cookie was installed");
 }
 
