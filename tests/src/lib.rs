@@ -682,6 +682,20 @@ impl Cluster {
             .expect("a session count")
     }
 
+    /// Waits (at most `limit`) until node `name` holds `n` sessions and copies; `what` names the wait.
+    ///
+    /// # Errors
+    /// When it does not within `limit`, with `what` and the last count.
+    pub fn wait_held(&self, name: &str, n: u64, limit: Duration, what: &str) -> Result<()> {
+        let mut last = None;
+        wait_until(limit, what, || {
+            let held = self.sessions_held(name);
+            last = Some(held);
+            held == n
+        })
+        .with_context(|| format!("{name} holds {last:?}, not {n}"))
+    }
+
     /// The node whose copy of session `sid` (32 hex digits) is the primary one; a node that does not answer
     /// (killed, or paused past 2 s) is skipped.
     pub fn primary_of(&self, sid: &str) -> Option<String> {

@@ -186,16 +186,15 @@ fn a_member_restarted_empty_is_refilled_by_the_group_and_serves_exact_counts() {
             *n += 1;
         }
     }
-    wait_until(Duration::from_secs(10), "n3 holds every session", || {
-        c.sessions_held("n3") == 5
-    })
-    .unwrap();
+    c.wait_held("n3", 5, Duration::from_secs(10), "n3 holds every session")
+        .unwrap();
     c.kill("n3");
     c.start_node("n3").unwrap();
-    wait_until(
+    c.wait_held(
+        "n3",
+        5,
         Duration::from_secs(20),
         "the group refills the restarted n3",
-        || c.sessions_held("n3") == 5,
     )
     .unwrap();
     for (i, (u, n)) in users.iter_mut().enumerate() {

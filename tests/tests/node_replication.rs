@@ -253,10 +253,11 @@ fn copies_bigger_than_one_replication_frame_in_all_are_sent_in_several_batches()
         let r = u.send(&n1, "PATCH", "/session", Some(&body)).unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    wait_until(
+    c.wait_held(
+        "n2",
+        90,
         Duration::from_secs(30),
         "n2 holds a copy of every session",
-        || c.sessions_held("n2") == 90,
     )
     .unwrap();
     c.kill("n1");

@@ -100,10 +100,11 @@ fn a_killed_web_nodes_sessions_are_fetched_from_the_bank_by_the_standby_with_not
         );
     }
     // The bank still holds every session, now for its new owner too.
-    wait_until(
+    c.wait_held(
+        "n3",
+        8,
         Duration::from_secs(5),
         "the bank holds every session",
-        || c.sessions_held("n3") == 8,
     )
     .unwrap();
 }
@@ -135,10 +136,11 @@ fn a_dead_bank_members_sessions_are_re_copied_to_another_member_and_survive_thei
         "one copy of each session in the bank"
     );
     c.kill("n3");
-    wait_until(
+    c.wait_held(
+        "n4",
+        10,
         Duration::from_secs(10),
         "n4 holds a copy of every session",
-        || c.sessions_held("n4") == 10,
     )
     .unwrap();
     // The proof: the web nodes die too, one after the other; every session is fetched from n4.
@@ -317,10 +319,11 @@ fn a_bank_member_restarted_faster_than_a_heartbeat_can_miss_is_refilled_all_the_
     c.kill("n3");
     c.start_node("n3").unwrap();
     // Its new incarnation shows in the next heartbeat answer: the web nodes re-send every copy in full.
-    wait_until(
+    c.wait_held(
+        "n3",
+        6,
         Duration::from_secs(10),
         "the restarted member is refilled",
-        || c.sessions_held("n3") == 6,
     )
     .unwrap();
     c.kill("n1");
