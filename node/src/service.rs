@@ -191,6 +191,12 @@ impl<A: App> SessionService<A> {
                     };
                     match found {
                         Recovered::Installed { stale: s } => stale = s,
+                        Recovered::Busy => {
+                            drop(slot);
+                            drop(turn);
+                            self.drop_if_vacant(&entry);
+                            continue;
+                        }
                         Recovered::Forward(owner) => owner_elsewhere = Some(owner),
                         // Nobody the cookie names has it: the orphan is the best copy left.
                         Recovered::Lost if orphan => {

@@ -66,6 +66,10 @@ pub enum Recovered {
     Forward(NodeId),
     /// No member of the pair has it.
     Lost,
+    /// A holder was still busy, or did not answer, after the last round: the session may exist, but is not
+    /// ours yet. The caller lets go of the session's lock (a copy on its way here may be waiting for it) and
+    /// tries again; in the end the client is asked to retry, never given a fresh session.
+    Busy,
     /// It ended (deleted or expired): a fresh session, nothing lost.
     Ended,
 }
@@ -161,9 +165,12 @@ impl Takeover {
         // First only a copy as new as the client's cookie; when no holder has one (a lost async update), the
         // best copy left, flagged stale.
         let mut min_version = cookie.version;
+        // Holders whose pull failed unanswered once: asked again (first) the next round, then passed over.
+        let mut unanswered: Vec<NodeId> = Vec::new();
+        // Whether the last round left it open whether a holder has the session (busy, or silent).
+        let mut unsure = false;
         for round in 0..PULL_ROUNDS {
-            let mut busy = false;
-            let mut answered = true;
+            let (mut busy, mut silent) = (false, false);
             for &c in &candidates {
                 let Some(peer) = self.members.peer(c) else {
                     continue;
@@ -213,18 +220,22 @@ impl Takeover {
                     }
                     Ok(PullResult::Ended) => return Recovered::Ended,
                     Ok(_) => {}
-                    Err(e) => {
-                        if e.is_refused() {
-                            self.members.mark_gone(c);
-                        } else {
-                            answered = false;
-                        }
+                    Err(e) if e.is_refused() => self.members.mark_gone(c),
+                    // No answer is not "not here": the holder may have granted the session and its answer
+                    // been lost, so the session is ours in its books. Asked again, it hands it back once the
+                    // lease it granted runs out; asking anyone else first could find the session nowhere.
+                    Err(_) if !unanswered.contains(&c) => {
+                        unanswered.push(c);
+                        busy = true;
+                        break;
                     }
+                    Err(_) => silent = true,
                 }
             }
+            unsure = busy || silent;
             if !busy {
                 // Every holder said it has nothing as new as the cookie: settle for the best copy left.
-                if min_version > 0 && answered {
+                if min_version > 0 && !silent {
                     min_version = 0;
                     continue;
                 }
@@ -232,7 +243,12 @@ impl Takeover {
             }
             tokio::time::sleep(Duration::from_millis(10 * u64::from(round + 1))).await;
         }
-        Recovered::Lost
+        // A session is lost only when every holder that runs said it has none.
+        if unsure {
+            Recovered::Busy
+        } else {
+            Recovered::Lost
+        }
     }
 
     /// The decision for `view`, with the owner probed when the requester could not reach an owner this node

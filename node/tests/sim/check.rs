@@ -10,6 +10,9 @@
 //! 3. On a live node, since its last start, a session's copy never goes back: its epoch never decreases,
 //!    and while the epoch stays the same its version never decreases (a copy dropped and held again later
 //!    counts as the same copy).
+//! 4. (sync mode) No node declares a session lost (and gives its client a fresh one) while a live node it
+//!    asked holds a copy with one of the session's acknowledged writes still owed that names the declaring
+//!    node as its owner: a session granted to it whose answer was lost is not lost, it is its own.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +20,7 @@ use node::ids::SessionId;
 
 use node::wire::PullResult;
 
-use super::{Body, Sim, Step, Waiter};
+use super::{node_id, Body, Sim, Step, Waiter};
 
 /// What has been acknowledged, and the highest copy each node held.
 #[derive(Debug, Default)]
@@ -121,6 +124,30 @@ pub(crate) fn acknowledged(sim: &mut Sim, x: usize, w: &Waiter) {
         fate: Fate::Owed,
     };
     sim.history.acks.push(ack);
+}
+
+/// Node `x` declared session `sid` lost after asking `asked`: invariant 4 is checked at once.
+pub(crate) fn declared_lost(sim: &mut Sim, x: usize, sid: SessionId, asked: &[usize]) {
+    if !sim.sync() || sim.history.broken.is_some() {
+        return;
+    }
+    let owed = sim
+        .history
+        .acks
+        .iter()
+        .filter(|a| a.sid == sid && a.fate == Fate::Owed);
+    let names_x = |n: usize| sim.copy(n, sid).is_some_and(|s| s.primary == node_id(x));
+    let mut held = owed.map(|a| {
+        let mut h = holders(sim, sid, a.trace);
+        h.retain(|(n, _)| asked.contains(n) && names_x(*n));
+        (a, h)
+    });
+    if let Some((a, h)) = held.find(|(_, h)| !h.is_empty()) {
+        sim.history.broken = Some(format!(
+            "invariant 4: n{x} declared session s{} lost while its acknowledged write w{} is held by {h:?}              (node, epoch)",
+            sid.0, a.trace
+        ));
+    }
 }
 
 /// Checks every invariant after a step; `Err` says which one broke and how.

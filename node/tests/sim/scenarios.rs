@@ -107,8 +107,10 @@ fn a_takeover_waits_while_the_old_primary_has_unacknowledged_writes() {
     let (sid, s, t) = session_on_node_0(&mut sim);
     write(&mut sim, 0, false); // waits for its copy on s
     run(&mut sim, Step::Cut { a: t, b: s });
-    // The request reaches t; its forward to node 0 times out, so t pulls: s first (cut), then node 0.
+    // The request reaches t; its forward to node 0 times out, so t pulls: s first (cut; asked once more, as
+    // a holder that did not answer may have granted the session), then node 0.
     write(&mut sim, t, true);
+    deliver(&mut sim, t, s, pull);
     deliver(&mut sim, t, s, pull);
     deliver(&mut sim, t, 0, pull);
     deliver(&mut sim, 0, t, |b| matches!(b, Body::PullReply { .. }));
@@ -164,6 +166,39 @@ fn two_nodes_racing_to_take_over_one_session_leave_one_owner() {
     );
     assert_eq!(sim.copy(a, sid).map(|c| c.epoch), Some(2));
     assert_eq!(acked(&sim), 3, "both requests were answered, by the owner");
+}
+
+/// Found as a one-off in the broadcast pause test (issue 11), then by invariant 4 in the lost-messages walk:
+/// s grants the session of dead node 0 to t, and the grant's answer is lost. t used to move on, find the
+/// session nowhere and give its client a fresh one, while s held it for t. Now t asks s again first, and s
+/// hands it back once the lease of its first grant has run out.
+#[test]
+fn a_grant_whose_answer_is_lost_is_asked_for_again_not_declared_lost() {
+    let mut sim = cluster(3);
+    let (sid, s, t) = session_on_node_0(&mut sim);
+    run(&mut sim, Step::Kill { node: 0 });
+    write(&mut sim, t, false);
+    deliver(&mut sim, t, s, pull);
+    let answer = sim.find(s, t, |_| true).expect("s granted");
+    run(&mut sim, Step::Lose { id: answer });
+    assert_eq!(
+        sim.copy(s, sid).map(|c| c.primary),
+        Some(node_id(t)),
+        "s holds it for t"
+    );
+    for _ in 0..=LEASE.as_millis() / TICK.as_millis() {
+        run(&mut sim, Step::Wait);
+    }
+    deliver(&mut sim, t, s, pull);
+    settle(&mut sim);
+    let taken = sim.copy(t, sid).expect("t took the session over");
+    assert_eq!(
+        (taken.primary, taken.epoch),
+        (node_id(t), 3),
+        "granted twice"
+    );
+    assert_eq!(acked(&sim), 2, "t's write was acknowledged on the session");
+    assert_eq!(cookie(&sim).sid, sid, "not on a fresh one");
 }
 
 /// Found by the lost-messages walk, fixed in the shell: a timed-out answer makes node 0 re-home its copy

@@ -59,6 +59,10 @@ pub(crate) struct Pulling {
     pub(crate) next: usize,
     pub(crate) round: u32,
     pub(crate) busy: bool,
+    /// Candidates whose pull failed unanswered once (asked again first the next round, then passed over).
+    pub(crate) unanswered: Vec<usize>,
+    /// A candidate asked this round did not answer (a second time).
+    pub(crate) silent: bool,
     pub(crate) owner_unreachable: bool,
     /// The pull message now awaiting an answer.
     pub(crate) asked: Option<u64>,

@@ -116,6 +116,8 @@ impl Sim {
             next: 0,
             round: 0,
             busy: false,
+            unanswered: Vec::new(),
+            silent: false,
             owner_unreachable,
             asked: None,
             sent_at: now,
@@ -127,8 +129,10 @@ impl Sim {
         self.nodes[x].entries.get_mut(&sid)?.pulling.as_mut()
     }
 
-    /// `recover`'s loop: the next candidate that looks alive or answers a probe gets a pull; after the last,
-    /// another round while one said busy; then the session is lost and the client gets a fresh one.
+    /// `recover`'s loop: the next candidate that looks alive or answers a probe gets a pull; a busy answer, or
+    /// a first failed call, ends the round and starts another (up to `PULL_ROUNDS`, after which the request
+    /// gives up); when every candidate said it has nothing, the session is lost and the client gets a fresh
+    /// one.
     fn ask_next(&mut self, x: usize, sid: SessionId) {
         loop {
             let Some(p) = self.pulling(x, sid).cloned() else {
@@ -158,8 +162,15 @@ impl Sim {
             }
             if p.busy && p.round + 1 < PULL_ROUNDS {
                 let p = self.pulling(x, sid).expect("checked above");
-                (p.round, p.next, p.busy) = (p.round + 1, 0, false);
+                (p.round, p.next, p.busy, p.silent) = (p.round + 1, 0, false, false);
                 continue;
+            }
+            if p.busy || p.silent {
+                // `Recovered::Busy`: the shell lets go of the lock and locates the session again, and in the
+                // end asks the client to retry; here the request stops and the client tries later.
+                self.end_pull(x, sid);
+                self.stats.unanswered += 1;
+                return;
             }
             // Nobody the cookie names has it: an orphan copy held here is the best one left. Like the
             // shell's promotion it waits out the lease it granted unless its owner is gone (here: the
@@ -181,6 +192,7 @@ impl Sim {
             self.end_pull(x, sid);
             if p.req.op == Op::Write {
                 self.stats.lost_declared += 1;
+                check::declared_lost(self, x, sid, &p.candidates);
             }
             return self.fresh(x, p.req);
         }
@@ -229,7 +241,7 @@ impl Sim {
                 }
             }
             PullResult::Busy => {
-                self.pulling(x, sid).expect("checked above").busy = true;
+                self.end_round(x, sid);
                 self.ask_next(x, sid);
             }
             PullResult::Ended => {
@@ -255,7 +267,21 @@ impl Sim {
         }
         if refused {
             self.mark_gone(x, c);
+        } else if let Some(p) = self.pulling(x, sid) {
+            if p.unanswered.contains(&c) {
+                p.silent = true;
+            } else {
+                // It may have granted the session and its answer been lost: asked again first.
+                p.unanswered.push(c);
+                self.end_round(x, sid);
+            }
         }
         self.ask_next(x, sid);
+    }
+
+    /// The round ends here; another follows (the shell's `busy` and `break`).
+    fn end_round(&mut self, x: usize, sid: SessionId) {
+        let p = self.pulling(x, sid).expect("a round of a pull in progress");
+        (p.busy, p.next) = (true, p.candidates.len());
     }
 }
