@@ -160,6 +160,7 @@ impl LoadArgs {
         };
         Ok(LoadSpec {
             target,
+            then: None,
             sessions: self.sessions.max(1),
             concurrency: self.concurrency.max(1),
             duration: duration.min(MAX_RUN),

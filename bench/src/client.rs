@@ -231,6 +231,24 @@ impl Conn {
     }
 }
 
+/// The body of `GET path` at `target` as text (a node's metrics, say), within 5 s.
+///
+/// # Errors
+/// The failed exchange, or `Status` when the answer is not a success.
+pub async fn get_text(target: SocketAddr, path: &str) -> Result<String, ErrorKind> {
+    let mut http = Http1::new(target, Duration::from_secs(5));
+    let req = Request::builder()
+        .uri(path)
+        .header("host", http.host())
+        .body(Full::new(Bytes::new()))
+        .expect("well-formed request");
+    let (parts, body) = http.exchange(req, &mut Jar::default()).await?;
+    if !parts.status.is_success() {
+        return Err(ErrorKind::Status(parts.status.as_u16()));
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Interprets a raw answer to `op`; `cookie_id` is the session id the routing cookie names, when decodable.
 pub fn interpret(op: &Op, raw: &Raw, cookie_id: Option<String>) -> Result<Reply, ErrorKind> {
     if !raw.status.is_success() {

@@ -107,6 +107,7 @@ async fn user(
 ) -> UserResult {
     let mut rng = SmallRng::seed_from_u64(0x5eed ^ index as u64);
     let mut conn = Conn::new(spec.target, spec.timeout);
+    let mut then = spec.then.map(|t| Conn::new(t, spec.timeout));
     let mut slots: Vec<Owned> = (0..owned)
         .map(|_| Owned {
             model: SessionModel::default(),
@@ -131,7 +132,11 @@ async fn user(
             pick_op(&spec, &mut rng, &seq)
         };
         let t0 = Instant::now();
-        let outcome = match conn.send(&op, &mut slot.jar).await {
+        let to = match then.as_mut() {
+            Some(t) if !slot.model.is_fresh() => t,
+            _ => &mut conn,
+        };
+        let outcome = match to.send(&op, &mut slot.jar).await {
             Ok(raw) => {
                 // Only an increment's answer lacks the session id in its body: decode (and verify) the cookie
                 // for those alone.

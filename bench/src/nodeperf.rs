@@ -1,9 +1,12 @@
 //! `bench node`: what replication costs one node, and what sessions cost in memory.
 //!
-//! Three throwaway clusters on free loopback ports, in one run so the numbers compare: one node alone
-//! (unreplicated), two nodes `sync`, two nodes `async`; the same increment load straight at the first node of
-//! each. Then, on a fresh `sync` pair, N sessions of about `session_bytes` each are created and the resident
-//! memory of the primary and the replica is read from /proc before and after.
+//! Throwaway clusters on free loopback ports, in one run so the numbers compare: one node alone
+//! (unreplicated), pairs, session-server banks, broadcast groups of 2, 3 and 5, and a Redis bank, `sync` and
+//! `async`; the same increment load straight at the first node of each (and, for a group of 3, through a member
+//! that does not own the sessions). For each, the replication bytes per update on the first node's link to
+//! each peer (`node_replication_bytes_total`). Then, on a fresh `sync` pair, N sessions of about
+//! `session_bytes` each are created and the resident memory of the primary and the replica is read from /proc
+//! before and after.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -31,7 +34,14 @@ struct Row {
     failed: bool,
     /// Cores used during the run: the node served, the copies' holder (a node or redis-server), the bench.
     cores: [f64; 3],
+    /// Replication bytes per request on n1's link to each peer (mean over peers): sent, received. `None`
+    /// without peers.
+    bytes: Option<(f64, f64)>,
 }
+
+/// One cluster to measure: its name, nodes, mode, where copies go, and whether requests after a session's
+/// first go through n2 (a member that does not own it) instead of straight to n1.
+type Run = (&'static str, usize, ReplicationMode, Bank, bool);
 
 /// Runs the three throughput clusters and the memory measurement; prints ratios; `false` if any run failed.
 pub async fn node_perf(
@@ -47,35 +57,37 @@ pub async fn node_perf(
     load.mix = "incr=1".into();
     let mut rows = Vec::new();
     let redis = crate::cluster::which("redis-server").is_some();
-    let mut runs = vec![
-        ("unreplicated", 1, ReplicationMode::Sync, Bank::None),
-        ("sync", 2, ReplicationMode::Sync, Bank::None),
-        ("async", 2, ReplicationMode::Async, Bank::None),
-        ("rss sync", 2, ReplicationMode::Sync, Bank::Nodes),
-        ("rss async", 2, ReplicationMode::Async, Bank::Nodes),
+    let (sync, not) = (ReplicationMode::Sync, ReplicationMode::Async);
+    let mut runs: Vec<Run> = vec![
+        ("unreplicated", 1, sync, Bank::None, false),
+        ("sync", 2, sync, Bank::None, false),
+        ("async", 2, not, Bank::None, false),
+        ("rss sync", 2, sync, Bank::Nodes, false),
+        ("rss async", 2, not, Bank::Nodes, false),
+        ("group of 2 sync", 2, sync, Bank::Group, false),
+        ("group of 2 async", 2, not, Bank::Group, false),
+        ("group of 3 sync", 3, sync, Bank::Group, false),
+        ("group of 3 async", 3, not, Bank::Group, false),
+        ("group of 3 sync via n2", 3, sync, Bank::Group, true),
+        ("group of 3 async via n2", 3, not, Bank::Group, true),
+        ("group of 5 sync", 5, sync, Bank::Group, false),
+        ("group of 5 async", 5, not, Bank::Group, false),
     ];
-    for (name, nodes, mode) in [
-        ("group of 2 sync", 2, ReplicationMode::Sync),
-        ("group of 2 async", 2, ReplicationMode::Async),
-        ("group of 3 sync", 3, ReplicationMode::Sync),
-        ("group of 3 async", 3, ReplicationMode::Async),
-        ("group of 5 sync", 5, ReplicationMode::Sync),
-        ("group of 5 async", 5, ReplicationMode::Async),
-    ] {
-        runs.push((name, nodes, mode, Bank::Group));
-    }
     if redis {
-        runs.push(("redis sync", 1, ReplicationMode::Sync, Bank::Redis));
-        runs.push(("redis async", 1, ReplicationMode::Async, Bank::Redis));
+        runs.push(("redis sync", 1, sync, Bank::Redis, false));
+        runs.push(("redis async", 1, not, Bank::Redis, false));
     } else {
         eprintln!("redis-server is not installed: no Redis bank rows (bash .ci/setup installs it)");
     }
-    for (name, nodes, mode, bank) in runs {
+    for (name, nodes, mode, bank, via) in runs {
         let mut procs = start(&dir, &base, name, nodes, mode, bank).await?;
         let target = procs.config.nodes[0].http;
-        let spec = load.spec(target, Some(&procs.config))?;
+        let mut spec = load.spec(target, Some(&procs.config))?;
+        if via {
+            spec.then = Some(procs.config.nodes[1].http);
+        }
         eprintln!(
-            "\n== {name}: increments straight to {}",
+            "\n== {name}: increments to sessions made on {}",
             procs.config.nodes[0].name
         );
         let pids = [procs.pid("n1"), procs.pid(bank.holder())];
@@ -90,6 +102,13 @@ pub async fn node_perf(
             core(after.0[1], before.0[1]),
             core(after.1, before.1),
         ];
+        let requests = s.result.tally.requests.max(1) as f64;
+        let bytes = match nodes {
+            1 => None,
+            _ => link_bytes(target, nodes - 1, load.quiet)
+                .await
+                .map(|(tx, rx)| (tx / requests, rx / requests)),
+        };
         procs.kill_all();
         let _ = std::fs::remove_dir_all(&procs.log_dir);
         rows.push(Row {
@@ -98,6 +117,7 @@ pub async fn node_perf(
             p99_ms: s.ms(0.99),
             failed: s.failed(),
             cores,
+            bytes,
         });
     }
     let mem = memory(&dir, &base, memory_sessions, session_bytes, Bank::None).await?;
@@ -109,25 +129,43 @@ pub async fn node_perf(
     let _ = std::fs::remove_dir_all(&dir);
 
     let unrep = rows[0].rps.max(f64::MIN_POSITIVE);
+    // A group's ratio is to the pair of the same mode.
+    let pair_rps = |name: &str| {
+        let mode = if name.contains("async") {
+            "async"
+        } else {
+            "sync"
+        };
+        let pair = rows.iter().find(|r| r.name == mode)?;
+        name.starts_with("group")
+            .then_some(pair.rps.max(f64::MIN_POSITIVE))
+    };
     let mut t = String::from("\nincrements/s through one node (same run, same load)\n");
     let _ = writeln!(
         t,
-        "{:<18} {:>10} {:>9} {:>16}   cores: node / copy holder / bench",
-        "replication", "req/s", "p99 ms", "vs unreplicated"
+        "{:<24} {:>9} {:>7} {:>9} {:>8} {:>15}   cores: node / copy holder / bench",
+        "replication", "req/s", "p99 ms", "vs unrep", "vs pair", "B/update/peer"
     );
     for r in &rows {
+        let vs_pair = pair_rps(r.name).map_or(String::new(), |p| format!("{:.2}x", r.rps / p));
+        let bytes = r
+            .bytes
+            .map_or(String::new(), |(tx, rx)| format!("{tx:.0} / {rx:.0}"));
         let _ = writeln!(
             t,
-            "{:<18} {:>10.0} {:>9.2} {:>15.2}x   {:.2} / {:.2} / {:.2}",
+            "{:<24} {:>9.0} {:>7.2} {:>8.2}x {:>8} {:>15}   {:.2} / {:.2} / {:.2}",
             r.name,
             r.rps,
             r.p99_ms,
             r.rps / unrep,
+            vs_pair,
+            bytes,
             r.cores[0],
             r.cores[1],
             r.cores[2]
         );
     }
+    t.push_str("(B/update/peer: replication bytes n1 sent / received on its link to each peer, per request)\n");
     let _ = writeln!(
         t,
         "\nresident memory per 100 000 sessions of ~{session_bytes} B ({memory_sessions} created): \
@@ -145,7 +183,10 @@ pub async fn node_perf(
     if let Some(p) = &load.json {
         let v = json!({
             "throughput": rows.iter().map(|r| json!({"replication": r.name, "rps": r.rps, "p99_ms": r.p99_ms,
-                "ratio_to_unreplicated": r.rps / unrep, "cores_node": r.cores[0], "cores_copy_holder": r.cores[1],
+                "ratio_to_unreplicated": r.rps / unrep, "ratio_to_pair": pair_rps(r.name).map(|p| r.rps / p),
+                "bytes_sent_per_update_per_peer": r.bytes.map(|b| b.0),
+                "bytes_received_per_update_per_peer": r.bytes.map(|b| b.1),
+                "cores_node": r.cores[0], "cores_copy_holder": r.cores[1],
                 "cores_bench": r.cores[2]})).collect::<Vec<_>>(),
             "memory": {"sessions": memory_sessions, "session_bytes": session_bytes,
                 "primary_mib_per_100k": mem.primary_mib_per_100k, "replica_mib_per_100k": mem.replica_mib_per_100k,
@@ -155,6 +196,29 @@ pub async fn node_perf(
         write_file(p, &serde_json::to_string_pretty(&v)?)?;
     }
     Ok(rows.iter().all(|r| !r.failed))
+}
+
+/// The replication bytes the node at `http` sent and received on its links, each summed over its peers and
+/// divided by `peers`; `None` (with a note unless `quiet`) when its metrics cannot be read.
+async fn link_bytes(http: std::net::SocketAddr, peers: usize, quiet: bool) -> Option<(f64, f64)> {
+    let text = match crate::client::get_text(http, "/_node/metrics").await {
+        Ok(t) => t,
+        Err(e) => {
+            if !quiet {
+                eprintln!("cannot read the metrics of {http}: {e:?}");
+            }
+            return None;
+        }
+    };
+    let sum = |direction: &str| {
+        let label = format!("direction=\"{direction}\"");
+        text.lines()
+            .filter(|l| l.starts_with("node_replication_bytes_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            / peers as f64
+    };
+    Some((sum("sent"), sum("received")))
 }
 
 /// Where a run's copies go.

@@ -154,6 +154,9 @@ pub fn parse_target(url: &str) -> Result<SocketAddr, SpecError> {
 pub struct LoadSpec {
     /// Where requests go (loopback).
     pub target: SocketAddr,
+    /// Where a session's requests go once it exists, when not `target` (`bench node` sends them to a
+    /// broadcast member that does not own the session, so each is forwarded). Default: none.
+    pub then: Option<SocketAddr>,
     /// Sessions in total, spread over the virtual users; at least 1, default 100.
     pub sessions: usize,
     /// Virtual users, each with one keep-alive connection; at least 1, default 16.

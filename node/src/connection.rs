@@ -104,6 +104,7 @@ fn nonce() -> [u8; 32] {
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    read: u64,
 }
 
 impl<R: AsyncReadExt + Unpin> FrameReader<R> {
@@ -112,7 +113,13 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
         FrameReader {
             inner,
             buf: BytesMut::with_capacity(8 * 1024),
+            read: 0,
         }
+    }
+
+    /// Bytes read from the stream so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream. Cancel-safe: bytes read stay in the buffer.
@@ -121,7 +128,9 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
             if let Some(env) = wire::parse(&mut self.buf)? {
                 return Ok(Some(env));
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            self.read += n as u64;
+            if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -132,15 +141,15 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame; returns its length in bytes.
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(
     w: &mut W,
     env: &Envelope,
-) -> Result<(), LinkError> {
+) -> Result<usize, LinkError> {
     let mut out = BytesMut::new();
     wire::encode(env, &mut out);
     w.write_all(&out).await?;
-    Ok(())
+    Ok(out.len())
 }
 
 async fn expect(r: &mut FrameReader<OwnedReadHalf>) -> Result<Body, LinkError> {
@@ -285,9 +294,30 @@ pub async fn server_handshake(
 
 type Waiter = oneshot::Sender<Result<Body, LinkError>>;
 
+/// Counters of a link's bytes, both ways.
+#[derive(Clone)]
+pub struct Traffic {
+    /// Bytes of every frame written (requests).
+    pub sent: prometheus::IntCounter,
+    /// Bytes read (answers).
+    pub received: prometheus::IntCounter,
+}
+
+impl Default for Traffic {
+    /// Counters in no registry: for a link whose bytes nobody reads.
+    fn default() -> Self {
+        let counter = |name| prometheus::IntCounter::new(name, "link bytes").expect("valid name");
+        Traffic {
+            sent: counter("sent_bytes"),
+            received: counter("received_bytes"),
+        }
+    }
+}
+
 /// The client side of replication towards one peer.
 pub struct PeerLink {
     addr: SocketAddr,
+    traffic: Traffic,
     me: String,
     key: [u8; 32],
     connect_timeout: Duration,
@@ -296,11 +326,18 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    /// A link to the peer at `addr` that introduces itself as `me` and proves `key` (from [`auth_key`]). It
-    /// connects on the first call, giving up after `connect_timeout`.
-    pub fn new(addr: SocketAddr, me: &str, key: [u8; 32], connect_timeout: Duration) -> PeerLink {
+    /// A link to the peer at `addr` that introduces itself as `me` and proves `key` (from [`auth_key`]) and
+    /// counts its frames' bytes in `traffic`. It connects on the first call, giving up after `connect_timeout`.
+    pub fn new(
+        addr: SocketAddr,
+        me: &str,
+        key: [u8; 32],
+        connect_timeout: Duration,
+        traffic: Traffic,
+    ) -> PeerLink {
         PeerLink {
             addr,
+            traffic,
             me: me.to_string(),
             key,
             connect_timeout,
@@ -373,7 +410,7 @@ impl PeerLink {
             })?;
         let (r, w) = client_handshake(stream, &self.me, &self.key).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_link(r, w, rx));
+        tokio::spawn(run_link(r, w, rx, self.traffic.clone()));
         *g = Some(tx.clone());
         Ok((tx, true))
     }
@@ -383,17 +420,24 @@ async fn run_link(
     mut r: FrameReader<OwnedReadHalf>,
     mut w: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<(Envelope, Waiter)>,
+    traffic: Traffic,
 ) {
     let mut pending: HashMap<u64, Waiter> = HashMap::new();
+    let mut counted = r.bytes_read();
     let err = loop {
         tokio::select! {
             req = rx.recv() => {
                 let Some((env, waiter)) = req else { break LinkError::Closed };
                 pending.insert(env.id, waiter);
-                if let Err(e) = write_frame(&mut w, &env).await { break e; }
+                match write_frame(&mut w, &env).await {
+                    Ok(n) => traffic.sent.inc_by(n as u64),
+                    Err(e) => break e,
+                }
             }
             frame = r.next() => match frame {
                 Ok(Some(env)) => {
+                    traffic.received.inc_by(r.bytes_read() - counted);
+                    counted = r.bytes_read();
                     if let Some(waiter) = pending.remove(&env.id) {
                         let _ = waiter.send(Ok(env.body));
                     }

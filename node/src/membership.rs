@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::{BankConfig, ClusterConfig, NodeConfig, NodeRole, Topology};
-use crate::connection::{auth_key, LinkError, PeerLink};
+use crate::connection::{auth_key, LinkError, PeerLink, Traffic};
 use crate::ids::{NodeId, SessionId};
 use crate::redis_bank::RedisBank;
 use crate::wire::{Body, Item, ItemResult, PullResult};
@@ -194,14 +194,18 @@ pub struct Membership {
     topology: Topology,
     /// The Redis bank, when `[replication.bank]` names one: a peer like the session servers it replaces.
     redis: Option<Arc<Peer>>,
+    /// `node_replication_bytes_total`, labelled per peer as links are made.
+    traffic: prometheus::IntCounterVec,
 }
 
 impl Membership {
     /// Peers start as dead until a heartbeat answers; `probe_all` asks at once when a secondary is needed.
     /// The membership and the receiver of its liveness changes.
+    /// Each link counts its bytes in `traffic` (labels: peer name, direction).
     pub fn new(
         cfg: &ClusterConfig,
         me: &NodeConfig,
+        traffic: prometheus::IntCounterVec,
     ) -> (Membership, tokio::sync::mpsc::UnboundedReceiver<Change>) {
         let (changes, rx) = tokio::sync::mpsc::unbounded_channel();
         let redis = cfg.replication.bank.as_ref().map(|b| {
@@ -219,13 +223,18 @@ impl Membership {
             started: crate::store::now(),
             last_probe_all_ms: AtomicU64::new(0),
             topology: cfg.replication.topology,
+            traffic,
         };
         m.update(cfg);
         (m, rx)
     }
 
     fn new_peer(&self, n: &NodeConfig) -> Arc<Peer> {
-        let link = PeerLink::new(n.repl, &self.me.name, self.key, self.peer_timeout);
+        let traffic = Traffic {
+            sent: self.traffic.with_label_values(&[&n.name, "sent"]),
+            received: self.traffic.with_label_values(&[&n.name, "received"]),
+        };
+        let link = PeerLink::new(n.repl, &self.me.name, self.key, self.peer_timeout, traffic);
         Arc::new(Peer::new(n.clone(), Transport::Link(link)))
     }
 

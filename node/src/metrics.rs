@@ -51,6 +51,9 @@ pub struct Metrics {
     /// `node_replication_batch_seconds{peer}`: round trip of one replication batch to a peer (a Redis bank's
     /// is its command latency), in seconds.
     pub repl_rtt: HistogramVec,
+    /// `node_replication_bytes_total{peer, direction}`: bytes of replication frames on this node's link to a
+    /// peer: `sent` (copies, pulls, heartbeats) and `received` (their answers). Not the Redis bank's traffic.
+    pub repl_bytes: IntCounterVec,
     /// `node_copies{peer}`: sessions owned here with a copy on that peer (per bank member, or the Redis bank).
     pub copies: IntGaugeVec,
     /// `node_replication_auth_failures_total`: replication connections refused.
@@ -108,6 +111,17 @@ impl Metrics {
         )
         .expect("valid");
         registry.register(Box::new(copies.clone())).expect("unique");
+        let repl_bytes = IntCounterVec::new(
+            Opts::new(
+                "node_replication_bytes_total",
+                "Bytes of replication frames on the link to the peer, by direction",
+            ),
+            &["peer", "direction"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(repl_bytes.clone()))
+            .expect("unique");
         let repl_rtt = HistogramVec::new(
             HistogramOpts::new(
                 "node_replication_batch_seconds",
@@ -127,6 +141,7 @@ impl Metrics {
             sessions,
             repl_queue,
             repl_rtt,
+            repl_bytes,
             copies,
             created: counter("node_sessions_created_total", "Sessions created here"),
             reloads: counter(

@@ -118,7 +118,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         Topology::built(r.topology, r.copies).ok_or(ServerError::Topology(r.topology))?;
     let store = Arc::new(Store::default());
     let metrics = Arc::new(Metrics::new());
-    let (members, changes) = Membership::new(&cfg, &me);
+    let (members, changes) = Membership::new(&cfg, &me, metrics.repl_bytes.clone());
     let members = Arc::new(members);
     let replicator = Replicator::new(
         replicator::Settings {

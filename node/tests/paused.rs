@@ -352,7 +352,7 @@ async fn a_secondary_that_stops_answering_heartbeats_is_replaced_after_the_peer_
 #[tokio::test(start_paused = true)]
 async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_and_the_copy_takes_over(
 ) {
-    use node::connection::PeerLink;
+    use node::connection::{PeerLink, Traffic};
     use node::cookie::RoutingCookie;
     use node::ids::{Pair, SessionId};
     use node::session::Session;
@@ -383,6 +383,7 @@ async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_a
         "n2",
         auth_key(SECRET),
         Duration::from_secs(1),
+        Traffic::default(),
     );
     let items = vec![Item::Full { session: s.clone() }];
     let reply = link

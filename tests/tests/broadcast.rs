@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_tests::{wait_until, Cluster, ClusterSpec, User};
+use cluster_tests::{metric_present, wait_until, Cluster, ClusterSpec, User};
 
 /// One user of a load: its client, the increments it had acknowledged, and what went wrong.
 type Shared = Arc<Mutex<(User, i64, Vec<String>)>>;
@@ -49,6 +49,17 @@ fn round_robin_per_request_over_a_group_keeps_sequential_increments_exact() {
         || ["n1", "n2", "n3"].iter().all(|n| c.sessions_held(n) == 1),
     )
     .unwrap();
+    // The owner's copies went out on its link to each member, and came back answered.
+    let owner = &served[0];
+    for peer in ["n1", "n2", "n3"].into_iter().filter(|p| p != owner) {
+        for direction in ["sent", "received"] {
+            let series = format!(
+                "node_replication_bytes_total{{direction=\"{direction}\",peer=\"{peer}\"}}"
+            );
+            let bytes = metric_present(&c.node_url(owner), &series);
+            assert!(bytes > 0.0, "{owner} {direction} no bytes to {peer}");
+        }
+    }
 }
 
 #[test]
