@@ -17,7 +17,8 @@
 use std::collections::BTreeMap;
 
 use node::ids::SessionId;
-
+use node::session::Session;
+use node::store::Role;
 use node::wire::PullResult;
 
 use super::{node_id, Body, Sim, Step, Waiter};
@@ -148,6 +149,57 @@ pub(crate) fn declared_lost(sim: &mut Sim, x: usize, sid: SessionId, asked: &[us
             sid.0, a.trace
         ));
     }
+}
+
+/// After quiescence in a broadcast group (`Sim::quiesce`): a session with a live owner has one, and every
+/// live member holds the owner's copy: the same epoch, version, owner and data, so concurrent writes at
+/// different members were each applied once, in the one order every member holds.
+pub(crate) fn converged(sim: &Sim) -> Result<(), String> {
+    let live: Vec<usize> = (0..sim.nodes.len())
+        .filter(|&i| sim.nodes[i].alive)
+        .collect();
+    for sid in sim.sessions() {
+        let owners: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let e = &sim.nodes[i].entries.get(&sid);
+                e.is_some_and(|e| e.slot.role == Role::Primary && e.slot.session.is_some())
+            })
+            .collect();
+        let Some(&owner) = owners.first() else {
+            continue;
+        };
+        if owners.len() > 1 {
+            return Err(format!(
+                "after quiescence session s{} has owners {owners:?}",
+                sid.0
+            ));
+        }
+        let want = sim.copy(owner, sid).expect("an owner holds the session");
+        let brief = |s: &Session| (s.epoch, s.version, sim.index(s.primary));
+        for &m in live.iter().filter(|&&m| m != owner) {
+            let same = sim.copy(m, sid).is_some_and(|c| {
+                (c.epoch, c.version, c.primary) == (want.epoch, want.version, want.primary)
+                    && c.data == want.data
+            });
+            if !same {
+                return Err(format!(
+                    "after quiescence n{m} holds {:?} of session s{} where its owner n{owner} holds {:?} \
+                     (epoch, version, owner){}",
+                    sim.copy(m, sid).map(brief),
+                    sid.0,
+                    brief(want),
+                    if sim.copy(m, sid).is_some_and(|c| brief(c) == brief(want)) {
+                        ", with other data"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks every invariant after a step; `Err` says which one broke and how.

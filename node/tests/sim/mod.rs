@@ -4,7 +4,10 @@
 //!
 //! - `service`, `replicator`, `takeover`, `membership`: what the node's I/O shell does around each call of
 //!   the core, one function per shell function (named in its doc), written to follow it line by line.
-//! - `check`: the invariants, checked after every step.
+//! - The topology (`Config::topology`): a pair, or one broadcast group of every node; the shell's branches on
+//!   it are mirrored with the real `node::topology::Topology` functions, given the group and holders in the
+//!   node's own view (`membership`).
+//! - `check`: the invariants, checked after every step, and for a broadcast group, the copies after a walk.
 //! - `state`: clients, nodes, entries, messages; `steps`: the faults and steps, and the random choice of one;
 //!   `report`: text for failure reports.
 //! - this file: the cluster itself, applying one step, and small helpers.
@@ -32,8 +35,6 @@ mod takeover;
 use check::History;
 use rng::Rng;
 
-/// The only topology there is.
-pub(crate) const TOPOLOGY: Topology = Topology::Pair;
 /// The read lease a copy grants its primary: no takeover of the copy before it ends.
 pub(crate) const LEASE: Duration = Duration::from_millis(150);
 /// Simulated time per step.
@@ -76,7 +77,7 @@ impl Sim {
     pub(crate) fn new(cfg: Config, seed: u64) -> Sim {
         Sim {
             nodes: (0..cfg.nodes)
-                .map(|_| SimNode::new(cfg.nodes, true))
+                .map(|_| SimNode::new(cfg.nodes, true, 1))
                 .collect(),
             clients: vec![Client::default(); cfg.clients],
             wire: Vec::new(),
@@ -199,6 +200,7 @@ impl Sim {
             Step::Kill { node } => self.kill(node),
             Step::Restart { node } => self.restart(node),
             Step::Wait => {}
+            Step::Share { client, from } => self.share(client, from),
         }
         self.expire_waiters();
         if std::env::var_os("SIM_TRACE").is_some() {
@@ -246,6 +248,41 @@ impl Sim {
                 self.step(Step::Send { from, to })?;
             } else {
                 return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a run: every cut healed, nothing restarted; every live node heartbeats (so views agree and
+    /// re-homing follows) and messages are delivered, in random order, and queues sent until nothing is
+    /// left (at most `limit` steps per round). `Err`: a broken invariant, or no quiet within the limit.
+    pub(crate) fn quiesce(&mut self, limit: usize) -> Result<(), String> {
+        if !self.cuts.is_empty() {
+            self.step(Step::Heal)?;
+        }
+        // A few rounds: a call failing while the first settles (to a node that died since the last step)
+        // changes a view, which the next round's heartbeats set right again.
+        for _ in 0..3 {
+            for node in 0..self.nodes.len() {
+                if self.nodes[node].alive {
+                    self.step(Step::Heartbeat { node })?;
+                }
+            }
+            let mut quiet = false;
+            for _ in 0..limit {
+                if !self.wire.is_empty() {
+                    // Random order: the first message may wait on a lock or a lease the others free.
+                    let id = self.wire[self.rng.below(self.wire.len())].id;
+                    self.step(Step::Deliver { id })?;
+                } else if let Some((from, to)) = self.sendable().first().copied() {
+                    self.step(Step::Send { from, to })?;
+                } else {
+                    quiet = true;
+                    break;
+                }
+            }
+            if !quiet {
+                return Err(format!("not quiet after {limit} steps of delivering"));
             }
         }
         Ok(())

@@ -88,12 +88,12 @@ impl Sim {
             return;
         };
         let lease_until = self.now() + LEASE;
-        let mode = self.cfg.mode;
+        let (mode, topology) = (self.cfg.mode, self.cfg.topology);
         for ((sid, gen, version), result) in sent.into_iter().zip(results) {
             let Some(e) = self.current(x, sid, gen) else {
                 continue;
             };
-            let needed = TOPOLOGY.acks_needed(mode, e.slot.copies.len());
+            let needed = topology.acks_needed(mode, e.slot.copies.len());
             match replicate::on_reply(&mut e.slot, node_id(peer), version, &result, needed) {
                 AfterReply::Acked { durable } => self.update_mark(x, sid, |m| {
                     if let Some(v) = durable {
@@ -109,12 +109,15 @@ impl Sim {
         }
     }
 
-    /// `send_batch`'s error path: every session of the batch re-homed (the peer excluded) or forgotten,
-    /// and the peer marked down (whose change re-homes the rest, as `Replicator::on_change` does).
+    /// `send_items`' error path: the peer marked down, every session of the batch re-homed (the peer
+    /// excluded) or forgotten; then the change re-homes the rest, as `Replicator::on_change` does.
     fn batch_failed(&mut self, x: usize, peer: usize, batch: u64, refused: bool) {
         let Some(sent) = self.end_call(x, peer, batch) else {
             return;
         };
+        // Marked first: a broadcast group's re-homing below copies to the live group, which no longer
+        // includes the peer.
+        let down = self.note_failed(x, peer, refused);
         for (sid, gen, _) in sent {
             let Some(e) = self.current(x, sid, gen) else {
                 continue;
@@ -128,47 +131,70 @@ impl Sim {
                 AfterFailure::Nothing => {}
             }
         }
-        self.mark_failed(x, peer, refused);
+        if down {
+            self.peer_down(x, peer);
+        }
     }
 
     /// `Replicator::rehome`: new copy targets for one primary session (none of `exclude`), full copies to
-    /// the new ones; with no live peer it runs without a copy and its waiting writes are released.
+    /// the new ones; with no live peer it runs without a copy and its waiting writes are released, and with
+    /// fewer copies what the kept ones confirmed may be enough to release them.
     pub(super) fn rehome(&mut self, x: usize, sid: SessionId, exclude: &[usize]) {
-        let has_session = self.nodes[x]
+        let Some(secondary) = self.nodes[x]
             .entries
             .get(&sid)
-            .is_some_and(|e| e.slot.session.is_some());
-        if !has_session {
+            .and_then(|e| e.slot.session.as_ref())
+            .map(|s| s.secondary)
+        else {
             return;
-        }
-        let secondary = self.choose_secondary(x, exclude).map(node_id);
+        };
+        // A broadcast group's session keeps the secondary its cookie names while that one lives.
+        let keep = self.cfg.topology == Topology::Broadcast
+            && secondary.is_some_and(|n| {
+                let n = self.index(n);
+                self.nodes[x].view[n].alive && !exclude.contains(&n)
+            });
+        let secondary = if keep {
+            secondary
+        } else {
+            self.choose_secondary(x, exclude).map(node_id)
+        };
+        let group = self.group(x);
         let e = self.nodes[x].entries.get_mut(&sid).expect("checked above");
         let s = e.slot.session.as_mut().expect("checked above");
         s.secondary = secondary;
         let version = s.version;
-        let targets = TOPOLOGY.copy_targets(s, &[]);
+        let targets = self.cfg.topology.copy_targets(s, &group);
         replicate::retarget(&mut e.slot, &targets);
+        let needed = self
+            .cfg
+            .topology
+            .acks_needed(self.cfg.mode, e.slot.copies.len());
+        let acked = e.slot.copies.iter().map(|c| c.acked);
+        let durable = node::topology::durable(acked, needed, version);
         if targets.is_empty() {
             self.update_mark(x, sid, |m| {
                 m.copied = m.copied.max(version + 1);
                 m.lease_seq += 1;
             });
+        } else if let Some(v) = durable {
+            self.update_mark(x, sid, |m| m.copied = m.copied.max(v + 1));
         }
         for t in targets {
             self.enqueue(x, self.index(t), sid);
         }
     }
 
-    /// `Replicator::rehome_all`: every primary session here whose copy targets match `pred` gets new ones
-    /// (never `avoid` while it looks down).
+    /// `Replicator::rehome_all`: every primary session here whose copies (their peers) match `pred` gets new
+    /// ones (never `avoid` while it looks down).
     pub(super) fn rehome_all(&mut self, x: usize, pred: impl Fn(&[NodeId]) -> bool, avoid: usize) {
         let sids: Vec<SessionId> = self.nodes[x]
             .entries
             .iter()
-            .filter(|(_, e)| e.pulling.is_none() && e.slot.role == Role::Primary)
             .filter(|(_, e)| {
-                let s = e.slot.session.as_ref();
-                s.is_some_and(|s| pred(&TOPOLOGY.copy_targets(s, &[])))
+                let primary = e.slot.role == Role::Primary && e.slot.session.is_some();
+                let peers: Vec<NodeId> = e.slot.copies.iter().map(|c| c.peer).collect();
+                e.pulling.is_none() && primary && pred(&peers)
             })
             .map(|(sid, _)| *sid)
             .collect();
@@ -179,6 +205,26 @@ impl Sim {
                 vec![avoid]
             };
             self.rehome(x, sid, &exclude);
+        }
+    }
+
+    /// `Replicator::resend_all`: `peer` restarted since its last answer and holds nothing, so every primary
+    /// session copied to it is sent in full again.
+    pub(super) fn resend_all(&mut self, x: usize, peer: usize) {
+        let id = node_id(peer);
+        let mut sids = Vec::new();
+        for (sid, e) in &mut self.nodes[x].entries {
+            if e.slot.role != Role::Primary || e.slot.session.is_none() {
+                continue;
+            }
+            if let Some(c) = e.slot.copies.iter_mut().find(|c| c.peer == id) {
+                c.full = true;
+                c.acked = None;
+                sids.push(*sid);
+            }
+        }
+        for sid in sids {
+            self.enqueue(x, peer, sid);
         }
     }
 
@@ -240,8 +286,10 @@ impl Sim {
             Body::Pull {
                 sid,
                 owner_unreachable,
+                min_version,
             } => {
-                let Some(result) = self.serve_pull(m.to, m.from, sid, owner_unreachable) else {
+                let served = self.serve_pull(m.to, m.from, sid, owner_unreachable, min_version);
+                let Some(result) = served else {
                     return; // waits out a lease: the same as arriving later
                 };
                 self.take_msg(id);

@@ -3,16 +3,19 @@
 
 use node::config::ReplicationMode;
 use node::ids::SessionId;
+use node::topology::Topology;
 
 use crate::sim::{node_id, Body, Config, Cookie, Faults, Op, Sim, Step, LEASE, TICK};
 
 /// `nodes` nodes in sync mode, one client, no random faults; the seed only picks secondaries.
 fn cluster(nodes: usize) -> Sim {
     let cfg = Config {
+        topology: Topology::Pair,
         nodes,
         clients: 1,
         mode: ReplicationMode::Sync,
         faults: Faults::NONE,
+        shared: false,
     };
     Sim::new(cfg, 7)
 }

@@ -49,6 +49,14 @@ impl Sim {
         }
     }
 
+    /// Client `client` takes `from`'s current cookie; its own goes to its older ones.
+    pub(super) fn share(&mut self, client: usize, from: usize) {
+        let Some(k) = self.clients[from].cookie else {
+            return;
+        };
+        self.clients[client].take(k);
+    }
+
     /// `SessionService::execute`: locates the session and runs the request. A forward is followed at once;
     /// a takeover by pull goes on as its answers arrive.
     pub(super) fn execute(&mut self, x: usize, req: Request, mut forward_fails: bool) {
@@ -130,7 +138,7 @@ impl Sim {
         }
         let now = self.now();
         let session = Session::new(sid, node_id(x), secondary.map(node_id));
-        let targets = TOPOLOGY.copy_targets(&session, &[]);
+        let targets = self.copy_targets(x, &session);
         let mut slot = Slot::empty(now);
         slot.session = Some(session);
         slot.role = Role::Primary;
@@ -257,15 +265,7 @@ impl Sim {
     fn acknowledge(&mut self, x: usize, w: Waiter) {
         self.stats.acked += 1;
         check::acknowledged(self, x, &w);
-        let c = &mut self.clients[w.client];
-        if c.cookie != Some(w.cookie) {
-            if let Some(old) = c.cookie.replace(w.cookie) {
-                c.older.push(old);
-                if c.older.len() > 4 {
-                    c.older.remove(0);
-                }
-            }
-        }
+        self.clients[w.client].take(w.cookie);
     }
 
     /// Writes waiting longer than the wait limit are answered 503 (they stay applied).

@@ -18,6 +18,20 @@ pub(crate) struct Client {
     pub(crate) older: Vec<Cookie>,
 }
 
+impl Client {
+    /// The client keeps cookie `k` from now on; its last one joins the older ones (the last four are kept).
+    pub(crate) fn take(&mut self, k: Cookie) {
+        if self.cookie != Some(k) {
+            if let Some(old) = self.cookie.replace(k) {
+                self.older.push(old);
+                if self.older.len() > 4 {
+                    self.older.remove(0);
+                }
+            }
+        }
+    }
+}
+
 /// A request on its way through the session service.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Request {
@@ -34,6 +48,8 @@ pub(crate) struct Request {
 pub(crate) struct View {
     pub(crate) alive: bool,
     pub(crate) gone: bool,
+    /// The incarnation the peer's last answer carried (0: none yet): a new one means it restarted.
+    pub(crate) incarnation: u64,
 }
 
 /// A write applied on a primary and waiting for its copies before it is answered (`wait_written`).
@@ -64,6 +80,8 @@ pub(crate) struct Pulling {
     /// A candidate asked this round did not answer (a second time).
     pub(crate) silent: bool,
     pub(crate) owner_unreachable: bool,
+    /// Only a copy this new is taken: the cookie's version, then 0 once every holder said it has none.
+    pub(crate) min_version: u64,
     /// The pull message now awaiting an answer.
     pub(crate) asked: Option<u64>,
     pub(crate) sent_at: Instant,
@@ -85,6 +103,8 @@ pub(crate) struct SimEntry {
 #[derive(Clone, Debug)]
 pub(crate) struct SimNode {
     pub(crate) alive: bool,
+    /// How many times it started: the incarnation its heartbeat answers carry.
+    pub(crate) incarnation: u64,
     pub(crate) entries: BTreeMap<SessionId, SimEntry>,
     /// Sessions that ended here (tombstones).
     pub(crate) ended: BTreeMap<SessionId, u64>,
@@ -99,16 +119,20 @@ pub(crate) struct SimNode {
 }
 
 impl SimNode {
-    /// A node that just started: nothing held; peers alive as its first heartbeats found them.
-    pub(super) fn new(nodes: usize, alive_view: bool) -> SimNode {
+    /// A node that just started (its `incarnation`-th start): nothing held; peers alive (`alive_view`: the
+    /// cluster's first start) as its first heartbeats found them, or not yet seen.
+    pub(super) fn new(nodes: usize, alive_view: bool, incarnation: u64) -> SimNode {
         SimNode {
             alive: true,
+            incarnation,
             entries: BTreeMap::new(),
             ended: BTreeMap::new(),
             view: vec![
                 View {
                     alive: alive_view,
-                    gone: false
+                    gone: false,
+                    // The whole cluster starts at once, each node in its first incarnation.
+                    incarnation: u64::from(alive_view),
                 };
                 nodes
             ],
@@ -134,9 +158,11 @@ pub(crate) enum Body {
         batch: u64,
         results: Vec<ItemResult>,
     },
+    /// A takeover's ask; a holder whose copy is older than `min_version` has nothing to give.
     Pull {
         sid: SessionId,
         owner_unreachable: bool,
+        min_version: u64,
     },
     PullReply {
         pull: u64,

@@ -38,10 +38,15 @@ impl Faults {
 /// The shape of one run.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Config {
+    /// Where copies go: a pair, or one broadcast group of every node (the default `[[nodes]] group`).
+    pub(crate) topology: Topology,
     pub(crate) nodes: usize,
     pub(crate) clients: usize,
     pub(crate) mode: ReplicationMode,
     pub(crate) faults: Faults,
+    /// Clients sometimes take another client's cookie (a second tab of one browser), so that one session has
+    /// writers at several nodes at once.
+    pub(crate) shared: bool,
 }
 
 /// What a client asks of its session.
@@ -103,6 +108,11 @@ pub(crate) enum Step {
     },
     /// Time passes (for hand-written scenarios: a lease runs out).
     Wait,
+    /// Client `client` takes client `from`'s cookie: both write to one session from now on.
+    Share {
+        client: usize,
+        from: usize,
+    },
 }
 
 impl fmt::Display for Step {
@@ -135,6 +145,9 @@ impl fmt::Display for Step {
             Step::Kill { node } => write!(f, "kill n{node}"),
             Step::Restart { node } => write!(f, "restart n{node} empty"),
             Step::Wait => write!(f, "time passes"),
+            Step::Share { client, from } => {
+                write!(f, "client {client} takes client {from}'s cookie")
+            }
         }
     }
 }
@@ -203,13 +216,21 @@ impl Sim {
 
     fn random_request(&mut self, alive: &[usize]) -> Step {
         let client = self.rng.below(self.clients.len());
+        if self.cfg.shared && self.rng.chance(10) {
+            let from = self.rng.below(self.clients.len());
+            if from != client && self.clients[from].cookie.is_some() {
+                return Step::Share { client, from };
+            }
+        }
         let c = &self.clients[client];
         let primary = c.cookie.map(|k| k.primary);
         let older = c.older.len();
-        // The balancer pins a request to the cookie's primary while it looks alive; otherwise (and sometimes
-        // regardless, as a failover would) any node.
+        // In a pair the balancer pins a request to the cookie's primary while it looks alive; otherwise (and
+        // sometimes regardless, as a failover would) any node. A broadcast group is balanced round robin:
+        // any live member serves any request.
+        let pinned = self.cfg.topology == Topology::Pair;
         let node = match primary {
-            Some(p) if self.nodes[p].alive && self.rng.chance(60) => p,
+            Some(p) if pinned && self.nodes[p].alive && self.rng.chance(60) => p,
             _ => self.rng.pick(alive),
         };
         let op = if self.rng.chance(3) {

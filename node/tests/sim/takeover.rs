@@ -21,6 +21,7 @@ impl Sim {
         requester: usize,
         sid: SessionId,
         owner_unreachable: bool,
+        min_version: u64,
     ) -> Option<PullResult> {
         let Some(e) = self.nodes[c].entries.get(&sid) else {
             return Some(if self.nodes[c].ended.contains_key(&sid) {
@@ -35,6 +36,10 @@ impl Sim {
         let Some(s) = e.slot.session.as_ref() else {
             return Some(PullResult::NotFound);
         };
+        if s.version < min_version {
+            // Older than what the client already saw: a copy left behind; a current one is elsewhere.
+            return Some(PullResult::NotFound);
+        }
         let owner = self.index(s.primary);
         let view = PullView {
             role: e.slot.role,
@@ -104,8 +109,11 @@ impl Sim {
             primary: node_id(cookie.primary),
             secondary: cookie.secondary.map(node_id),
         };
-        let candidates = TOPOLOGY
-            .takeover_sources(pair, node_id(x), Vec::new)
+        let holders = self.holders(x);
+        let candidates = self
+            .cfg
+            .topology
+            .takeover_sources(pair, node_id(x), || holders)
             .into_iter()
             .map(|n| self.index(n))
             .collect();
@@ -119,6 +127,7 @@ impl Sim {
             unanswered: Vec::new(),
             silent: false,
             owner_unreachable,
+            min_version: cookie.version,
             asked: None,
             sent_at: now,
         });
@@ -131,8 +140,8 @@ impl Sim {
 
     /// `recover`'s loop: the next candidate that looks alive or answers a probe gets a pull; a busy answer, or
     /// a first failed call, ends the round and starts another (up to `PULL_ROUNDS`, after which the request
-    /// gives up); when every candidate said it has nothing, the session is lost and the client gets a fresh
-    /// one.
+    /// gives up); when every candidate said it has nothing as new as the cookie, another round takes any
+    /// copy; when they said it has nothing at all, the session is lost and the client gets a fresh one.
     fn ask_next(&mut self, x: usize, sid: SessionId) {
         loop {
             let Some(p) = self.pulling(x, sid).cloned() else {
@@ -153,6 +162,7 @@ impl Sim {
                 let body = Body::Pull {
                     sid,
                     owner_unreachable: p.owner_unreachable || !primary_alive,
+                    min_version: p.min_version,
                 };
                 let id = self.new_msg(x, c, body);
                 let now = self.now();
@@ -163,6 +173,12 @@ impl Sim {
             if p.busy && p.round + 1 < PULL_ROUNDS {
                 let p = self.pulling(x, sid).expect("checked above");
                 (p.round, p.next, p.busy, p.silent) = (p.round + 1, 0, false, false);
+                continue;
+            }
+            if !p.busy && !p.silent && p.min_version > 0 && p.round + 1 < PULL_ROUNDS {
+                // Every holder said it has nothing as new as the cookie: settle for the best copy left.
+                let p = self.pulling(x, sid).expect("checked above");
+                (p.round, p.next, p.min_version) = (p.round + 1, 0, 0);
                 continue;
             }
             if p.busy || p.silent {
@@ -228,6 +244,10 @@ impl Sim {
                 e.pulling = None;
                 replicate::install(&mut e.slot, session, cookie_version, now);
                 self.reset_mark(x, sid, version + 1, p.sent_at + LEASE);
+                if self.cfg.topology == Topology::Broadcast {
+                    // The granter keeps its copy; every other live member of the group gets one too.
+                    self.rehome(x, sid, &[]);
+                }
                 self.stats.installs += 1;
                 self.run(x, p.req, sid);
             }
