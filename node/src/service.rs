@@ -165,9 +165,20 @@ impl<A: App> SessionService<A> {
             match (slot.session.as_ref(), slot.role) {
                 (Some(_), Role::Primary) => {}
                 (Some(s), Role::Replica) if named => {
-                    let owner = s.primary;
-                    if may_forward(&call, &unreachable, owner) && self.responsive(owner).await {
-                        owner_elsewhere = Some(owner);
+                    // The copy's owner, else the cookie's primary: a cookie can name a newer owner than a
+                    // copy not yet told of a takeover (async mode), and promoting beside it gives two owners.
+                    let mut live = None;
+                    for o in [s.primary, pair.primary] {
+                        if o != me
+                            && may_forward(&call, &unreachable, o)
+                            && self.responsive(o).await
+                        {
+                            live = Some(o);
+                            break;
+                        }
+                    }
+                    if live.is_some() {
+                        owner_elsewhere = live;
                     } else {
                         stale = self
                             .takeover

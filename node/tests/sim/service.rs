@@ -83,16 +83,19 @@ impl Sim {
                 Some((Role::Primary, _, _)) => return self.run(x, req, sid),
                 Some((Role::Replica, owner, granted_until)) if named => {
                     let owner = self.index(owner);
-                    let forward = req.hops < MAX_HOPS && !unreachable.contains(&owner);
-                    if !(forward && self.responsive(x, owner)) {
+                    // The copy's owner, else the cookie's primary (a newer owner the copy was not told of).
+                    let live = [owner, cookie.primary].into_iter().find(|&o| {
+                        req.hops < MAX_HOPS && !unreachable.contains(&o) && self.responsive(x, o)
+                    });
+                    let Some(live) = live else {
                         // `Takeover::promote` sleeps until the lease this copy granted runs out, unless the
                         // owner is gone; the simulated request stops instead and the client tries later.
                         if !self.nodes[x].view[owner].gone && self.now() < granted_until {
                             return;
                         }
                         return self.promote(x, req, sid);
-                    }
-                    owner
+                    };
+                    live
                 }
                 _ => {
                     if held.is_none() && self.nodes[x].ended.contains_key(&sid) {
