@@ -60,6 +60,8 @@ pub struct Settings {
     pub wait_limit: Duration,
     /// `[session] idle_timeout_s`: a session untouched this long is removed.
     pub idle_timeout: Duration,
+    /// `[replication] min_copies = 2`: no session is made, and no write applied, while it has no copy to go to.
+    pub strict: bool,
 }
 
 /// Request ids this node gives writes that came without one: a random prefix drawn once per process, and a
@@ -296,6 +298,9 @@ impl<A: App> SessionService<A> {
             self.members.probe_all(self.store.len() as u64).await;
             chosen = self.members.choose_copies(sid, &[], copies);
         }
+        if self.settings.strict && found(&chosen) == 0 {
+            return no_copy();
+        }
         let (secondary, also) = chosen;
         let (entry, _) = self.store.get_or_insert(sid);
         let mut slot = entry.slot.lock().await;
@@ -333,6 +338,9 @@ impl<A: App> SessionService<A> {
                 .answer(&call.call, None, Some(s), Applied::Write(o));
             let (sid, version, pair) = (s.id, s.version, pair_of(s));
             let wait = self.replicator.sync() && !slot.copies.is_empty();
+            if self.settings.strict && !wait && !entry.mark().covers(version) {
+                return Ran::Answered(no_copy());
+            }
             drop(slot);
             if wait {
                 if let Some(ran) = self.wait_written(entry, version).await {
@@ -340,6 +348,9 @@ impl<A: App> SessionService<A> {
                 }
             }
             return Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale));
+        }
+        if self.settings.strict && slot.copies.is_empty() && self.app.may_write(&call.call) {
+            return Ran::Answered(no_copy());
         }
         let prepared = match self.app.prepare(&call.call, &call.req, s) {
             Ok(p) => p,
@@ -371,6 +382,11 @@ impl<A: App> SessionService<A> {
                 return Ran::Answered(reply);
             }
         };
+        // The copies may have gone while the app ran.
+        let changes = matches!(change, Change::Patch(_) | Change::Increment(_));
+        if self.settings.strict && changes && slot.copies.is_empty() {
+            return Ran::Answered(no_copy());
+        }
         let limit = self.settings.max_session_bytes;
         let s = slot.session.as_mut().expect("primary slot holds a session");
         let (outcome, mut delta) = match change {
@@ -452,7 +468,8 @@ impl<A: App> SessionService<A> {
             .answer(&call.call, Some(pending), Some(s), Applied::Read);
         let (sid, version, pair) = (s.id, s.version, pair_of(s));
         let m = entry.mark();
-        let need_copy = self.replicator.sync() && !m.covers(version);
+        // With no copy left (`min_copies = 2` keeps `copied` back then), there is nothing to wait for.
+        let need_copy = self.replicator.sync() && !slot.copies.is_empty() && !m.covers(version);
         let need_lease = !slot.copies.is_empty() && m.lease_until <= now();
         if need_copy || need_lease {
             if need_lease {
@@ -656,6 +673,11 @@ fn set_header(r: &mut Reply, name: hyper::header::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         r.headers_mut().append(name, v);
     }
+}
+
+/// `min_copies = 2` and no peer to hold a copy: refused, nothing changed.
+fn no_copy() -> Reply {
+    unavailable("no other node can hold a copy of this session now (`min_copies = 2`); nothing was changed, retry")
 }
 
 /// 503 with `Retry-After: 1`.

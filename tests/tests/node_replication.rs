@@ -419,3 +419,49 @@ fn an_invalid_file_on_reload_is_refused_and_the_node_keeps_serving() {
     assert!(c.log("n1").contains("bogus_key"), "the error names the key");
     assert_eq!(counter(&u.incr(&c.node_url("n1"), "n").unwrap()), 2);
 }
+
+#[test]
+fn with_min_copies_2_a_write_that_cannot_reach_a_copy_is_refused_not_acknowledged_alone() {
+    let mut c = Cluster::start(ClusterSpec {
+        nodes: 2,
+        replication_extra: "min_copies = 2".into(),
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let n1 = c.node_url("n1");
+    let mut u = User::new();
+    for i in 1..=3 {
+        assert_eq!(
+            counter(&u.incr(&n1, "n").unwrap()),
+            i,
+            "with its copy on n2"
+        );
+    }
+    c.kill("n2");
+    // The first write after the kill may be applied before n1 sees n2 gone (then it waits for a copy that never
+    // comes); none is acknowledged, and once n2 is known dead each is refused before it changes anything.
+    for i in 0..5 {
+        let r = u.incr(&n1, "n").unwrap();
+        assert_eq!(r.status, 503, "write {i} with no copy anywhere: {r:?}");
+        assert!(r.headers.contains_key("retry-after"), "{r:?}");
+    }
+    let fresh = User::new().get(&n1).unwrap();
+    assert_eq!(
+        fresh.status, 503,
+        "no session is made with no copy: {fresh:?}"
+    );
+    let read = u.get(&n1).unwrap();
+    assert_eq!(read.status, 200, "reads go on: {read:?}");
+    let shown = read.json()["data"]["n"].as_i64().unwrap();
+    assert!(
+        shown <= 4,
+        "at most the one write applied before n2 was known dead: {shown}"
+    );
+    c.start_node("n2").unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "writes are acknowledged again",
+        || u.incr(&n1, "n").is_ok_and(|r| r.status == 200),
+    )
+    .unwrap();
+}

@@ -171,6 +171,7 @@ pub(super) struct FileReplication {
     pub peer_timeout_ms: u64,
     pub lease_ms: u64,
     pub copies: usize,
+    pub min_copies: usize,
     pub batch: FileBatch,
     pub bank: Option<FileBank>,
 }
@@ -207,6 +208,7 @@ impl Default for FileReplication {
             peer_timeout_ms: 2_000,
             lease_ms: 500,
             copies: 1,
+            min_copies: 1,
             batch: FileBatch::default(),
             bank: None,
         }

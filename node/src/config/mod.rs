@@ -169,6 +169,10 @@ pub struct ReplicationConfig {
     pub topology: Topology,
     /// `copies`: bank members holding each session in the `rss` topology, 1 (default) or 2; 1 in a pair.
     pub copies: usize,
+    /// `min_copies = 2`: a `sync` write is acknowledged only once a copy holds it besides the owner; one that
+    /// has no copy to go to is refused (503, `Retry-After`) instead. Default `false` (`min_copies = 1`): with no
+    /// live peer, writes are acknowledged from the owner's memory alone.
+    pub strict: bool,
     /// Default 500 ms.
     pub heartbeat: Duration,
     /// A peer silent this long is dead; at least twice `heartbeat`, default 2 s.
@@ -630,6 +634,35 @@ secret = "0123456789abcdef0123"
         );
         let pair_two = format!("{GOOD}\n[replication]\ncopies = 2\n");
         assert!(error(&pair_two).contains("need `topology = \"rss\"`"));
+    }
+
+    #[test]
+    fn min_copies_is_1_or_2_and_2_needs_sync_mode_and_a_second_node() {
+        let with = |extra: &str| format!("{GOOD}\n[replication]\n{extra}\n");
+        assert!(
+            !ClusterConfig::from_toml("t.toml", GOOD)
+                .unwrap()
+                .replication
+                .strict
+        );
+        let strict = ClusterConfig::from_toml("t.toml", &with("min_copies = 2")).unwrap();
+        assert!(strict.replication.strict);
+        assert!(
+            error(&with("min_copies = 3")).contains("`replication.min_copies`: 3: expected 1 or 2")
+        );
+        assert!(
+            error(&with("min_copies = 2\nmode = \"async\"")).contains("needs `mode = \"sync\"`")
+        );
+        let alone = GOOD
+            .split("[[nodes]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[nodes]]");
+        let err = error(&format!("{alone}\n[replication]\nmin_copies = 2\n"));
+        assert!(
+            err.contains("needs a second node to hold the copy"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -256,6 +256,21 @@ impl FileReplication {
             .take()
             .map(|b| b.validate(&self, secret))
             .transpose()?;
+        if !(1..=2).contains(&self.min_copies) {
+            return Err(Violation::new(
+                "replication.min_copies",
+                format!(
+                    "{}: expected 1 or 2 (the owner's, and one more)",
+                    self.min_copies
+                ),
+            ));
+        }
+        if self.min_copies == 2 && self.mode == ReplicationMode::Async {
+            return Err(Violation::new(
+                "replication.min_copies",
+                "2 needs `mode = \"sync\"`: in async mode a write is answered before any copy holds it",
+            ));
+        }
         if self.copies == 2 && self.topology != Topology::Rss {
             return Err(Violation::new(
                 "replication.copies",
@@ -278,6 +293,7 @@ impl FileReplication {
             mode: self.mode,
             topology: self.topology,
             copies: self.copies,
+            strict: self.min_copies == 2,
             heartbeat,
             peer_timeout,
             lease: ms("replication.lease_ms", self.lease_ms)?,
@@ -506,6 +522,12 @@ fn check_roles(replication: &ReplicationConfig, nodes: &[NodeConfig]) -> Result<
                     "`{}` needs `[replication] topology = \"rss\"` (this file's is `{}`)",
                     nodes[i].role, replication.topology
                 ),
+            ));
+        }
+        if replication.strict && nodes.len() < 2 {
+            return Err(Violation::new(
+                "replication.min_copies",
+                "2 needs a second node to hold the copy; the file has one",
             ));
         }
         return Ok(());

@@ -55,6 +55,8 @@ pub struct Settings {
     pub peer_timeout: Duration,
     /// `[replication] lease_ms`: how long after a batch was sent its acknowledgement lets the primary serve reads.
     pub lease: Duration,
+    /// `[replication] min_copies = 2`: a write left with no copy to go to is never released as copied.
+    pub strict: bool,
 }
 
 /// Queues, per-peer tasks and re-homing. Cheap to share: every method takes `&self` or `&Arc<Self>`.
@@ -293,9 +295,13 @@ impl Replicator {
         retarget(slot, &targets);
         self.metrics.rehomed.inc();
         if targets.is_empty() {
-            // Nobody to copy to: waiting writes and reads are released (reads need no lease without a copy).
+            // Nobody to copy to: waiting reads are released (they need no lease without a copy), and waiting
+            // writes too unless `min_copies = 2` (then they time out unconfirmed: 503).
+            let strict = self.settings.strict;
             entry.update_mark(|m| {
-                m.copied = m.copied.max(version + 1);
+                if !strict {
+                    m.copied = m.copied.max(version + 1);
+                }
                 m.lease_seq += 1;
             });
         } else {
