@@ -240,6 +240,11 @@ impl Procs {
         self.children.is_running(key)
     }
 
+    /// Waits up to `timeout` for `key` to exit by itself; returns its status (and forgets it), or `None`.
+    pub fn wait_exit(&mut self, key: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.children.wait_exit(key, timeout)
+    }
+
     /// The first child that exited by itself, if any.
     pub fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
         self.children.exited()
