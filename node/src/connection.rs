@@ -1,8 +1,11 @@
 //! Replication connections: frames over TCP, authenticated both ways with the cluster secret at start.
 //!
-//! Handshake (each side proves it knows the secret without sending it):
-//! client `Hello{name, nc}` -> server `Challenge{ns, HMAC(k, "server"|nc|ns)}` -> client checks it and sends
-//! `Proof{HMAC(k, "client"|ns|nc)}` -> server checks it and sends `Welcome`. Anything else closes the connection.
+//! First both sides send a preamble, [`MAGIC`] and [`PROTOCOL_VERSION`]: peers of another version (a rolling
+//! upgrade) are refused by name before any frame is read, never misread. Then the handshake (each side proves
+//! it knows the secret without sending it): client `Hello{name, nc}` -> server `Challenge{ns, HMAC(k,
+//! "server"|nc|ns)}` -> client checks it and sends `Proof{HMAC(k, "client"|ns|nc)}` -> server checks it and
+//! sends `Welcome`. Anything else closes the connection. Every frame after `Welcome` is sealed (`seal`): a
+//! tag per frame under keys of this connection, so nobody without the secret can inject, alter or replay one.
 //!
 //! [`PeerLink`] is the client side towards one peer: request/response calls multiplexed by correlation id over
 //! one connection, re-established on the next call after a failure.
@@ -21,9 +24,28 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::seal::{Direction, Seal};
 use crate::wire::{self, Body, Envelope, FrameError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first bytes either side sends: not an HTTP request, not a frame length any peer would accept.
+pub const MAGIC: [u8; 8] = *b"SRVREPL\0";
+/// The replication protocol this build speaks: 2 added the preamble and sealed frames.
+pub const PROTOCOL_VERSION: u16 = 2;
+const PREAMBLE: usize = MAGIC.len() + 2;
+
+fn preamble() -> [u8; PREAMBLE] {
+    let mut p = [0u8; PREAMBLE];
+    p[..MAGIC.len()].copy_from_slice(&MAGIC);
+    p[MAGIC.len()..].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    p
+}
+
+/// The version a received preamble announces; `None` when it is not one of ours at all.
+fn announced(p: &[u8; PREAMBLE]) -> Option<u16> {
+    (p[..MAGIC.len()] == MAGIC).then(|| u16::from_be_bytes([p[MAGIC.len()], p[MAGIC.len() + 1]]))
+}
 
 /// Why a replication connection or call failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +79,15 @@ pub enum LinkError {
     /// The peer sent a malformed frame.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The peer speaks another replication protocol version (`theirs`), or none of ours (`None`: an older
+    /// release without a preamble, or not a replication peer at all).
+    #[error("peer {addr} speaks replication protocol {}, this node {PROTOCOL_VERSION}: run one release on every node, or upgrade them in turn as the release notes say", theirs.map_or("of no version of ours (an older release, or not a replication peer)".to_string(), |v| format!("version {v}")))]
+    Version {
+        /// The peer's replication address.
+        addr: SocketAddr,
+        /// The version it announced, if any.
+        theirs: Option<u16>,
+    },
     /// A well-formed message that does not fit where it came (e.g. a copy where the handshake's answer belongs).
     #[error("unexpected message: {0}")]
     Unexpected(String),
@@ -66,6 +97,12 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// Whether the peer answered but cannot be a peer of this node: another secret, or another protocol
+    /// version (a configuration or rollout mistake, worth a warning rather than a retry in silence).
+    pub fn is_mismatch(&self) -> bool {
+        matches!(self, LinkError::Auth { .. } | LinkError::Version { .. })
+    }
+
     /// Whether the peer process is certainly not listening (refused or reset at connect): dead at once.
     pub fn is_refused(&self) -> bool {
         match self {
@@ -100,11 +137,12 @@ fn nonce() -> [u8; 32] {
     n
 }
 
-/// Reads whole frames from a stream.
+/// Reads whole frames from a stream; once sealed, checks each frame's tag.
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     read: u64,
+    seal: Option<Seal>,
 }
 
 impl<R: AsyncReadExt + Unpin> FrameReader<R> {
@@ -114,7 +152,32 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(8 * 1024),
             read: 0,
+            seal: None,
         }
+    }
+
+    /// From now on every frame must carry the tag of `seal`.
+    fn seal_with(&mut self, seal: Seal) {
+        self.seal = Some(seal);
+    }
+
+    /// The peer's preamble: the first bytes of the stream.
+    async fn preamble(&mut self) -> Result<[u8; PREAMBLE], LinkError> {
+        while self.buf.len() < PREAMBLE {
+            self.fill().await?;
+        }
+        let p = self.buf.split_to(PREAMBLE);
+        Ok(p[..].try_into().expect("PREAMBLE bytes"))
+    }
+
+    /// Reads more bytes; `Closed` at the end of the stream.
+    async fn fill(&mut self) -> Result<(), LinkError> {
+        let n = self.inner.read_buf(&mut self.buf).await?;
+        self.read += n as u64;
+        if n == 0 {
+            return Err(LinkError::Closed);
+        }
+        Ok(())
     }
 
     /// Bytes read from the stream so far.
@@ -125,7 +188,11 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
     /// The next frame; `Ok(None)` on a clean end of stream. Cancel-safe: bytes read stay in the buffer.
     pub async fn next(&mut self) -> Result<Option<Envelope>, LinkError> {
         loop {
-            if let Some(env) = wire::parse(&mut self.buf)? {
+            let frame = match self.seal.as_mut() {
+                Some(seal) => seal.open(&mut self.buf)?,
+                None => wire::parse(&mut self.buf)?,
+            };
+            if let Some(env) = frame {
                 return Ok(Some(env));
             }
             let n = self.inner.read_buf(&mut self.buf).await?;
@@ -141,7 +208,34 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
     }
 }
 
-/// Writes one frame; returns its length in bytes.
+/// Writes frames to a stream; once sealed, each with its tag.
+pub struct FrameWriter<W> {
+    inner: W,
+    seal: Option<Seal>,
+}
+
+impl<W: AsyncWriteExt + Unpin> FrameWriter<W> {
+    /// Writes `env` as the next frame; returns its length in bytes.
+    ///
+    /// # Errors
+    /// The socket's.
+    pub async fn write(&mut self, env: &Envelope) -> Result<usize, LinkError> {
+        let Some(seal) = self.seal.as_mut() else {
+            return write_frame(&mut self.inner, env).await;
+        };
+        let mut out = BytesMut::new();
+        seal.seal(env, &mut out);
+        self.inner.write_all(&out).await?;
+        Ok(out.len())
+    }
+
+    /// The stream itself, for tests that write raw bytes after the handshake.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+/// Writes one unsealed frame (the handshake's); returns its length in bytes.
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(
     w: &mut W,
     env: &Envelope,
@@ -159,21 +253,26 @@ async fn expect(r: &mut FrameReader<OwnedReadHalf>) -> Result<Body, LinkError> {
     }
 }
 
-/// Client side of the handshake; returns the authenticated halves.
+/// A connection's two halves once the handshake is done: every frame from here on sealed.
+pub type Halves = (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>);
+
+/// Client side of the preamble and handshake; returns the authenticated halves.
 ///
 /// # Errors
-/// [`LinkError::Auth`] when the server does not prove the secret or refuses ours.
+/// [`LinkError::Version`] when the server speaks another protocol version; [`LinkError::Auth`] when it does
+/// not prove the secret or refuses ours.
 pub async fn client_handshake(
     stream: TcpStream,
     me: &str,
     key: &[u8; 32],
-) -> Result<(FrameReader<OwnedReadHalf>, OwnedWriteHalf), LinkError> {
+) -> Result<Halves, LinkError> {
     let addr = stream.peer_addr()?;
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
     let mut r = FrameReader::new(r);
     let nc = nonce();
     let step = async {
+        w.write_all(&preamble()).await?;
         write_frame(
             &mut w,
             &Envelope {
@@ -185,6 +284,15 @@ pub async fn client_handshake(
             },
         )
         .await?;
+        // A server of a release before the preamble reads ours as an oversize frame and closes.
+        let theirs = match r.preamble().await {
+            Ok(p) => announced(&p),
+            Err(LinkError::Closed) => None,
+            Err(e) => return Err(e),
+        };
+        if theirs != Some(PROTOCOL_VERSION) {
+            return Err(LinkError::Version { addr, theirs });
+        }
         let Body::Challenge {
             nonce: ns,
             proof: p,
@@ -212,30 +320,51 @@ pub async fn client_handshake(
         )
         .await?;
         match expect(&mut r).await? {
-            Body::Welcome => Ok(()),
+            Body::Welcome => Ok(ns),
             Body::Refused { reason } => Err(LinkError::Auth { addr, reason }),
             other => Err(LinkError::Unexpected(format!("{other:?}"))),
         }
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
+    let ns = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
         .await
         .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
+    r.seal_with(Seal::new(key, Direction::ToClient, &nc, &ns));
+    let w = FrameWriter {
+        inner: w,
+        seal: Some(Seal::new(key, Direction::ToServer, &nc, &ns)),
+    };
     Ok((r, w))
 }
 
-/// Server side of the handshake; returns the halves and the name the client gave.
+/// Server side of the preamble and handshake; returns the halves and the name the client gave.
 ///
 /// # Errors
-/// [`LinkError::Auth`] when the client does not prove the secret (it is told so before the close).
+/// [`LinkError::Version`] when the client speaks another protocol version (it is sent ours first, so it
+/// can say so too); [`LinkError::Auth`] when it does not prove the secret (it is told so before the close).
 pub async fn server_handshake(
     stream: TcpStream,
     key: &[u8; 32],
-) -> Result<(FrameReader<OwnedReadHalf>, OwnedWriteHalf, String), LinkError> {
+) -> Result<
+    (
+        FrameReader<OwnedReadHalf>,
+        FrameWriter<OwnedWriteHalf>,
+        String,
+    ),
+    LinkError,
+> {
     let addr = stream.peer_addr()?;
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
     let mut r = FrameReader::new(r);
     let step = async {
+        let theirs = announced(&r.preamble().await?);
+        if theirs.is_some() {
+            // Ours goes out even to a client of another version, so that it can name the mismatch too.
+            w.write_all(&preamble()).await?;
+        }
+        if theirs != Some(PROTOCOL_VERSION) {
+            return Err(LinkError::Version { addr, theirs });
+        }
         let Body::Hello { node, nonce: nc } = expect(&mut r).await? else {
             return Err(LinkError::Auth {
                 addr,
@@ -284,11 +413,16 @@ pub async fn server_handshake(
             },
         )
         .await?;
-        Ok(node)
+        Ok((node, nc, ns))
     };
-    let node = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
+    let (node, nc, ns) = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
         .await
         .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
+    r.seal_with(Seal::new(key, Direction::ToServer, &nc, &ns));
+    let w = FrameWriter {
+        inner: w,
+        seal: Some(Seal::new(key, Direction::ToClient, &nc, &ns)),
+    };
     Ok((r, w, node))
 }
 
@@ -418,7 +552,7 @@ impl PeerLink {
 
 async fn run_link(
     mut r: FrameReader<OwnedReadHalf>,
-    mut w: OwnedWriteHalf,
+    mut w: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<(Envelope, Waiter)>,
     traffic: Traffic,
 ) {
@@ -429,7 +563,7 @@ async fn run_link(
             req = rx.recv() => {
                 let Some((env, waiter)) = req else { break LinkError::Closed };
                 pending.insert(env.id, waiter);
-                match write_frame(&mut w, &env).await {
+                match w.write(&env).await {
                     Ok(n) => traffic.sent.inc_by(n as u64),
                     Err(e) => break e,
                 }

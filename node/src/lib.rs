@@ -18,11 +18,13 @@
 //! - `replicate`: the replication core (pure: cursors, items, answers, grant and promote) and its replicator
 //!   (per-peer queues and tasks, re-homing).
 //! - `wire`: replication frames: pure codec, whole-frame check then parse.
-//! - `connection`: framed, authenticated replication connections over TCP.
+//! - `seal`: frame integrity after the handshake: a tag per frame over its sequence number (pure).
+//! - `connection`: framed, authenticated replication connections over TCP: protocol preamble, handshake,
+//!   then sealed frames.
 //! - `peer_server`: the replication port: heartbeats, copies and pulls from peers.
 //! - `membership`: peers, heartbeats, liveness and load; secondary choice.
-//! - `redis_bank`: a Redis or Valkey server as the bank: versioned compare-and-set writes, TTL, timeouts
-//!   (the store's side; not yet wired into replication).
+//! - `redis_bank`: a Redis or Valkey server as the bank: versioned compare-and-set writes in Lua scripts,
+//!   TTL, timeouts; to the node, one more bank member.
 //! - `takeover`: recovering a session this node does not host, and granting one to another node.
 //! - `forward`: relaying a request to the session's live owner.
 //! - `metrics`: Prometheus counters and gauges.
@@ -54,6 +56,8 @@ pub mod peer_server;
 pub mod redis_bank;
 #[cfg(feature = "server")]
 pub mod replicate;
+#[cfg(feature = "server")]
+pub mod seal;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

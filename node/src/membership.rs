@@ -379,7 +379,12 @@ impl Membership {
             Err(e) if e.is_refused() => self.mark_gone(id),
             Err(e) => {
                 let misses = p.misses.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::debug!(peer = %p.cfg.name, misses, error = %e, "heartbeat missed");
+                if misses == 1 && e.is_mismatch() {
+                    // Not a network blip: the peer runs with another secret or release; say so once per streak.
+                    tracing::warn!(peer = %p.cfg.name, error = %e, "peer refused: it cannot join this cluster as configured");
+                } else {
+                    tracing::debug!(peer = %p.cfg.name, misses, error = %e, "heartbeat missed");
+                }
                 if self.heartbeat * misses >= self.peer_timeout {
                     self.mark_dead(id);
                 }

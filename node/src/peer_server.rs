@@ -9,13 +9,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::connection::{server_handshake, write_frame, LinkError};
+use crate::connection::{server_handshake, LinkError};
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::replicate;
 use crate::store::{now, Store};
 use crate::takeover::Takeover;
-use crate::wire::{Body, Envelope, Item, ItemResult};
+use crate::wire::{Body, Envelope, FrameError, Item, ItemResult};
 
 /// Answers peers on the replication port.
 pub struct PeerServer {
@@ -50,9 +50,13 @@ impl PeerServer {
 
     fn log_error(&self, addr: SocketAddr, e: &LinkError) {
         match e {
-            LinkError::Auth { .. } => {
+            LinkError::Auth { .. } | LinkError::Version { .. } => {
                 self.metrics.auth_failures.inc();
                 warn!(%addr, error = %e, "replication connection refused");
+            }
+            LinkError::Frame(FrameError::Forged) => {
+                self.metrics.frame_errors.inc();
+                warn!(%addr, error = %e, "replication frame failed authentication: connection closed");
             }
             LinkError::Frame(_) => {
                 self.metrics.frame_errors.inc();
@@ -72,7 +76,7 @@ impl PeerServer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
         let write_task = tokio::spawn(async move {
             while let Some(env) = rx.recv().await {
-                if write_frame(&mut writer, &env).await.is_err() {
+                if writer.write(&env).await.is_err() {
                     break;
                 }
             }

@@ -11,7 +11,8 @@ use crate::session::{Delta, Session};
 
 /// Largest frame accepted; a peer announcing more is cut off.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-const HEADER: usize = 4;
+/// Bytes of a frame's length prefix.
+pub const HEADER: usize = 4;
 
 /// Why bytes on a replication connection were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub enum FrameError {
         /// The announced length, in bytes.
         len: usize,
     },
+    /// A sealed frame's tag does not check out (`seal`): forged, altered, replayed or out of order.
+    #[error("frame failed authentication")]
+    Forged,
     /// The frame's bytes are not a postcard [`Envelope`].
     #[error("frame does not decode: {reason}")]
     Malformed {
@@ -264,11 +268,17 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Envelope>, FrameError> {
         return Ok(None);
     };
     let frame = buf.split_to(total);
-    postcard::from_bytes(&frame[HEADER..])
-        .map(Some)
-        .map_err(|e| FrameError::Malformed {
-            reason: e.to_string(),
-        })
+    decode(&frame[HEADER..]).map(Some)
+}
+
+/// Decodes one frame's payload (the bytes after its length).
+///
+/// # Errors
+/// [`FrameError::Malformed`] when they are not an [`Envelope`].
+pub fn decode(payload: &[u8]) -> Result<Envelope, FrameError> {
+    postcard::from_bytes(payload).map_err(|e| FrameError::Malformed {
+        reason: e.to_string(),
+    })
 }
 
 /// Appends `env` as one frame.

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use node::config::builder::NodeEntry;
 use node::config::{ClusterConfig, ClusterFile, ReplicationMode};
-use node::connection::{auth_key, server_handshake, write_frame};
+use node::connection::{auth_key, server_handshake};
 use node::cookie::CookieCodec;
 use node::server::{self, Listeners, Running};
 use node::wire::{Body, Envelope, ItemResult};
@@ -287,10 +287,7 @@ fn muteable_peer(listener: TcpListener, mute: Arc<AtomicBool>) {
                             message: "no".into(),
                         },
                     };
-                    if write_frame(&mut w, &Envelope { id: env.id, body })
-                        .await
-                        .is_err()
-                    {
+                    if w.write(&Envelope { id: env.id, body }).await.is_err() {
                         return;
                     }
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_tests::{wait_until, Cluster, ClusterSpec, User};
-use node::connection::{auth_key, server_handshake, write_frame};
+use node::connection::{auth_key, server_handshake};
 use node::wire::{Body, Envelope, ItemResult};
 
 /// A replication peer on `addr` that answers heartbeats and, while `stubborn` is set, asks for the full session
@@ -55,10 +55,7 @@ fn stubborn_peer(
                             message: "not served here".into(),
                         },
                     };
-                    if write_frame(&mut writer, &Envelope { id: env.id, body })
-                        .await
-                        .is_err()
-                    {
+                    if writer.write(&Envelope { id: env.id, body }).await.is_err() {
                         return;
                     }
                 }

@@ -343,8 +343,8 @@ fn malformed_frames_on_the_replication_port_leave_the_node_and_its_sessions_unha
             let (_r, mut w) = node::connection::client_handshake(stream, "fuzzer", &key)
                 .await
                 .unwrap();
-            let _ = w.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await;
-            let _ = w.write_all(&[0xff; 64]).await;
+            let _ = w.get_mut().write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await;
+            let _ = w.get_mut().write_all(&[0xff; 64]).await;
         });
     }
     for n in ["n1", "n2", "n3"] {
@@ -464,4 +464,122 @@ fn with_min_copies_2_a_write_that_cannot_reach_a_copy_is_refused_not_acknowledge
         || u.incr(&n1, "n").is_ok_and(|r| r.status == 200),
     )
     .unwrap();
+}
+
+/// Writes `send` to the replication port at `repl` and returns every byte that came back before the node
+/// closed the connection (waiting at most 3 s).
+fn exchange_raw(repl: std::net::SocketAddr, send: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(repl).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(send).unwrap();
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    back
+}
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_by_name_and_the_node_stays_up() {
+    use node::connection::{MAGIC, PROTOCOL_VERSION};
+    use node::wire::{Body, Envelope};
+    let c = Cluster::start(ClusterSpec {
+        nodes: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let repl = c.node("n1").repl;
+    // A release speaking version 1: it is told ours (so it can name the mismatch too), then the node closes.
+    let mut v1 = MAGIC.to_vec();
+    v1.extend(1u16.to_be_bytes());
+    let back = exchange_raw(repl, &v1);
+    let mut ours = MAGIC.to_vec();
+    ours.extend(PROTOCOL_VERSION.to_be_bytes());
+    assert_eq!(back, ours, "our preamble and nothing more");
+    // A release from before the preamble opens with its Hello frame: nothing is read as a frame.
+    let mut hello = bytes::BytesMut::new();
+    let body = Body::Hello {
+        node: "old".into(),
+        nonce: [7; 32],
+    };
+    node::wire::encode(&Envelope { id: 0, body }, &mut hello);
+    assert!(exchange_raw(repl, &hello).is_empty(), "closed unanswered");
+    wait_until(Duration::from_secs(5), "both refusals logged", || {
+        let log = c.log("n1");
+        log.contains("speaks replication protocol version 1")
+            && log.contains("of no version of ours")
+    })
+    .unwrap();
+    assert!(metric(&c.node_url("n1"), "node_replication_auth_failures_total") >= 2.0);
+    cluster_tests::wait_http_ok(
+        &format!("{}/_node/health", c.node_url("n1")),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_frame_forged_after_the_handshake_is_refused_and_changes_nothing() {
+    use node::wire::{Body, Envelope, Item};
+    let c = Cluster::start(ClusterSpec::default()).unwrap();
+    let mut u = User::new();
+    for _ in 0..3 {
+        u.incr(&c.node_url("n1"), "n").unwrap();
+    }
+    let r = u.get(&c.node_url("n1")).unwrap();
+    let sid = u128::from_str_radix(r.json()["id"].as_str().unwrap(), 16).unwrap();
+    let secondary = r.json()["secondary"].as_str().unwrap().to_string();
+    let repl = c.node(&secondary).repl;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let forged = Envelope {
+        id: 1,
+        body: Body::Batch {
+            from: node::ids::NodeId::new(1 << 50).unwrap(),
+            items: vec![Item::Remove {
+                sid: node::ids::SessionId(sid),
+                epoch: 1 << 40,
+            }],
+        },
+    };
+    let answered = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
+        let key = node::connection::auth_key("test-secret-0123456789abcdef");
+        let (mut r, mut w) = node::connection::client_handshake(stream, "forger", &key)
+            .await
+            .unwrap();
+        // Well-formed, after a real handshake, but without the connection's seal: what an on-path attacker
+        // who cannot know the keys would inject into it.
+        let mut frame = bytes::BytesMut::new();
+        node::wire::encode(&forged, &mut frame);
+        w.get_mut().write_all(&frame).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(3), r.next()).await;
+        matches!(next, Ok(Ok(Some(_))))
+    });
+    assert!(!answered, "the forged batch got no answer");
+    wait_until(
+        Duration::from_secs(5),
+        "the forged frame to be logged",
+        || {
+            c.log(&secondary)
+                .contains("replication frame failed authentication")
+        },
+    )
+    .unwrap();
+    assert!(
+        metric(
+            &c.node_url(&secondary),
+            "node_replication_frame_errors_total"
+        ) >= 1.0
+    );
+    let copy = reqwest::blocking::get(format!(
+        "{}/_node/sessions/{}",
+        c.node_url(&secondary),
+        r.json()["id"].as_str().unwrap()
+    ))
+    .unwrap();
+    assert_eq!(copy.status(), 200, "the copy is still there");
+    assert_eq!(counter(&u.incr(&c.node_url("n1"), "n").unwrap()), 4);
 }
