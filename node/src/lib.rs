@@ -27,6 +27,7 @@
 //!   TTL, timeouts; to the node, one more bank member.
 //! - `takeover`: recovering a session this node does not host, and granting one to another node.
 //! - `forward`: relaying a request to the session's live owner.
+//! - `drain`: migrate-then-drain: a draining node hands every session it owns to another web node.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `server`: wiring only: builds the parts, starts listeners and tasks, reload, graceful shutdown.
 
@@ -42,6 +43,8 @@ pub mod body;
 pub mod builtin;
 #[cfg(feature = "server")]
 pub mod connection;
+#[cfg(feature = "server")]
+pub mod drain;
 #[cfg(feature = "server")]
 pub mod forward;
 #[cfg(feature = "server")]

@@ -142,6 +142,27 @@ impl Peer {
         }
     }
 
+    /// Asks the peer to take session `sid` over from `from`, a draining node (it pulls it from there).
+    ///
+    /// # Errors
+    /// [`LinkError`]; a Redis bank takes no sessions over.
+    pub async fn adopt(
+        &self,
+        sid: SessionId,
+        from: NodeId,
+        timeout: Duration,
+    ) -> Result<bool, LinkError> {
+        let Transport::Link(link) = &self.transport else {
+            return Err(LinkError::Unexpected(
+                "a Redis bank owns no sessions".into(),
+            ));
+        };
+        match link.call(Body::Adopt { sid, from }, timeout).await? {
+            Body::Adopted { taken } => Ok(taken),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     fn load(&self) -> u64 {
         self.load.load(Ordering::Relaxed) + self.assigned.load(Ordering::Relaxed)
     }
@@ -427,6 +448,39 @@ impl Membership {
             return Vec::new();
         }
         self.ids_where(|p| p.is_alive() && self.in_my_group(p))
+    }
+
+    /// Where a draining node sends session `sid`: its `secondary` when that one qualifies (it holds the
+    /// session already), else the choice [`pick_secondary`] makes among the qualified. Qualified: a live web
+    /// node that is not draining, of this node's group in a broadcast topology. `None` when none is.
+    pub fn heir(&self, sid: SessionId, secondary: Option<NodeId>) -> Option<NodeId> {
+        let peers = self.read();
+        let qualifies = |p: &Peer| {
+            p.is_alive()
+                && p.cfg.role == NodeRole::Web
+                && !p.cfg.drain
+                && (!self.is_broadcast() || self.in_my_group(p))
+        };
+        if let Some(s) = secondary
+            .and_then(|s| peers.get(&s))
+            .filter(|p| qualifies(p))
+        {
+            return Some(s.cfg.id);
+        }
+        let candidates: Vec<Candidate<'_>> = peers
+            .values()
+            .filter(|p| qualifies(p))
+            .map(|p| Candidate {
+                node: &p.cfg,
+                load: p.load(),
+            })
+            .collect();
+        pick_secondary(&self.me, &candidates, sid)
+    }
+
+    /// The peers whose `[[nodes]]` entry says `drain = true`, in id order.
+    pub fn draining(&self) -> Vec<NodeId> {
+        self.ids_where(|p| p.cfg.drain)
     }
 
     /// The ids of the peers `pred` accepts, in id order.

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub promotions: IntCounter,
     /// `node_pulls_granted_total`: sessions handed to another node on its request.
     pub pulls_granted: IntCounter,
+    /// `node_sessions_adopted_total`: sessions taken over from a draining node at its request.
+    pub adopted: IntCounter,
+    /// `node_drain_sessions_left`: sessions this node still owns while it drains (0 when not draining).
+    pub drain_left: IntGauge,
     /// `node_forwards_total`: requests forwarded to the session's live owner.
     pub forwards: IntCounter,
     /// `sessions_lost_total`: sessions whose every copy was gone, replaced by a fresh session.
@@ -97,6 +101,14 @@ impl Metrics {
         registry
             .register(Box::new(sessions.clone()))
             .expect("unique");
+        let drain_left = IntGauge::new(
+            "node_drain_sessions_left",
+            "Sessions this node still owns while it drains (0 when not draining)",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(drain_left.clone()))
+            .expect("unique");
         let repl_queue = IntGauge::new(
             "node_replication_queue_depth",
             "Sessions waiting to be copied",
@@ -164,6 +176,11 @@ impl Metrics {
                 "node_pulls_granted_total",
                 "Sessions handed to another node on its request",
             ),
+            adopted: counter(
+                "node_sessions_adopted_total",
+                "Sessions taken over from a draining node at its request",
+            ),
+            drain_left,
             forwards: counter(
                 "node_forwards_total",
                 "Requests forwarded to the session's live owner",

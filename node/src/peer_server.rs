@@ -126,6 +126,9 @@ impl PeerServer {
                     .serve_pull(sid, requester, owner_unreachable, min_version)
                     .await,
             },
+            Body::Adopt { sid, from } => Body::Adopted {
+                taken: self.takeover.adopt(sid, from).await,
+            },
             _ => Body::Error {
                 message: "not a request".into(),
             },

@@ -16,6 +16,7 @@ use crate::builtin::BuiltinApi;
 use crate::config::{self, ClusterConfig, NodeConfig};
 use crate::connection::auth_key;
 use crate::cookie::CookieCodec;
+use crate::drain::Drain;
 use crate::forward::Forwarder;
 use crate::http::HttpFront;
 use crate::membership::{Change, Membership};
@@ -99,10 +100,14 @@ pub struct Running {
     pairs: Arc<RwLock<Arc<crate::ids::PairTable>>>,
     replicator: Arc<Replicator>,
     metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
+
+/// Sessions a draining node hands over per second.
+const DRAIN_RATE: u32 = 500;
 
 /// Builds node `name` of `cfg` on `listeners` and starts every task; returns once serving.
 ///
@@ -157,8 +162,18 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         metrics: metrics.clone(),
         takeover: takeover.clone(),
     });
+    let drain = Arc::new(Drain::new(
+        me.id,
+        store.clone(),
+        members.clone(),
+        metrics.clone(),
+        DRAIN_RATE,
+        r.peer_timeout * 2 + r.lease,
+    ));
+    drain.set(me.drain);
     let (stop, stopped) = watch::channel(false);
     let mut background = vec![
+        tokio::spawn(drain.clone().run()),
         tokio::spawn(watch_changes(replicator.clone(), changes)),
         tokio::spawn(peers.serve(listeners.repl)),
         tokio::spawn(heartbeats(members.clone(), store.clone(), r.heartbeat)),
@@ -205,6 +220,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         pairs,
         replicator,
         metrics,
+        drain,
         stop,
         http,
         background,
@@ -356,7 +372,14 @@ impl Running {
         if !self.shape.allows(&cfg) {
             return Err(ServerError::Reshaped);
         }
+        let draining_before = self.members.draining();
         let (added, removed) = self.members.update(&cfg);
+        self.drain.set(me.drain);
+        for id in self.members.draining() {
+            if !draining_before.contains(&id) {
+                self.replicator.move_copies_off(id);
+            }
+        }
         *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.pairs.clone());
         for id in &added {
             self.replicator.add_peer(*id);

@@ -315,6 +315,47 @@ impl Takeover {
         Ok(PullResult::Busy)
     }
 
+    /// Takes session `sid` over from `from`, a draining node that asked (migrate-then-drain): pulls it like a
+    /// takeover from a live owner, then moves its copies off `from`. Returns whether it is owned here now
+    /// (already, or just now); `false` when `from` did not grant it (busy, or no longer its owner).
+    pub async fn adopt(&self, sid: SessionId, from: NodeId) -> bool {
+        let (entry, _) = self.store.get_or_insert(sid);
+        // The session's turn: no request of it runs here while it changes hands.
+        let _turn = entry.turn.lock().await;
+        let mut slot = entry.slot.lock().await;
+        if slot.role == Role::Primary && slot.session.is_some() {
+            return true;
+        }
+        let Some(peer) = self.members.peer(from) else {
+            return false;
+        };
+        let ask = Body::Pull {
+            sid,
+            requester: self.me,
+            owner_unreachable: false,
+            min_version: 0,
+        };
+        let sent_at = now();
+        let answer = peer.pull(ask, self.peer_timeout + self.lease).await;
+        let Ok(PullResult::Granted { session }) = answer else {
+            drop(slot);
+            if let Ok(slot) = entry.slot.try_lock() {
+                if slot.is_vacant() {
+                    self.store.remove(&entry);
+                }
+            }
+            return false;
+        };
+        let version = session.version;
+        replicate::install(&mut slot, session, 0, now());
+        entry.reset_mark(version + 1, sent_at + self.lease);
+        // The granter kept a copy as secondary; it is leaving, so the copies go elsewhere.
+        self.replicator.rehome(&entry, &mut slot, &[from]);
+        self.metrics.adopted.inc();
+        info!(session = %sid.log_hash(), from = %peer.cfg.name, version, "session adopted from a draining node");
+        true
+    }
+
     /// Promotes the local copy (held in `slot`, role replica, its primary dead or unreachable) to primary:
     /// waits out the old primary's lease, raises the epoch, picks new copies and queues full copies.
     /// Returns whether the copy is older than the client's cookie.

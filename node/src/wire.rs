@@ -118,6 +118,19 @@ pub enum Body {
         /// Granted, or why not.
         result: PullResult,
     },
+    /// A draining node asks a peer to take one of its sessions over now (migrate-then-drain): the peer pulls
+    /// it from the sender, as in a takeover.
+    Adopt {
+        /// The session to take.
+        sid: SessionId,
+        /// The draining node that owns it.
+        from: NodeId,
+    },
+    /// Answer to `Adopt`.
+    Adopted {
+        /// The session is the answerer's now.
+        taken: bool,
+    },
     /// The request was not one the server answers.
     Error {
         /// What was wrong, for logs.

@@ -232,6 +232,8 @@ fn body() -> impl Strategy<Value = Body> {
             }
         ),
         pull_result().prop_map(|result| Body::PullReply { result }),
+        (session_id(), node_id()).prop_map(|(sid, from)| Body::Adopt { sid, from }),
+        any::<bool>().prop_map(|taken| Body::Adopted { taken }),
         ".{0,32}".prop_map(|message| Body::Error { message }),
     ]
 }
@@ -250,6 +252,8 @@ fn has_a_strategy(b: &Body) -> bool {
         | Body::BatchReply { .. }
         | Body::Pull { .. }
         | Body::PullReply { .. }
+        | Body::Adopt { .. }
+        | Body::Adopted { .. }
         | Body::Error { .. } => true,
     }
 }

@@ -257,6 +257,16 @@ impl Replicator {
         }
     }
 
+    /// Moves the copies held by `peer`, which started draining, to other peers (in the background), so that it
+    /// can be stopped without leaving sessions with no copy. A broadcast group keeps copies on every member.
+    pub fn move_copies_off(self: &Arc<Self>, peer: NodeId) {
+        if self.settings.topology == Topology::Broadcast {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.rehome_all(move |c| copies_to(c, peer), peer).await });
+    }
+
     /// Gives every primary session whose copies match `pred` new ones (never `avoid` while it is down) and
     /// queues full copies; runs in the background, one session lock at a time.
     async fn rehome_all(self: Arc<Self>, pred: impl Fn(&[Cursor]) -> bool, avoid: NodeId) {
