@@ -1,10 +1,12 @@
 //! The admin listener (`[lb] admin`): `GET /metrics` (Prometheus text), `GET /status` (JSON), `POST /reload`.
-//! Keep it off public interfaces: it can reload the config.
+//! Keep it off public interfaces: it can reload the config. With `[lb] admin_token` set, every request needs
+//! `Authorization: Bearer <token>` (401 otherwise); the token is read from the live config, so a reload rotates it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
+use node::config::Secret;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
@@ -108,10 +110,54 @@ impl Admin {
     }
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1), compared in
+/// constant time.
+fn authorized(headers: &HeaderMap, token: &Secret) -> bool {
+    headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|v| {
+            let v = v.as_bytes();
+            let scheme = b"bearer ";
+            v.len() > scheme.len()
+                && v[..scheme.len()].eq_ignore_ascii_case(scheme)
+                && token.matches(v[scheme.len()..].trim_ascii())
+        })
+}
+
+/// 401 with the challenge RFC 6750 asks for.
+fn unauthorized() -> Response<Vec<u8>> {
+    let mut r = reply(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        b"authorization required: Authorization: Bearer <[lb] admin_token>\n".to_vec(),
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"lb admin\""),
+    );
+    r
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let refused = self.membership.with_topology(|t| {
+            t.cfg
+                .lb
+                .admin_token
+                .as_ref()
+                .is_some_and(|token| !authorized(&req.headers, token))
+        });
+        if refused {
+            // Debug level: a scan of the listener must not flood the log.
+            tracing::debug!(
+                path = req.uri.path(),
+                "admin request without a valid token: 401"
+            );
+            return unauthorized();
+        }
         match (&req.method, req.uri.path()) {
             (&Method::GET, "/metrics") => self.metrics(),
             (&Method::GET, "/status") => self.status(),
@@ -148,4 +194,55 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .header(http::header::CACHE_CONTROL, "no-store")
         .body(body)
         .expect("static parts form a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(http::header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_the_bearer_token_itself_is_authorized() {
+        let token = Secret::new("0123456789abcdef-admin");
+        assert!(authorized(
+            &headers(&["Bearer 0123456789abcdef-admin"]),
+            &token
+        ));
+        assert!(authorized(
+            &headers(&["bearer 0123456789abcdef-admin"]),
+            &token
+        ));
+        assert!(authorized(
+            &headers(&["Basic eDp5", "Bearer 0123456789abcdef-admin"]),
+            &token
+        ));
+        for bad in [
+            "Bearer 0123456789abcdef-admiN",
+            "Bearer 0123456789abcdef",
+            "Bearer ",
+            "Bearer",
+            "0123456789abcdef-admin",
+            "Basic 0123456789abcdef-admin",
+        ] {
+            assert!(!authorized(&headers(&[bad]), &token), "{bad}");
+        }
+        assert!(!authorized(&HeaderMap::new(), &token));
+    }
+
+    #[test]
+    fn a_refusal_asks_for_a_bearer_token() {
+        let r = unauthorized();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers()[http::header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+    }
 }

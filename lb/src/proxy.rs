@@ -101,6 +101,30 @@ fn needs_request_id(method: &http::Method) -> bool {
     )
 }
 
+/// Whether `name` is a sidecar header (`X-Session*`) a client must not send on, `token` (`[cookie] header`)
+/// excepted.
+fn sidecar_header(name: &HeaderName, token: Option<&str>) -> bool {
+    name.as_str()
+        .starts_with(node::config::SIDECAR_HEADER_PREFIX)
+        && Some(name.as_str()) != token
+}
+
+/// Removes every sidecar header but `token`. Looks before it allocates: almost no request has one.
+fn strip_sidecar_headers(req: &mut RequestHeader, token: Option<&str>) {
+    if !req.headers.keys().any(|k| sidecar_header(k, token)) {
+        return;
+    }
+    let names: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| sidecar_header(k, token))
+        .cloned()
+        .collect();
+    for n in names {
+        req.remove_header(&n);
+    }
+}
+
 /// The request's tracing span, built only when something is about to be logged in it: creating a span per
 /// request costs as much as a tenth of the whole proxying when the level is enabled. It carries what was known
 /// at that point (the session's log hash, the node last chosen, the outcome), as a span recorded along the way
@@ -287,6 +311,14 @@ impl ProxyHttp for Lb {
         if upstream_request.headers.contains_key(&HOP) {
             upstream_request.remove_header(&HOP);
         }
+        // The sidecar headers are what a node tells its app about the session (and the app the node): a
+        // client's copy could pass as the node's. The session token header may share the prefix: it is the
+        // client's own.
+        let token = ctx
+            .topology
+            .as_ref()
+            .and_then(|t| t.cfg.cookie.header.as_deref());
+        strip_sidecar_headers(upstream_request, token);
         // Only the balancer names requests: a copy the client sent never reaches a node.
         if !needs_request_id(&upstream_request.method) {
             if upstream_request.headers.contains_key(&REQUEST_ID) {
@@ -538,6 +570,33 @@ mod tests {
             assert!(needs_request_id(&m), "{m}");
         }
         assert!(needs_request_id(&Method::from_bytes(b"PURGE").unwrap()));
+    }
+
+    #[test]
+    fn every_sidecar_header_of_a_client_is_stripped_but_the_session_token_header() {
+        let mut req = RequestHeader::build("GET", b"/cart", None).unwrap();
+        for (k, v) in [
+            ("X-Session", "{\"admin\":true}"),
+            ("x-session-id", "0000"),
+            ("X-Session-Version", "9"),
+            ("x-session-patch", "{}"),
+            ("x-session-whatever", "1"),
+            ("x-session-token", "tok"),
+            ("x-sessions", "not ours either"),
+            ("cookie", "a=b"),
+            ("accept", "*/*"),
+        ] {
+            req.append_header(k, v).unwrap();
+        }
+        let names = |req: &RequestHeader| {
+            let mut n: Vec<String> = req.headers.keys().map(|k| k.to_string()).collect();
+            n.sort();
+            n
+        };
+        strip_sidecar_headers(&mut req, Some("x-session-token"));
+        assert_eq!(names(&req), ["accept", "cookie", "x-session-token"]);
+        strip_sidecar_headers(&mut req, None);
+        assert_eq!(names(&req), ["accept", "cookie"]);
     }
 
     #[test]

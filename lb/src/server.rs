@@ -47,6 +47,7 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
     service.add_tcp(&lb.listen.to_string());
     service.threads = Some(lb.threads);
 
+    warn_if_admin_exposed(&lb);
     let mut admin = Service::new("lb admin".to_string(), Admin::new(membership.clone()));
     admin.add_tcp(&lb.admin.to_string());
     admin.threads = Some(1);
@@ -63,6 +64,26 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
     server.add_service(admin);
     server.add_service(control);
     server
+}
+
+/// The admin listener can reload the config and shows every node: off loopback, say so at start.
+fn warn_if_admin_exposed(lb: &node::config::LbConfig) {
+    if lb.admin.ip().is_loopback() {
+        return;
+    }
+    if lb.admin_token.is_some() {
+        tracing::warn!(
+            admin = %lb.admin,
+            "the admin listener is not on loopback; its requests need [lb] admin_token, which crosses the \
+             network in clear text (the admin listener has no TLS)"
+        );
+    } else {
+        tracing::warn!(
+            admin = %lb.admin,
+            "the admin listener is not on loopback and [lb] admin_token is not set: anyone who reaches it can \
+             read /status and /metrics and POST /reload"
+        );
+    }
 }
 
 /// Health checks, SIGHUP reloads and the graceful exit.

@@ -1,12 +1,15 @@
 //! The node's HTTP front (hyper, HTTP/1.1): node-reserved `/_node/` paths, and every other request handed to
 //! the session service through the app's parser. Stops accepting on shutdown and lets requests in flight
-//! finish.
+//! finish. With `[node] trusted` set, a connection from any other source (the balancer and the nodes are always
+//! trusted) gets 403 for every request on it ([`Perimeter`]).
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,8 +20,9 @@ use tracing::Instrument;
 
 use crate::app::{error_reply, json_reply, App, ClientRequest, Reply};
 use crate::body;
-use crate::config::NodeRole;
+use crate::config::{ClusterConfig, IpNet, NodeConfig, NodeRole};
 use crate::ids::SessionId;
+use crate::membership::Membership;
 use crate::service::{SessionCall, SessionService};
 use crate::session::MAX_REQUEST_ID_LEN;
 use crate::store::Role;
@@ -26,6 +30,123 @@ use crate::{HEALTH_PATH, HOP_HEADER, REQUEST_ID_HEADER, SERVED_BY_HEADER};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one warning per this long about refused sources; each refusal is logged at debug level.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// `[node] trusted`: the sources a node answers. The balancer's and every node's addresses in the cluster file
+/// are trusted besides the listed ones (the balancer proxies and probes health, nodes forward to each other, an
+/// app beside a node reads `/_node/sessions/{id}`); nodes added by a reload are trusted through [`Membership`].
+/// Every path is covered alike, `/_node/health` and `/_node/metrics` too.
+pub struct Perimeter {
+    /// `None`: anyone may call (no `trusted` in the file).
+    trusted: Option<Vec<IpNet>>,
+    /// For the refusal warnings.
+    since: Instant,
+    refused: AtomicU64,
+    last_warn_ms: AtomicU64,
+}
+
+impl Perimeter {
+    /// Open to anyone.
+    pub fn open() -> Perimeter {
+        Perimeter::new(None)
+    }
+
+    /// The perimeter `cfg` asks for: open without `[node] trusted`; else the listed sources plus the
+    /// balancer's addresses and every node's (its `http`, `repl` and `upstream` hosts). Unspecified addresses
+    /// (`0.0.0.0`) name no source and add nothing.
+    pub fn of(cfg: &ClusterConfig) -> Perimeter {
+        let Some(listed) = &cfg.node.trusted else {
+            return Perimeter::open();
+        };
+        let mut trusted = listed.clone();
+        let hosts = [cfg.lb.listen, cfg.lb.admin]
+            .into_iter()
+            .chain(cfg.nodes.iter().flat_map(node_addrs));
+        for a in hosts {
+            add_host(&mut trusted, a.ip());
+        }
+        Perimeter::new(Some(trusted))
+    }
+
+    fn new(trusted: Option<Vec<IpNet>>) -> Perimeter {
+        Perimeter {
+            trusted,
+            since: Instant::now(),
+            refused: AtomicU64::new(0),
+            last_warn_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a connection from `ip` is answered: a listed source, the balancer, or a node of the file as
+    /// started or of `members` now.
+    pub fn admits(&self, ip: IpAddr, members: &Membership) -> bool {
+        let Some(trusted) = &self.trusted else {
+            return true;
+        };
+        let ip = ip.to_canonical();
+        if trusted.iter().any(|n| n.contains(ip)) {
+            return true;
+        }
+        if ip.is_unspecified() {
+            return false;
+        }
+        // A node added by a reload since start.
+        members.peer_ids().into_iter().any(|id| {
+            members
+                .peer(id)
+                .is_some_and(|p| node_addrs(&p.cfg).any(|a| a.ip().to_canonical() == ip))
+        })
+    }
+
+    /// Logs a refused connection: at debug level each, a warning at most every [`REFUSAL_WARN_EVERY`].
+    fn log_refusal(&self, from: SocketAddr) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(%from, "connection from an untrusted source: 403 ([node] trusted)");
+        let now = self.since.elapsed().as_millis() as u64 + 1;
+        let last = self.last_warn_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now - last >= REFUSAL_WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_warn_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                %from,
+                refused_so_far = refused,
+                "refused a connection from a source not in [node] trusted (403); further ones within {}s are logged at debug level",
+                REFUSAL_WARN_EVERY.as_secs()
+            );
+        }
+    }
+}
+
+/// The addresses a node of the file may call from: its listeners and its app's.
+fn node_addrs(n: &NodeConfig) -> impl Iterator<Item = SocketAddr> {
+    [n.http, n.repl].into_iter().chain(n.upstream)
+}
+
+fn add_host(trusted: &mut Vec<IpNet>, ip: IpAddr) {
+    if ip.is_unspecified() {
+        return;
+    }
+    let host = IpNet::host(ip);
+    if !trusted.contains(&host) {
+        trusted.push(host);
+    }
+}
+
+/// The answer to every request of a source outside the perimeter; the connection then closes.
+fn forbidden() -> Reply {
+    let mut r = error_reply(
+        StatusCode::FORBIDDEN,
+        "this node answers only the balancer, the other nodes and [node] trusted sources",
+    );
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
 
 /// The HTTP front of one node.
 pub struct HttpFront<A: App> {
@@ -42,6 +163,8 @@ pub struct HttpFront<A: App> {
     pub role: NodeRole,
     /// The session service every non-`/_node/` request goes to.
     pub service: Arc<SessionService<A>>,
+    /// Which sources are answered at all (`[node] trusted`).
+    pub perimeter: Perimeter,
 }
 
 impl<A: App> HttpFront<A> {
@@ -55,18 +178,29 @@ impl<A: App> HttpFront<A> {
         // Every connection holds a sender; when the last one is gone, `recv` returns None.
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, from) = tokio::select! {
                 a = crate::connection::accept(&listener, "http") => a,
                 _ = stopping(&mut shutdown) => break,
             };
             let _ = stream.set_nodelay(true);
+            let admitted = self.perimeter.admits(from.ip(), &self.service.members);
+            if !admitted {
+                self.perimeter.log_refusal(from);
+            }
             let me = self.clone();
             let open = open_tx.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let me = me.clone();
-                    async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
+                    async move {
+                        let resp = if admitted {
+                            me.handle(req).await
+                        } else {
+                            forbidden()
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -250,4 +384,93 @@ impl<A: App> HttpFront<A> {
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: dropped here, before the caller awaits anything else.
     let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[cluster]
+secret = "0123456789abcdef0123"
+
+[lb]
+listen = "10.0.0.1:8080"
+admin = "127.0.0.1:8081"
+
+[node]
+trusted = ["192.0.2.0/24"]
+
+[[nodes]]
+name = "n1"
+http = "10.0.0.11:9001"
+repl = "10.0.1.11:9101"
+upstream = "http://10.0.2.11:3000"
+
+[[nodes]]
+name = "n2"
+http = "0.0.0.0:9002"
+repl = "10.0.1.12:9102"
+"#;
+
+    fn members(cfg: &ClusterConfig) -> Membership {
+        let traffic =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["peer", "direction"])
+                .unwrap();
+        Membership::new(cfg, &cfg.nodes[0], traffic).0
+    }
+
+    #[tokio::test]
+    async fn without_trusted_every_source_is_answered() {
+        let cfg =
+            ClusterConfig::from_toml("t.toml", &FILE.replace("trusted = [\"192.0.2.0/24\"]", ""))
+                .unwrap();
+        let p = Perimeter::of(&cfg);
+        let m = members(&cfg);
+        assert!(p.admits("203.0.113.9".parse().unwrap(), &m));
+        assert!(Perimeter::open().admits("203.0.113.9".parse().unwrap(), &m));
+    }
+
+    #[tokio::test]
+    async fn the_listed_sources_the_balancer_and_the_nodes_are_answered_and_no_one_else() {
+        let cfg = ClusterConfig::from_toml("t.toml", FILE).unwrap();
+        let p = Perimeter::of(&cfg);
+        let m = members(&cfg);
+        let admits = |ip: &str| p.admits(ip.parse().unwrap(), &m);
+        for ok in [
+            "192.0.2.77",
+            "::ffff:192.0.2.1",
+            "10.0.0.1",
+            "127.0.0.1",
+            "10.0.0.11",
+            "10.0.1.11",
+            "10.0.2.11",
+            "10.0.1.12",
+        ] {
+            assert!(admits(ok), "{ok}");
+        }
+        for refused in ["10.0.0.2", "192.0.3.1", "0.0.0.0", "127.0.0.2", "::1"] {
+            assert!(!admits(refused), "{refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_added_by_a_reload_is_answered() {
+        let cfg = ClusterConfig::from_toml("t.toml", FILE).unwrap();
+        let p = Perimeter::of(&cfg);
+        let m = members(&cfg);
+        assert!(!p.admits("10.0.0.13".parse().unwrap(), &m));
+        let more = format!(
+            "{FILE}\n[[nodes]]\nname = \"n3\"\nhttp = \"10.0.0.13:9003\"\nrepl = \"10.0.1.13:9103\"\n"
+        );
+        m.update(&ClusterConfig::from_toml("t.toml", &more).unwrap());
+        assert!(p.admits("10.0.0.13".parse().unwrap(), &m));
+    }
+
+    #[test]
+    fn a_refusal_is_a_403_that_closes_the_connection() {
+        let r = forbidden();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()[CONNECTION], "close");
+    }
 }

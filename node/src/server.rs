@@ -289,6 +289,7 @@ impl Front<'_> {
             mode: r.mode.as_str(),
             role: self.me.role,
             service: service.clone(),
+            perimeter: crate::http::Perimeter::of(self.cfg),
         });
         let http = tokio::spawn(
             front

@@ -48,7 +48,8 @@ pub const REPLAYED: &str = "x-node-replayed";
 
 /// Whether a header is one of the sidecar's own (`X-Session*`): never taken from a client, never shown to one.
 fn sidecar_header(name: &HeaderName) -> bool {
-    name.as_str().starts_with("x-session")
+    name.as_str()
+        .starts_with(crate::config::SIDECAR_HEADER_PREFIX)
 }
 
 /// The node's own headers, which the app never sees.
@@ -507,11 +508,26 @@ mod tests {
     }
 
     #[test]
+    fn every_sidecar_header_has_the_prefix_the_balancer_strips() {
+        for h in [
+            SESSION_ID,
+            SESSION_VERSION,
+            SESSION,
+            SESSION_REF,
+            SESSION_PATCH,
+            SESSION_DELETE,
+        ] {
+            assert!(h.starts_with(crate::config::SIDECAR_HEADER_PREFIX), "{h}");
+        }
+    }
+
+    #[test]
     fn client_copies_of_sidecar_and_internal_headers_are_recognised() {
         for h in [
             "x-session",
             "x-session-patch",
             "x-session-id",
+            "x-session-anything",
             "x-lb-request-id",
             "x-node-hop",
         ] {

@@ -78,6 +78,8 @@ pub(super) struct FileLb {
     pub limits: FileLimits,
     pub threads: usize,
     pub grace_period_s: u64,
+    /// `None`: the admin listener asks for no token.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for FileLb {
@@ -91,6 +93,7 @@ impl Default for FileLb {
             limits: FileLimits::default(),
             threads: 1,
             grace_period_s: 5,
+            admin_token: None,
         }
     }
 }
@@ -148,6 +151,8 @@ pub(super) struct FileNodeDefaults {
     pub grace_period_s: u64,
     /// `None`: the built-in session API.
     pub upstream: Option<String>,
+    /// `None`: every source may call a node.
+    pub trusted: Option<Vec<String>>,
 }
 
 impl Default for FileNodeDefaults {
@@ -158,6 +163,7 @@ impl Default for FileNodeDefaults {
             log_format: LogFormat::Text,
             grace_period_s: 10,
             upstream: None,
+            trusted: None,
         }
     }
 }

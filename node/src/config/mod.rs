@@ -6,11 +6,13 @@
 //! - `spans`: the line of a key, from the spans `toml` reports, for errors that name file, line and key.
 //! - [`choices`]: the settings that take one word (`algorithm`, `mode`, ...) as enums printing the file's word.
 //! - [`secret`]: [`Secret`], whose `Debug` redacts.
+//! - [`net`]: [`IpNet`], an address or CIDR prefix (`[node] trusted`).
 //! - [`builder`]: [`ClusterFile`], a typed cluster file that renders TOML, for tests, benchmarks and tools.
 
 pub mod builder;
 pub mod choices;
 mod file;
+pub mod net;
 pub mod secret;
 mod spans;
 mod validate;
@@ -23,9 +25,17 @@ pub use builder::ClusterFile;
 pub use choices::{
     Algorithm, BankKind, Failover, LogFormat, NodeRole, ReplicationMode, Topology, UnknownChoice,
 };
+pub use net::IpNet;
 pub use secret::Secret;
 
 use crate::ids::{NodeId, PairTable};
+
+/// Every header of the sidecar contract starts with this (`X-Session-Id`, `X-Session`, `X-Session-Patch`, ...;
+/// `node::sidecar` has them all). They are the node's to send its app and the app's to answer the node, so a
+/// client's copy never counts: the balancer strips every request header with this prefix (but the
+/// `[cookie] header` token, which may share it), and a node in sidecar mode strips them again before adding its
+/// own. Here, in the part of the crate the balancer builds, so both read the one definition.
+pub const SIDECAR_HEADER_PREFIX: &str = "x-session";
 
 /// Why a cluster file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +154,9 @@ pub struct LbConfig {
     pub threads: usize,
     /// `grace_period_s`: how long SIGTERM waits for in-flight requests; default 5 s.
     pub grace_period: Duration,
+    /// `admin_token`: when set, every admin request needs `Authorization: Bearer <token>` (else 401). At least
+    /// 16 characters of `A-Z a-z 0-9 - . _ ~ + /`. Default none. A reload takes a new one at once.
+    pub admin_token: Option<Secret>,
 }
 
 /// `[node]`: settings every node shares.
@@ -158,6 +171,10 @@ pub struct NodeDefaults {
     /// `grace_period_s`: how long a node stopping on SIGTERM may take to hand its work over; 1 to 300 s,
     /// default 10 s.
     pub grace_period: Duration,
+    /// `trusted = ["10.0.0.0/8", "192.0.2.7"]`: the sources, besides the balancer and the nodes themselves
+    /// (their addresses in this file), a node answers at all; others get 403. `None` (the default): anyone.
+    /// `Some` of an empty list: only the balancer and the nodes.
+    pub trusted: Option<Vec<IpNet>>,
 }
 
 /// `[replication]`: how sessions are copied between nodes.
@@ -800,5 +817,77 @@ secret = "0123456789abcdef0123"
             err.contains("`nodes`: two different pairs have the same id sum"),
             "{err}"
         );
+    }
+    fn with_admin_token(token: &str) -> String {
+        GOOD.replace(
+            "admin = \"127.0.0.1:8081\"\n",
+            &format!("admin = \"127.0.0.1:8081\"\nadmin_token = {token:?}\n"),
+        )
+    }
+
+    #[test]
+    fn an_admin_token_is_optional_and_never_printed() {
+        let c = ClusterConfig::from_toml("t.toml", GOOD).unwrap();
+        assert!(c.lb.admin_token.is_none());
+        let token = "s3cr3t-admin-token_0123456789";
+        let c = ClusterConfig::from_toml("t.toml", &with_admin_token(token)).unwrap();
+        assert!(c.lb.admin_token.as_ref().unwrap().matches(token.as_bytes()));
+        assert!(!format!("{c:?}").contains(token));
+    }
+
+    #[test]
+    fn an_admin_token_that_is_short_or_not_a_bearer_token_is_refused_without_showing_it() {
+        assert_eq!(
+            error(&with_admin_token("hunter2")),
+            "t.toml:8: `lb.admin_token`: must be at least 16 characters, got 7"
+        );
+        let e = error(&with_admin_token("a token with spaces in it"));
+        assert!(
+            e.starts_with("t.toml:8: `lb.admin_token`: use letters, digits"),
+            "{e}"
+        );
+        assert!(!e.contains("spaces"), "{e}");
+    }
+
+    fn with_trusted(list: &str) -> String {
+        format!("{GOOD}\n[node]\ntrusted = {list}\n")
+    }
+
+    #[test]
+    fn trusted_sources_are_addresses_or_networks_and_absent_means_anyone() {
+        let c = ClusterConfig::from_toml("t.toml", GOOD).unwrap();
+        assert!(c.node.trusted.is_none());
+        let c = ClusterConfig::from_toml(
+            "t.toml",
+            &with_trusted(r#"["127.0.0.1", "10.0.0.0/8", "fd00::/8"]"#),
+        )
+        .unwrap();
+        let nets: Vec<String> = c
+            .node
+            .trusted
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
+        let c = ClusterConfig::from_toml("t.toml", &with_trusted("[]")).unwrap();
+        assert_eq!(c.node.trusted, Some(Vec::new()), "only the cluster itself");
+    }
+
+    #[test]
+    fn a_trusted_entry_that_is_no_address_or_network_names_its_index_and_line() {
+        assert_eq!(
+            error(&with_trusted(r#"["127.0.0.1", "10.0.0/8"]"#)),
+            "t.toml:20: `node.trusted[1]`: `10.0.0/8` is not an IP address or ADDRESS/PREFIX"
+        );
+        assert_eq!(
+            error(&with_trusted(r#"["10.0.0.0/40"]"#)),
+            "t.toml:20: `node.trusted[0]`: `/40`: the prefix of an IPv4 network is 0 to 32"
+        );
+        assert_eq!(
+            error(&with_trusted(r#"["10.1.2.3/8"]"#)),
+            "t.toml:20: `node.trusted[0]`: `10.1.2.3/8` has bits set beyond its prefix: the network is `10.0.0.0/8`"
+        );
+        assert!(error(&with_trusted(r#""10.0.0.0/8""#)).contains("`node.trusted`"));
     }
 }

@@ -31,6 +31,13 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `candidate` is the secret, in time that does not depend on where they differ (a bearer token
+    /// checked byte by byte would be guessed byte by byte). Only the length may show.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(candidate).into()
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -60,6 +67,15 @@ mod tests {
         let s = Secret::new("hunter2-hunter2-hunter2");
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
         assert_eq!(format!("{:?}", Some(&s)), "Some(Secret(<redacted>))");
+    }
+
+    #[test]
+    fn a_secret_matches_itself_only() {
+        let s = Secret::new("0123456789abcdef");
+        assert!(s.matches(b"0123456789abcdef"));
+        assert!(!s.matches(b"0123456789abcdeF"));
+        assert!(!s.matches(b"0123456789abcde"));
+        assert!(!s.matches(b""));
     }
 
     #[test]

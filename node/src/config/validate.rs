@@ -10,7 +10,7 @@ use super::file::{
     FileSession, FileSidecar,
 };
 use super::{
-    BankConfig, BankKind, ClusterConfig, CookieConfig, CookieKey, HealthConfig, LbConfig,
+    BankConfig, BankKind, ClusterConfig, CookieConfig, CookieKey, HealthConfig, IpNet, LbConfig,
     LimitsConfig, NodeConfig, NodeDefaults, NodeRole, ReplicationConfig, ReplicationMode, Secret,
     SessionConfig, SidecarConfig, Topology,
 };
@@ -218,8 +218,47 @@ impl FileLb {
             limits,
             threads: at_least_one("lb.threads", self.threads)?,
             grace_period: Duration::from_secs(self.grace_period_s),
+            admin_token: self.admin_token.map(check_admin_token).transpose()?,
         })
     }
+}
+
+/// A character of a bearer token (RFC 6750 `b64token`, without the trailing `=` padding it allows).
+fn token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)
+}
+
+/// `[lb] admin_token`: long enough not to be guessed, and sendable as `Authorization: Bearer <token>`.
+fn check_admin_token(token: Secret) -> Result<Secret, Violation> {
+    if token.len() < MIN_SECRET_BYTES {
+        return Err(Violation::new(
+            "lb.admin_token",
+            format!(
+                "must be at least {MIN_SECRET_BYTES} characters, got {}",
+                token.len()
+            ),
+        ));
+    }
+    // The message names no character of the token: it is a secret.
+    if !token.expose().bytes().all(token_char) {
+        return Err(Violation::new(
+            "lb.admin_token",
+            "use letters, digits and `-._~+/` only (it travels as `Authorization: Bearer <token>`)",
+        ));
+    }
+    Ok(token)
+}
+
+/// `[node] trusted`: each entry an address or a CIDR network.
+fn check_trusted(entries: Vec<String>) -> Result<Vec<IpNet>, Violation> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.parse()
+                .map_err(|err| Violation::new(format!("node.trusted[{i}]"), format!("{err}")))
+        })
+        .collect()
 }
 
 impl FileNodeDefaults {
@@ -238,6 +277,7 @@ impl FileNodeDefaults {
             max_body_bytes: self.max_body_bytes,
             log_format: self.log_format,
             grace_period: Duration::from_secs(self.grace_period_s),
+            trusted: self.trusted.map(check_trusted).transpose()?,
         })
     }
 }
