@@ -68,6 +68,10 @@ impl Drain {
 
     /// Turns the drain on or off (the node's `drain` flag after a reload).
     pub fn set(&self, on: bool) {
+        if on {
+            // Counted at once: until the first round, `/_node/health` must not read 0 as drained.
+            self.metrics.drain_left.set(self.owned().len() as i64);
+        }
         if self.on.swap(on, Ordering::AcqRel) != on {
             info!(
                 on,

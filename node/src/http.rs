@@ -165,6 +165,8 @@ pub struct HttpFront<A: App> {
     pub service: Arc<SessionService<A>>,
     /// Which sources are answered at all (`[node] trusted`).
     pub perimeter: Perimeter,
+    /// Whether this node drains, for `/_node/health`.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl<A: App> HttpFront<A> {
@@ -224,10 +226,15 @@ impl<A: App> HttpFront<A> {
 
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         let mut resp = match (req.method(), req.uri().path()) {
-            (&Method::GET, HEALTH_PATH) => json_reply(
-                StatusCode::OK,
-                &json!({"name": self.name, "sessions": self.service.store.len(), "mode": self.mode, "role": self.role.as_str()}),
-            ),
+            (&Method::GET, HEALTH_PATH) => {
+                let (draining, left) = (self.drain.is_on(), self.service.metrics.drain_left.get());
+                json_reply(
+                    StatusCode::OK,
+                    &json!({"name": self.name, "sessions": self.service.store.len(), "mode": self.mode,
+                        "role": self.role.as_str(), "draining": draining, "sessions_left": left,
+                        "drained": draining && left == 0}),
+                )
+            }
             (&Method::GET, "/_node/metrics") => {
                 let mut r = Response::new(body::full(self.service.metrics.render()));
                 r.headers_mut().insert(

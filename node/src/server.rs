@@ -106,9 +106,6 @@ pub struct Running {
     background: Vec<JoinHandle<()>>,
 }
 
-/// Sessions a draining node hands over per second.
-const DRAIN_RATE: u32 = 500;
-
 /// Builds node `name` of `cfg` on `listeners` and starts every task; returns once serving.
 ///
 /// # Errors
@@ -167,7 +164,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         store.clone(),
         members.clone(),
         metrics.clone(),
-        DRAIN_RATE,
+        cfg.node.drain_rate,
         r.peer_timeout * 2 + r.lease,
     ));
     drain.set(me.drain);
@@ -195,6 +192,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         metrics: metrics.clone(),
         replicator: replicator.clone(),
         takeover,
+        drain: drain.clone(),
     };
     let (http, housekeeping) = match me.upstream {
         Some(app) => front.start(
@@ -238,6 +236,7 @@ struct Front<'a> {
     metrics: Arc<Metrics>,
     replicator: Arc<Replicator>,
     takeover: Arc<Takeover>,
+    drain: Arc<Drain>,
 }
 
 impl Front<'_> {
@@ -290,6 +289,7 @@ impl Front<'_> {
             role: self.me.role,
             service: service.clone(),
             perimeter: crate::http::Perimeter::of(self.cfg),
+            drain: self.drain,
         });
         let http = tokio::spawn(
             front

@@ -132,6 +132,12 @@ fn a_draining_node_hands_its_sessions_over_under_load_and_is_stopped_with_nothin
             && metric_present(&c.node_url("n1"), "node_drain_sessions_left") == 0.0
     })
     .unwrap();
+    let health = c.health("n1");
+    assert_eq!(
+        (&health["draining"], &health["drained"]),
+        (&serde_json::json!(true), &serde_json::json!(true)),
+        "{health}"
+    );
     let adopted: f64 = ["n2", "n3"]
         .iter()
         .map(|n| metric(&c.node_url(n), "node_sessions_adopted_total"))

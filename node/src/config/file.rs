@@ -149,6 +149,7 @@ pub(super) struct FileNodeDefaults {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
+    pub drain_rate: u32,
     /// `None`: the built-in session API.
     pub upstream: Option<String>,
     /// `None`: every source may call a node.
@@ -162,6 +163,7 @@ impl Default for FileNodeDefaults {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             log_format: LogFormat::Text,
             grace_period_s: 10,
+            drain_rate: 500,
             upstream: None,
             trusted: None,
         }

@@ -171,6 +171,8 @@ pub struct NodeDefaults {
     /// `grace_period_s`: how long a node stopping on SIGTERM may take to hand its work over; 1 to 300 s,
     /// default 10 s.
     pub grace_period: Duration,
+    /// `drain_rate`: sessions a draining node hands over per second at most; 1 to 100 000, default 500.
+    pub drain_rate: u32,
     /// `trusted = ["10.0.0.0/8", "192.0.2.7"]`: the sources, besides the balancer and the nodes themselves
     /// (their addresses in this file), a node answers at all; others get 403. `None` (the default): anyone.
     /// `Some` of an empty list: only the balancer and the nodes.
@@ -651,6 +653,14 @@ secret = "0123456789abcdef0123"
         );
         let pair_two = format!("{GOOD}\n[replication]\ncopies = 2\n");
         assert!(error(&pair_two).contains("need `topology = \"rss\"`"));
+    }
+
+    #[test]
+    fn drain_rate_defaults_to_500_and_0_is_refused() {
+        assert_eq!(ClusterConfig::from_toml("t.toml", GOOD).unwrap().node.drain_rate, 500);
+        let zero = GOOD.replace("[lb]", "[node]\ndrain_rate = 0\n\n[lb]");
+        let err = error(&zero);
+        assert!(err.contains("`node.drain_rate`: 0: expected 1 to 100000"), "{err}");
     }
 
     #[test]

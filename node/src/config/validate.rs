@@ -261,6 +261,9 @@ fn check_trusted(entries: Vec<String>) -> Result<Vec<IpNet>, Violation> {
         .collect()
 }
 
+/// Fastest drain allowed: each handover is a pull round trip on the heir.
+const MAX_DRAIN_RATE: u32 = 100_000;
+
 impl FileNodeDefaults {
     fn validate(self) -> Result<NodeDefaults, Violation> {
         if self.grace_period_s == 0 || self.grace_period_s > MAX_NODE_GRACE_S {
@@ -272,8 +275,18 @@ impl FileNodeDefaults {
                 ),
             ));
         }
+        if !(1..=MAX_DRAIN_RATE).contains(&self.drain_rate) {
+            return Err(Violation::new(
+                "node.drain_rate",
+                format!(
+                    "{}: expected 1 to {MAX_DRAIN_RATE} sessions per second",
+                    self.drain_rate
+                ),
+            ));
+        }
         Ok(NodeDefaults {
             expose_node: self.expose_node,
+            drain_rate: self.drain_rate,
             max_body_bytes: self.max_body_bytes,
             log_format: self.log_format,
             grace_period: Duration::from_secs(self.grace_period_s),
