@@ -28,6 +28,9 @@ pub struct NodeStatus {
     pub in_flight: usize,
     /// `drain = true`: it takes no new sessions.
     pub drain: bool,
+    /// While it drains, the sessions it still owns (from its health checks); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_left: Option<u64>,
 }
 
 /// The `/status` document.
@@ -60,6 +63,7 @@ impl Status {
                     weight: n.weight(),
                     in_flight: n.in_flight(),
                     drain: n.drain(),
+                    sessions_left: n.sessions_left(),
                 })
                 .collect(),
         }

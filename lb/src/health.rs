@@ -82,8 +82,29 @@ fn is_ok_status(head: &[u8]) -> bool {
     rest.starts_with(b"200") && rest.get(3).is_none_or(|&c| c == b' ' || c == b'\r')
 }
 
-/// One check of one node: connect, ask, read the answer to its end; `false` on any error or after `timeout`.
-pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
+/// What one health check found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Probed {
+    /// The node answered 200.
+    pub ok: bool,
+    /// While the node drains: the sessions it still owns (its answer's `sessions_left`).
+    pub sessions_left: Option<u64>,
+}
+
+/// The sessions a draining node still owns, from its `/_node/health` answer (head and body); `None` when it
+/// does not drain or the body says nothing readable.
+fn sessions_left(answer: &[u8]) -> Option<u64> {
+    let start = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let body: serde_json::Value = serde_json::from_slice(&answer[start..]).ok()?;
+    if body.get("draining")?.as_bool()? {
+        body.get("sessions_left")?.as_u64()
+    } else {
+        None
+    }
+}
+
+/// One check of one node: connect, ask, read the answer to its end; not ok on any error or after `timeout`.
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> Probed {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(PROBE).await?;
@@ -97,9 +118,15 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        Ok::<bool, std::io::Error>(is_ok_status(&buf))
+        Ok::<Probed, std::io::Error>(Probed {
+            ok: is_ok_status(&buf),
+            sessions_left: sessions_left(&buf),
+        })
     };
-    matches!(tokio::time::timeout(timeout, exchange).await, Ok(Ok(true)))
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(p)) => p,
+        _ => Probed::default(),
+    }
 }
 
 /// Checks every node of the current topology every interval until `shutdown` turns true. Each round's probes
@@ -118,8 +145,11 @@ pub async fn run(membership: Arc<Membership>, mut shutdown: watch::Receiver<bool
         for node in topology.nodes.iter().cloned() {
             let (timeout, fall, rise) = (h.timeout, h.fall, h.rise);
             tokio::spawn(async move {
-                let ok = probe(node.addr, timeout).await;
-                node.observe(ok, fall, rise);
+                let p = probe(node.addr, timeout).await;
+                node.observe(p.ok, fall, rise);
+                if p.ok {
+                    node.set_sessions_left(p.sessions_left);
+                }
                 node.conns.prune();
             });
         }
@@ -181,7 +211,27 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        assert!(!probe(addr, Duration::from_secs(2)).await);
+        assert!(!probe(addr, Duration::from_secs(2)).await.ok);
+    }
+
+    #[test]
+    fn a_draining_nodes_answer_gives_the_sessions_it_still_owns() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n";
+        let answer = |body: &str| format!("{head}{body}").into_bytes();
+        let draining =
+            answer(r#"{"name":"n1","draining":true,"sessions_left":12,"drained":false}"#);
+        assert_eq!(sessions_left(&draining), Some(12));
+        assert_eq!(
+            sessions_left(&answer(r#"{"draining":false,"sessions_left":0}"#)),
+            None
+        );
+        assert_eq!(
+            sessions_left(&answer(r#"{"name":"n1"}"#)),
+            None,
+            "an older node"
+        );
+        assert_eq!(sessions_left(&answer("not json")), None);
+        assert_eq!(sessions_left(b"HTTP/1.1 200 OK\r\n"), None, "no body");
     }
 
     #[tokio::test]
@@ -196,14 +246,14 @@ mod tests {
                 .await
                 .unwrap();
         });
-        assert!(probe(ok_addr, Duration::from_secs(2)).await);
+        assert!(probe(ok_addr, Duration::from_secs(2)).await.ok);
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let silent_addr = silent.local_addr().unwrap();
         let hold = tokio::spawn(async move {
             let (_s, _) = silent.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        assert!(!probe(silent_addr, Duration::from_millis(100)).await);
+        assert!(!probe(silent_addr, Duration::from_millis(100)).await.ok);
         hold.abort();
     }
 }

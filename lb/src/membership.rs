@@ -60,12 +60,13 @@ pub struct NodeState {
     pub metrics: NodeMetrics,
     healthy_gauge: IntGauge,
     in_flight_gauge: IntGauge,
+    drain_left_gauge: IntGauge,
     all_metrics: Arc<Metrics>,
 }
 
 impl NodeState {
     fn new(cfg: &node::config::NodeConfig, metrics: &Arc<Metrics>) -> NodeState {
-        let (healthy_gauge, in_flight_gauge) = metrics.gauges(&cfg.name);
+        let (healthy_gauge, in_flight_gauge, drain_left_gauge) = metrics.gauges(&cfg.name);
         NodeState {
             name: cfg.name.clone(),
             id: cfg.id,
@@ -80,6 +81,7 @@ impl NodeState {
             metrics: metrics.for_node(&cfg.name),
             healthy_gauge,
             in_flight_gauge,
+            drain_left_gauge,
             all_metrics: metrics.clone(),
         }
     }
@@ -97,6 +99,17 @@ impl NodeState {
     /// Whether it is draining: no new sessions (a reload may change it).
     pub fn drain(&self) -> bool {
         self.drain.load(Ordering::Relaxed)
+    }
+
+    /// While it drains: the sessions it still owns, as its last health check said.
+    pub fn sessions_left(&self) -> Option<u64> {
+        u64::try_from(self.drain_left_gauge.get()).ok()
+    }
+
+    /// Records what a health check said of the drain (`None`: not draining).
+    pub fn set_sessions_left(&self, left: Option<u64>) {
+        self.drain_left_gauge
+            .set(left.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)));
     }
 
     /// Requests this balancer is proxying to it right now.

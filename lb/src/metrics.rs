@@ -75,6 +75,8 @@ pub struct Metrics {
     pub node_healthy: IntGaugeVec,
     /// Requests in flight per node.
     pub in_flight: IntGaugeVec,
+    /// Sessions a draining node still owns (-1 when it does not drain), from its health checks.
+    pub drain_left: IntGaugeVec,
     /// Health transitions, by node and new state.
     pub health_changes: IntCounterVec,
     /// Config reloads by result (`ok`, `refused`).
@@ -135,6 +137,11 @@ impl Metrics {
             &["node"],
         );
         let in_flight = gauge("lb_in_flight", "Requests in flight per node.", &["node"]);
+        let drain_left = gauge(
+            "lb_node_drain_sessions_left",
+            "Sessions a draining node still owns, from its health checks (-1: not draining).",
+            &["node"],
+        );
         let health_changes = counter(
             "lb_health_changes_total",
             "Node health transitions by new state.",
@@ -161,6 +168,7 @@ impl Metrics {
             retries,
             node_healthy,
             in_flight,
+            drain_left,
             health_changes,
             reloads,
             duration,
@@ -174,11 +182,14 @@ impl Metrics {
         }
     }
 
-    /// The gauges of node `name`.
-    pub fn gauges(&self, name: &str) -> (IntGauge, IntGauge) {
+    /// The gauges of node `name`: healthy, in flight, drain sessions left (set to -1: not draining).
+    pub fn gauges(&self, name: &str) -> (IntGauge, IntGauge, IntGauge) {
+        let left = self.drain_left.with_label_values(&[name]);
+        left.set(-1);
         (
             self.node_healthy.with_label_values(&[name]),
             self.in_flight.with_label_values(&[name]),
+            left,
         )
     }
 
@@ -186,6 +197,7 @@ impl Metrics {
     pub fn forget_node(&self, name: &str) {
         let _ = self.node_healthy.remove_label_values(&[name]);
         let _ = self.in_flight.remove_label_values(&[name]);
+        let _ = self.drain_left.remove_label_values(&[name]);
     }
 
     /// The Prometheus text exposition of every family.
@@ -226,7 +238,7 @@ mod tests {
         m.for_node("n1").count(Outcome::Ok);
         m.failovers.with_label_values(&["n1"]).inc();
         m.retries.with_label_values(&["n1", "connect"]).inc();
-        let (h, f) = m.gauges("n1");
+        let (h, f, _) = m.gauges("n1");
         h.set(1);
         f.set(2);
         m.duration.observe(0.003);

@@ -138,6 +138,13 @@ fn a_draining_node_hands_its_sessions_over_under_load_and_is_stopped_with_nothin
         (&serde_json::json!(true), &serde_json::json!(true)),
         "{health}"
     );
+    // The lb's health checks read the drain's progress too.
+    wait_until(Duration::from_secs(10), "the lb to show n1 drained", || {
+        status(&c.admin_url())["nodes"][0]["sessions_left"] == serde_json::json!(0)
+    })
+    .unwrap();
+    assert!(metrics(&c.admin_url()).contains("lb_node_drain_sessions_left{node=\"n1\"} 0"));
+    assert!(metrics(&c.admin_url()).contains("lb_node_drain_sessions_left{node=\"n2\"} -1"));
     let adopted: f64 = ["n2", "n3"]
         .iter()
         .map(|n| metric(&c.node_url(n), "node_sessions_adopted_total"))
