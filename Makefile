@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SETUP := .ci/setup
 
-.PHONY: run run-sidecar run-redis test bench bench-node bench-lb bench-sidecar soak check fmt setup
+.PHONY: run run-sidecar run-redis test bench rolling bench-node bench-lb bench-sidecar soak check fmt setup
 
 setup:
 	@bash $(SETUP)
@@ -36,6 +36,14 @@ bench: setup
 	target/release/bench cluster --config config/local.toml --sessions 1000 --concurrency 64 --duration 30s \
 		--fault kill:primary@15s --json target/bench/report.json --plot target/bench/timeline.svg
 
+# A rolling restart of the local cluster under load: from 5 s on, each node in turn is drained (drain = true in
+# config/local.toml, reloaded), stopped, started again and waited for; the file is put back as it was.
+rolling: setup
+	$(CARGO) build --release --bins
+	mkdir -p target/bench
+	target/release/bench cluster --config config/local.toml --sessions 1000 --concurrency 64 --duration 40s \
+		--fault rolling@5s --json target/bench/rolling.json --plot target/bench/rolling.svg
+
 # One node's increments/s unreplicated, pair, bank (rss nodes, Redis), broadcast groups of 2, 3 and 5, sync and
 # async, with the cores each process used; resident memory per 100 000 sessions of ~1 KB.
 bench-node: setup
@@ -61,12 +69,14 @@ bench-sidecar: setup
 	target/release/bench shop --config config/local.toml --apps 2 --concurrency 32 --duration 10s \
 		--order $(or $(ORDER),alone-first) --json target/bench/shop.json
 
-# Long fault-injection runs; not part of `make test`.
+# Long fault-injection runs; not part of `make test`. Kills, a pause, a rolling restart of every node (which
+# starts any node still dead), then n2 drained and stopped, and started again.
 soak: setup
 	$(CARGO) build --release --bins
 	mkdir -p target/bench
 	target/release/bench cluster --config config/local.toml --sessions 5000 --concurrency 128 --duration 600s \
-		--fault kill:primary@60s --fault restart:n1@120s --fault stop:primary@240s+5s --json target/bench/soak.json
+		--fault kill:primary@60s --fault restart:n1@120s --fault stop:primary@240s+5s --fault rolling@300s \
+		--fault drain:n2@450s --fault restart:n2@500s --json target/bench/soak.json
 
 check:
 	$(CARGO) run --release --bin lb -- check config/local.toml

@@ -46,7 +46,9 @@ pub enum Cmd {
         /// Cluster file: the lb and every node it lists are started on their configured addresses.
         #[arg(long)]
         config: PathBuf,
-        /// ACTION:TARGET@TIME[+DURATION]: kill:n1@10s, stop:n2@5s+3s, restart:n1@20s, kill:primary@10s.
+        /// ACTION:TARGET@TIME[+DURATION]: kill:n1@10s, stop:n2@5s+3s, restart:n1@20s, kill:primary@10s; or
+        /// rolling@10s: every node in file order drained (drain = true in this file, reloaded), stopped
+        /// (SIGTERM) and started again, the file's text put back at the end.
         #[arg(long = "fault")]
         faults: Vec<String>,
         /// The load to generate.

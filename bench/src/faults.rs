@@ -1,5 +1,6 @@
-//! The fault schedule: `kill:n1@10s`, `stop:n2@5s+3s`, `restart:n1@20s`, `kill:primary@10s`. Parsing is pure;
-//! [`Schedule`] hands out due actions and [`apply`] carries them out on a [`Procs`].
+//! The fault schedule: `kill:n1@10s`, `stop:n2@5s+3s`, `restart:n1@20s`, `kill:primary@10s`, `drain:n2@10s`,
+//! `rolling@10s`. Parsing is pure; [`Schedule`] hands out due actions and [`apply`] carries them out on a
+//! [`Procs`] (a drain or rolling restart: [`crate::rolling`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,10 +12,11 @@ use crate::spec::parse_duration;
 /// Why a `--fault` was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FaultError {
-    /// Not ACTION:TARGET@TIME[+DURATION] with a known action and valid durations (the text given).
-    #[error("bad fault {0:?}: expected ACTION:TARGET@TIME[+DURATION], e.g. kill:n1@10s, stop:primary@5s+3s")]
+    /// Not ACTION:TARGET@TIME[+DURATION] (or rolling@TIME) with a known action and valid durations (the text
+    /// given).
+    #[error("bad fault {0:?}: expected ACTION:TARGET@TIME[+DURATION] or rolling@TIME, e.g. kill:n1@10s, stop:primary@5s+3s, rolling@10s")]
     Syntax(String),
-    /// A `+DURATION` on `kill` or `restart` (the text given).
+    /// A `+DURATION` on `kill`, `restart`, `drain` or `rolling` (the text given).
     #[error("fault {0:?}: only stop takes a +DURATION")]
     StrayDuration(String),
 }
@@ -30,6 +32,12 @@ pub enum Action {
     Cont,
     /// Kill if running, start again.
     Restart,
+    /// `drain = true` in the cluster file until the node owns nothing, then SIGTERM; the file is put back and the
+    /// node stays down ([`crate::rolling`]).
+    Drain,
+    /// Every node in file order: drain, stop gracefully, start again, wait until it is back
+    /// ([`crate::rolling`]).
+    Rolling,
 }
 
 /// Which process a fault hits.
@@ -39,6 +47,8 @@ pub enum Target {
     Node(String),
     /// The node that served the most in the last second.
     Primary,
+    /// Every node (a rolling restart).
+    All,
 }
 
 /// One scheduled fault.
@@ -53,12 +63,23 @@ pub struct Fault {
 }
 
 impl Fault {
-    /// Parses `ACTION:TARGET@TIME[+DURATION]`; a `stop` without a duration lasts 3 s.
+    /// Parses `ACTION:TARGET@TIME[+DURATION]` or `rolling@TIME`; a `stop` without a duration lasts 3 s. Actions:
+    /// `kill`, `stop`, `restart`, `drain`.
     ///
     /// # Errors
     /// [`FaultError`] naming the text.
     pub fn parse(s: &str) -> Result<Fault, FaultError> {
         let err = || FaultError::Syntax(s.to_string());
+        if let Some(when) = s.strip_prefix("rolling@") {
+            if when.contains('+') {
+                return Err(FaultError::StrayDuration(s.to_string()));
+            }
+            return Ok(Fault {
+                at: parse_duration(when).map_err(|_| err())?,
+                action: Action::Rolling,
+                target: Target::All,
+            });
+        }
         let (action, rest) = s.split_once(':').ok_or_else(err)?;
         let (target, when) = rest.split_once('@').ok_or_else(err)?;
         let (at, dur) = match when.split_once('+') {
@@ -69,9 +90,12 @@ impl Fault {
         let action = match (action, dur) {
             ("kill", None) => Action::Kill,
             ("restart", None) => Action::Restart,
+            ("drain", None) => Action::Drain,
             ("stop", Some(d)) => Action::Stop(d),
             ("stop", None) => Action::Stop(Duration::from_secs(3)),
-            ("kill" | "restart", Some(_)) => return Err(FaultError::StrayDuration(s.to_string())),
+            ("kill" | "restart" | "drain", Some(_)) => {
+                return Err(FaultError::StrayDuration(s.to_string()))
+            }
             _ => return Err(err()),
         };
         let target = match target {
@@ -126,7 +150,28 @@ impl Schedule {
     }
 }
 
-/// Carries out `f` on `procs`. `before`/`now` are served-count snapshots for resolving `primary`.
+/// The node `f` hits; `before`/`now` are served-count snapshots for resolving `primary`. `Err`: why none (the
+/// label of a skipped fault).
+pub fn target_node(
+    f: &Fault,
+    procs: &mut Procs,
+    before: &[(String, u64)],
+    now: &[(String, u64)],
+) -> Result<String, String> {
+    match &f.target {
+        Target::Node(n) => Ok(n.clone()),
+        Target::All => Err("only a rolling restart targets every node; fault skipped".into()),
+        Target::Primary => {
+            let names: Vec<String> = procs.config.nodes.iter().map(|n| n.name.clone()).collect();
+            let dead: Vec<String> = names.into_iter().filter(|n| !procs.is_running(n)).collect();
+            busiest(before, now, &dead)
+                .ok_or_else(|| "primary: no node has served yet; fault skipped".into())
+        }
+    }
+}
+
+/// Carries out `f` on `procs`. `before`/`now` are served-count snapshots for resolving `primary`. A drain or
+/// rolling restart is carried out to its end here; [`crate::runner`] runs those beside the load instead.
 pub async fn apply(
     f: &Fault,
     procs: &mut Procs,
@@ -135,21 +180,18 @@ pub async fn apply(
     now: &[(String, u64)],
     at_ms: u64,
 ) -> Applied {
-    let name = match &f.target {
-        Target::Node(n) => n.clone(),
-        Target::Primary => {
-            let names: Vec<String> = procs.config.nodes.iter().map(|n| n.name.clone()).collect();
-            let dead: Vec<String> = names.into_iter().filter(|n| !procs.is_running(n)).collect();
-            match busiest(before, now, &dead) {
-                Some(n) => n,
-                None => {
-                    return Applied {
-                        at_ms,
-                        label: "primary: no node has served yet; fault skipped".into(),
-                    }
-                }
-            }
-        }
+    let start = || {
+        Instant::now()
+            .checked_sub(Duration::from_millis(at_ms))
+            .unwrap_or_else(Instant::now)
+    };
+    if f.action == Action::Rolling {
+        let progress = crate::rolling::Progress::new(start(), "rolling restart");
+        return crate::rolling::roll(procs, &progress).await;
+    }
+    let name = match target_node(f, procs, before, now) {
+        Ok(n) => n,
+        Err(label) => return Applied { at_ms, label },
     };
     let label = match f.action {
         Action::Kill => {
@@ -182,6 +224,11 @@ pub async fn apply(
                 Err(e) => format!("restart {name} failed: {e:#}"),
             }
         }
+        Action::Drain => {
+            let progress = crate::rolling::Progress::new(start(), "drain");
+            return crate::rolling::drain(procs, &name, &progress).await;
+        }
+        Action::Rolling => unreachable!("handled above"),
     };
     Applied { at_ms, label }
 }
@@ -232,6 +279,29 @@ mod tests {
             Fault::parse("restart:n1@20s").unwrap().action,
             Action::Restart
         );
+        assert_eq!(
+            Fault::parse("rolling@10s"),
+            Ok(Fault {
+                at: Duration::from_secs(10),
+                action: Action::Rolling,
+                target: Target::All
+            })
+        );
+        assert!(matches!(
+            Fault::parse("rolling@1s+2s"),
+            Err(FaultError::StrayDuration(_))
+        ));
+        assert_eq!(
+            Fault::parse("drain:n2@400s"),
+            Ok(Fault {
+                at: Duration::from_secs(400),
+                action: Action::Drain,
+                target: Target::Node("n2".into())
+            })
+        );
+        assert!(Fault::parse("drain:n2@4s+1s").is_err());
+        assert!(Fault::parse("rolling").is_err());
+        assert!(Fault::parse("rolling@soon").is_err());
         assert!(Fault::parse("kill:n1").is_err());
         assert!(Fault::parse("explode:n1@1s").is_err());
         assert!(matches!(

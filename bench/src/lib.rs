@@ -7,6 +7,7 @@
 //! - [`load`]: the virtual users: closed-loop requests, bounded by count and time.
 //! - [`live`]: lock-free per-second counters and served-by tallies while a run goes.
 //! - [`faults`]: the fault schedule (`kill:n1@10s`, `stop:primary@5s+3s`, ...) and carrying it out.
+//! - [`rolling`]: `rolling@10s`, every node drained, stopped and started again in turn, the cluster file put back.
 //! - [`procs`]: child processes by key: logs, signals, kill by pid (shared with the integration tests).
 //! - [`cluster`]: launching the real `lb` and `node` binaries, health waits, signals.
 //! - [`runner`]: one run: load, progress and faults side by side.
@@ -33,6 +34,7 @@ pub mod nodeperf;
 pub mod plot;
 pub mod procs;
 pub mod report;
+pub mod rolling;
 pub mod runner;
 pub mod shop;
 pub mod spec;

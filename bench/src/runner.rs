@@ -1,17 +1,26 @@
 //! One measured run: the load, the progress printer and (with a cluster) the fault schedule, side by side until
-//! the load ends; Ctrl-C ends the load early and still reports.
+//! the load ends; Ctrl-C (or SIGTERM) ends the load early and still reports.
+//!
+//! A drain or rolling restart runs beside the load for as long as it takes; faults due meanwhile wait for it to
+//! end. When the load ends first it is cut short (its drop puts the cluster file back) and reported as such.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Procs;
-use crate::faults::{apply, Fault, Schedule};
+use crate::faults::{apply, target_node, Action, Applied, Fault, Schedule};
 use crate::live::Live;
 use crate::report::{progress, Summary};
+use crate::rolling::{drain, roll, Progress};
 use crate::spec::LoadSpec;
 use crate::{cpu, load};
+
+/// A drain or rolling restart under way: it holds the processes and hands them back with its result.
+type Rolling<'p> = Pin<Box<dyn Future<Output = (Applied, &'p mut Procs)> + 'p>>;
 
 /// How often the fault loop looks at the clock and at who is serving.
 const TICK: Duration = Duration::from_millis(250);
@@ -19,10 +28,10 @@ const TICK: Duration = Duration::from_millis(250);
 const BUSY_WINDOW: usize = 4;
 
 /// Runs `spec` against its target, applying `faults` to `procs` on the way.
-pub async fn execute(
+pub async fn execute<'p>(
     spec: &LoadSpec,
     title: &str,
-    mut procs: Option<&mut Procs>,
+    mut procs: Option<&'p mut Procs>,
     faults: Vec<Fault>,
     quiet: bool,
 ) -> Summary {
@@ -42,19 +51,59 @@ pub async fn execute(
     let mut tick = tokio::time::interval(TICK);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // SIGTERM ends the run like Ctrl-C, so that a rolling restart still puts the cluster file back.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut interrupted = false;
+    let mut rolling: Option<(Rolling<'p>, Progress)> = None;
     let result = loop {
         tokio::select! {
             r = &mut load => break r.expect("load task panicked"),
+            (a, p) = async { rolling.as_mut().expect("guarded").0.as_mut().await }, if rolling.is_some() => {
+                rolling = None;
+                procs = Some(p);
+                eprintln!("\n[{:>6.2}s] {}", live.elapsed_ms() as f64 / 1000.0, a.label);
+                applied.push(a);
+            }
             _ = tick.tick() => {
                 let now = live.served();
                 let elapsed = live.start().elapsed();
-                while let Some(f) = schedule.due(elapsed) {
-                    if let Some(p) = procs.as_deref_mut() {
-                        let before = history.front().cloned().unwrap_or_default();
-                        let a = apply(&f, p, &mut schedule, &before, &now, live.elapsed_ms()).await;
-                        eprintln!("\n[{:>6.2}s] {}", a.at_ms as f64 / 1000.0, a.label);
-                        applied.push(a);
+                while rolling.is_none() {
+                    let Some(f) = schedule.due(elapsed) else { break };
+                    let Some(p) = procs.take() else { continue };
+                    let before = history.front().cloned().unwrap_or_default();
+                    let target = match f.action {
+                        Action::Drain => target_node(&f, p, &before, &now).map(Some),
+                        Action::Rolling => Ok(None),
+                        _ => {
+                            let a = apply(&f, p, &mut schedule, &before, &now, live.elapsed_ms()).await;
+                            eprintln!("\n[{:>6.2}s] {}", a.at_ms as f64 / 1000.0, a.label);
+                            applied.push(a);
+                            procs = Some(p);
+                            continue;
+                        }
+                    };
+                    match target {
+                        Err(label) => {
+                            let a = Applied { at_ms: live.elapsed_ms(), label };
+                            eprintln!("\n[{:>6.2}s] {}", a.at_ms as f64 / 1000.0, a.label);
+                            applied.push(a);
+                            procs = Some(p);
+                        }
+                        Ok(name) => {
+                            let what = if name.is_some() { "drain" } else { "rolling restart" };
+                            let progress = Progress::new(live.start(), what);
+                            let fut: Rolling<'p> = {
+                                let progress = progress.clone();
+                                Box::pin(async move {
+                                    let a = match name {
+                                        Some(n) => drain(&mut *p, &n, &progress).await,
+                                        None => roll(&mut *p, &progress).await,
+                                    };
+                                    (a, p)
+                                })
+                            };
+                            rolling = Some((fut, progress));
+                        }
                     }
                 }
                 history.push_back(now);
@@ -66,8 +115,31 @@ pub async fn execute(
                 interrupted = true;
                 stop.store(true, Relaxed);
             }
+            Some(()) = async { term.as_mut()?.recv().await }, if !interrupted && term.is_some() => {
+                interrupted = true;
+                stop.store(true, Relaxed);
+            }
         }
     };
+    if let Some((fut, progress)) = rolling.take() {
+        // Dropping it puts the cluster file back; the processes are stopped by the caller.
+        drop(fut);
+        let a = Applied {
+            at_ms: live.elapsed_ms(),
+            label: format!(
+                "{} interrupted: {}, at \"{}\"",
+                progress.what(),
+                if interrupted {
+                    "the run was stopped (Ctrl-C or SIGTERM)"
+                } else {
+                    "the load ended first"
+                },
+                progress.step()
+            ),
+        };
+        eprintln!("\n[{:>6.2}s] {}", a.at_ms as f64 / 1000.0, a.label);
+        applied.push(a);
+    }
     done.store(true, Relaxed);
     if let Some(p) = printer {
         let _ = p.await;
