@@ -143,7 +143,13 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     read: u64,
     seal: Option<Seal>,
+    /// Largest frame accepted now: small until the peer proved the secret, so that an unauthenticated
+    /// connection cannot make the node buffer megabytes.
+    limit: usize,
 }
+
+/// Largest handshake frame: a name and two 32-byte values.
+const HANDSHAKE_FRAME: usize = 1024;
 
 impl<R: AsyncReadExt + Unpin> FrameReader<R> {
     /// A reader with an empty 8 KiB buffer over `inner`.
@@ -153,12 +159,14 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(8 * 1024),
             read: 0,
             seal: None,
+            limit: HANDSHAKE_FRAME,
         }
     }
 
     /// From now on every frame must carry the tag of `seal`.
     fn seal_with(&mut self, seal: Seal) {
         self.seal = Some(seal);
+        self.limit = wire::MAX_FRAME;
     }
 
     /// The peer's preamble: the first bytes of the stream.
@@ -188,6 +196,9 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
     /// The next frame; `Ok(None)` on a clean end of stream. Cancel-safe: bytes read stay in the buffer.
     pub async fn next(&mut self) -> Result<Option<Envelope>, LinkError> {
         loop {
+            if let Some(len) = wire::payload_len(&self.buf).filter(|l| *l > self.limit) {
+                return Err(FrameError::TooLarge { len }.into());
+            }
             let frame = match self.seal.as_mut() {
                 Some(seal) => seal.open(&mut self.buf)?,
                 None => wire::parse(&mut self.buf)?,

@@ -9,8 +9,9 @@
 //! before) are forwarded there, and the heir's answer re-mints the cookie. Sessions the heir could not take
 //! are asked for again in the next round.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -42,6 +43,9 @@ pub struct Drain {
     pub timeout: Duration,
     on: AtomicBool,
     wake: Notify,
+    /// Sessions granted to an heir whose `Adopted` never came back (its pull's answer may have been lost):
+    /// asked again until the heir confirms, and counted as not yet handed over.
+    unconfirmed: Mutex<HashSet<SessionId>>,
 }
 
 impl Drain {
@@ -63,6 +67,7 @@ impl Drain {
             timeout,
             on: AtomicBool::new(false),
             wake: Notify::new(),
+            unconfirmed: Mutex::default(),
         }
     }
 
@@ -91,15 +96,31 @@ impl Drain {
         self.on.load(Ordering::Acquire)
     }
 
-    /// Sessions owned here now (a session busy at this instant counts as owned).
+    /// Sessions owned here now (a session busy at this instant counts as owned), and those granted to an
+    /// heir that has not confirmed yet.
     pub fn owned(&self) -> Vec<Arc<Entry>> {
+        let unconfirmed = self
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut owned = self.store.entries();
         owned.retain(|e| {
-            e.slot
-                .try_lock()
-                .map_or(true, |s| s.role == Role::Primary && s.session.is_some())
+            unconfirmed.contains(&e.id)
+                || e.slot
+                    .try_lock()
+                    .map_or(true, |s| s.role == Role::Primary && s.session.is_some())
         });
         owned
+    }
+
+    fn confirmed(&self, sid: SessionId, done: bool) {
+        let mut u = self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if done {
+            u.remove(&sid);
+        } else {
+            u.insert(sid);
+        }
     }
 
     /// Runs until the task is dropped: while on, rounds of handing sessions over at `rate`.
@@ -143,14 +164,23 @@ impl Drain {
             let started = tokio::time::Instant::now();
             let mut asks = Vec::new();
             for entry in chunk {
-                let Some((sid, secondary)) = owned_here(entry).await else {
-                    continue;
+                let heir = match held(entry).await {
+                    Some(Held::Owned { sid, secondary }) => match self.members.heir(sid, secondary)
+                    {
+                        Some(heir) => (sid, heir),
+                        None => {
+                            warn!("draining, but no live web node that is not draining can take sessions");
+                            return false;
+                        }
+                    },
+                    // Granted already: the heir it names is asked to confirm (it pulls again if it lacks it).
+                    Some(Held::Granted { sid, heir }) => (sid, heir),
+                    None => {
+                        self.confirmed(entry.id, true);
+                        continue;
+                    }
                 };
-                let Some(heir) = self.members.heir(sid, secondary) else {
-                    warn!("draining, but no live web node that is not draining can take sessions");
-                    return false;
-                };
-                asks.push(self.hand_over(sid, heir));
+                asks.push(self.hand_over(entry, heir.0, heir.1));
             }
             futures_util::future::join_all(asks).await;
             let pace = Duration::from_secs_f64(chunk.len() as f64 / f64::from(self.rate));
@@ -159,12 +189,16 @@ impl Drain {
         true
     }
 
-    /// Asks `heir` to take `sid`; a refusal or failure leaves it for the next round.
-    async fn hand_over(&self, sid: SessionId, heir: NodeId) {
+    /// Asks `heir` to take `sid`; a refusal or failure leaves it for the next round, and a session granted
+    /// without the heir's confirmation is remembered as unconfirmed.
+    async fn hand_over(&self, entry: &Entry, sid: SessionId, heir: NodeId) {
         let Some(peer) = self.members.peer(heir) else {
             return;
         };
-        match peer.adopt(sid, self.me, self.timeout).await {
+        let answer = peer.adopt(sid, self.me, self.timeout).await;
+        let granted = matches!(held(entry).await, Some(Held::Granted { .. }));
+        self.confirmed(sid, answer.as_ref().is_ok_and(|t| *t) || !granted);
+        match answer {
             Ok(true) => {}
             Ok(false) => {
                 tracing::debug!(session = %sid.log_hash(), heir = %peer.cfg.name, "not taken yet")
@@ -177,9 +211,28 @@ impl Drain {
     }
 }
 
-/// The session's id and secondary when `entry` is owned here.
-async fn owned_here(entry: &Entry) -> Option<(SessionId, Option<NodeId>)> {
+/// What this node holds of a session it drains.
+enum Held {
+    /// Owned here, copied to `secondary`.
+    Owned {
+        sid: SessionId,
+        secondary: Option<NodeId>,
+    },
+    /// A copy naming `heir` as the owner: granted away.
+    Granted { sid: SessionId, heir: NodeId },
+}
+
+async fn held(entry: &Entry) -> Option<Held> {
     let slot = entry.slot.lock().await;
     let s = slot.session.as_ref()?;
-    (slot.role == Role::Primary).then_some((s.id, s.secondary))
+    Some(match slot.role {
+        Role::Primary => Held::Owned {
+            sid: s.id,
+            secondary: s.secondary,
+        },
+        Role::Replica => Held::Granted {
+            sid: s.id,
+            heir: s.primary,
+        },
+    })
 }

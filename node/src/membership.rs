@@ -478,11 +478,6 @@ impl Membership {
         pick_secondary(&self.me, &candidates, sid)
     }
 
-    /// The peers whose `[[nodes]]` entry says `drain = true`, in id order.
-    pub fn draining(&self) -> Vec<NodeId> {
-        self.ids_where(|p| p.cfg.drain)
-    }
-
     /// The ids of the peers `pred` accepts, in id order.
     fn ids_where(&self, pred: impl Fn(&Peer) -> bool) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self
@@ -605,7 +600,10 @@ pub fn pick_secondary(
     sid: SessionId,
 ) -> Option<NodeId> {
     if let Some(pin) = &me.secondary {
-        if let Some(c) = candidates.iter().find(|c| &c.node.name == pin) {
+        if let Some(c) = candidates
+            .iter()
+            .find(|c| &c.node.name == pin && !c.node.drain)
+        {
             return Some(c.node.id);
         }
     }

@@ -55,8 +55,9 @@ pub struct Metrics {
     /// `node_replication_batch_seconds{peer}`: round trip of one replication batch to a peer (a Redis bank's
     /// is its command latency), in seconds.
     pub repl_rtt: HistogramVec,
-    /// `node_replication_bytes_total{peer, direction}`: bytes of replication frames on this node's link to a
-    /// peer: `sent` (copies, pulls, heartbeats) and `received` (their answers). Not the Redis bank's traffic.
+    /// `node_replication_bytes_total{peer, direction}`: bytes of the requests this node sent on its link to a
+    /// peer (`sent`: copies, pulls, heartbeats) and of their answers (`received`). Requests peers send to this
+    /// node are counted at those peers; the Redis bank's traffic is not counted.
     pub repl_bytes: IntCounterVec,
     /// `node_copies{peer}`: sessions owned here with a copy on that peer (per bank member, or the Redis bank).
     pub copies: IntGaugeVec,
@@ -126,7 +127,7 @@ impl Metrics {
         let repl_bytes = IntCounterVec::new(
             Opts::new(
                 "node_replication_bytes_total",
-                "Bytes of replication frames on the link to the peer, by direction",
+                "Bytes of the requests this node sent to the peer (sent) and of their answers (received)",
             ),
             &["peer", "direction"],
         )

@@ -373,14 +373,8 @@ impl Running {
         if !self.shape.allows(&cfg) {
             return Err(ServerError::Reshaped);
         }
-        let draining_before = self.members.draining();
         let (added, removed) = self.members.update(&cfg);
         self.drain.set(me.drain);
-        for id in self.members.draining() {
-            if !draining_before.contains(&id) {
-                self.replicator.move_copies_off(id);
-            }
-        }
         *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.pairs.clone());
         for id in &added {
             self.replicator.add_peer(*id);

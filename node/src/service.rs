@@ -349,7 +349,9 @@ impl<A: App> SessionService<A> {
             }
             return Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale));
         }
-        if self.settings.strict && slot.copies.is_empty() && self.app.may_write(&call.call) {
+        // A copy whose holder is known dead counts for nothing: the write would be applied, then answered 503.
+        let no_live_copy = slot.copies.iter().all(|c| !self.members.is_alive(c.peer));
+        if self.settings.strict && no_live_copy && self.app.may_write(&call.call) {
             return Ran::Answered(no_copy());
         }
         let prepared = match self.app.prepare(&call.call, &call.req, s) {

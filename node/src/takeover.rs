@@ -171,11 +171,17 @@ impl Takeover {
         let mut unsure = false;
         for round in 0..PULL_ROUNDS {
             let (mut busy, mut silent) = (false, false);
-            for &c in &candidates {
+            // A holder that did not answer goes first: it may hold the session for this node already.
+            let order = unanswered
+                .iter()
+                .chain(candidates.iter().filter(|c| !unanswered.contains(c)));
+            for &c in order.collect::<Vec<_>>() {
                 let Some(peer) = self.members.peer(c) else {
                     continue;
                 };
                 if !peer.is_alive() && !self.members.probe(c, self.load()).await {
+                    // Silent still, unless its port refuses: then it holds nothing any more.
+                    silent |= unanswered.contains(&c) && !self.members.is_gone(c);
                     continue;
                 }
                 let unreachable = owner_unreachable || !self.members.is_alive(pair.primary);
@@ -335,8 +341,14 @@ impl Takeover {
             owner_unreachable: false,
             min_version: 0,
         };
-        let sent_at = now();
-        let answer = peer.pull(ask, self.peer_timeout + self.lease).await;
+        let mut sent_at = now();
+        let mut answer = peer.pull(ask.clone(), self.peer_timeout + self.lease).await;
+        if answer.as_ref().is_err_and(|e| !e.is_refused()) {
+            // The grant may have happened and only its answer been lost: asked again, the drainer hands it
+            // over again once the lease of the first grant has run out.
+            sent_at = now();
+            answer = peer.pull(ask, self.peer_timeout + self.lease).await;
+        }
         let Ok(PullResult::Granted { session }) = answer else {
             drop(slot);
             if let Ok(slot) = entry.slot.try_lock() {
@@ -349,8 +361,14 @@ impl Takeover {
         let version = session.version;
         replicate::install(&mut slot, session, 0, now());
         entry.reset_mark(version + 1, sent_at + self.lease);
-        // The granter kept a copy as secondary; it is leaving, so the copies go elsewhere.
-        self.replicator.rehome(&entry, &mut slot, &[from]);
+        // The granter stays the secondary, kept current, until it stops (then this node re-homes as after
+        // any stop). Moving the copy away now would leave the granter an old copy nobody updates, which a
+        // request with a cookie minted before could still promote.
+        let targets = self
+            .members
+            .copy_targets(self.topology, slot.session.as_ref().expect("installed"));
+        replicate::retarget(&mut slot, &targets);
+        self.replicator.enqueue_all(&targets, &entry);
         self.metrics.adopted.inc();
         info!(session = %sid.log_hash(), from = %peer.cfg.name, version, "session adopted from a draining node");
         true

@@ -302,7 +302,7 @@ pub fn encode(env: &Envelope, out: &mut BytesMut) {
     out.put_slice(&payload);
 }
 
-/// Skips a frame header's length, for tests of partial buffers.
+/// The payload length a frame header announces, once its 4 bytes are buffered.
 pub fn payload_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= HEADER).then(|| (&buf[..HEADER]).get_u32() as usize)
 }
@@ -365,5 +365,56 @@ mod tests {
             parse(&mut garbage),
             Err(FrameError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn every_message_keeps_its_place_on_the_wire() {
+        // postcard writes a variant's index first: moving or inserting a variant changes the protocol, so
+        // only add variants at the end, and bump `connection::PROTOCOL_VERSION` for any other change.
+        let id = NodeId::new(1 << 50).unwrap();
+        let sid = SessionId(1);
+        let bodies = [
+            Body::Hello {
+                node: String::new(),
+                nonce: [0; 32],
+            },
+            Body::Challenge {
+                nonce: [0; 32],
+                proof: [0; 32],
+            },
+            Body::Proof { proof: [0; 32] },
+            Body::Welcome,
+            Body::Refused {
+                reason: String::new(),
+            },
+            Body::Ping { sessions: 0 },
+            Body::Pong {
+                sessions: 0,
+                incarnation: 0,
+            },
+            Body::Batch {
+                from: id,
+                items: vec![],
+            },
+            Body::BatchReply { results: vec![] },
+            Body::Pull {
+                sid,
+                requester: id,
+                owner_unreachable: false,
+                min_version: 0,
+            },
+            Body::PullReply {
+                result: PullResult::Busy,
+            },
+            Body::Adopt { sid, from: id },
+            Body::Adopted { taken: true },
+            Body::Error {
+                message: String::new(),
+            },
+        ];
+        for (place, body) in bodies.iter().enumerate() {
+            let bytes = postcard::to_allocvec(body).unwrap();
+            assert_eq!(usize::from(bytes[0]), place, "{body:?}");
+        }
     }
 }

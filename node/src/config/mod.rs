@@ -604,6 +604,12 @@ secret = "0123456789abcdef0123"
         assert!(error(&in_a_pair).contains("groups need `[replication] topology = \"broadcast\"`"));
         let text = format!("{GOOD}\n[replication]\ntopology = \"ring\"\n");
         assert!(error(&text).contains("unknown variant `ring`"));
+        let strict = grouped.replace(
+            "topology = \"broadcast\"",
+            "topology = \"broadcast\"\nmin_copies = 2",
+        );
+        let err = error(&strict);
+        assert!(err.contains("needs a second member in group"), "{err}");
     }
 
     #[test]
@@ -657,10 +663,19 @@ secret = "0123456789abcdef0123"
 
     #[test]
     fn drain_rate_defaults_to_500_and_0_is_refused() {
-        assert_eq!(ClusterConfig::from_toml("t.toml", GOOD).unwrap().node.drain_rate, 500);
+        assert_eq!(
+            ClusterConfig::from_toml("t.toml", GOOD)
+                .unwrap()
+                .node
+                .drain_rate,
+            500
+        );
         let zero = GOOD.replace("[lb]", "[node]\ndrain_rate = 0\n\n[lb]");
         let err = error(&zero);
-        assert!(err.contains("`node.drain_rate`: 0: expected 1 to 100000"), "{err}");
+        assert!(
+            err.contains("`node.drain_rate`: 0: expected 1 to 100000"),
+            "{err}"
+        );
     }
 
     #[test]

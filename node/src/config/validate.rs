@@ -583,6 +583,21 @@ fn check_roles(replication: &ReplicationConfig, nodes: &[NodeConfig]) -> Result<
                 "2 needs a second node to hold the copy; the file has one",
             ));
         }
+        // In a broadcast topology copies stay within a group: a group of one could never make one.
+        let alone = nodes
+            .iter()
+            .position(|n| nodes.iter().filter(|o| o.group == n.group).count() < 2);
+        if let Some(i) =
+            alone.filter(|_| replication.strict && replication.topology == Topology::Broadcast)
+        {
+            return Err(Violation::new(
+                format!("nodes[{i}].group"),
+                format!(
+                    "`min_copies = 2` needs a second member in group {:?} to hold the copy",
+                    nodes[i].group
+                ),
+            ));
+        }
         return Ok(());
     }
     let bank = count(NodeRole::Rss);

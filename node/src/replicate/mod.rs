@@ -275,6 +275,9 @@ pub enum AfterReply {
     Resend,
     /// A newer owner exists: the local copy was dropped, unless it already is a copy for a newer owner.
     Fenced,
+    /// An answer from a peer that no longer holds a copy for this node (re-homed away meanwhile): it
+    /// confirms nothing, and renews no read lease.
+    Ignored,
 }
 
 /// Primary side: applies `peer`'s answer to an item sent for `sent_version`. `needed` is how many copies
@@ -291,9 +294,12 @@ pub fn on_reply(
             let Some(s) = slot.session.as_ref() else {
                 return AfterReply::Acked { durable: None };
             };
-            if let Some(c) = slot.copies.iter_mut().find(|c| c.peer == peer) {
-                c.acked = Some(c.acked.map_or(sent_version, |a| a.max(sent_version)));
-            }
+            // With no copy of its own counted, `needed` below would be 0 and any answer would confirm every
+            // write: with `min_copies = 2` that acknowledged writes with the owner's copy alone.
+            let Some(c) = slot.copies.iter_mut().find(|c| c.peer == peer) else {
+                return AfterReply::Ignored;
+            };
+            c.acked = Some(c.acked.map_or(sent_version, |a| a.max(sent_version)));
             let needed = needed.min(slot.copies.len());
             let durable = durable(slot.copies.iter().map(|c| c.acked), needed, s.version);
             AfterReply::Acked { durable }

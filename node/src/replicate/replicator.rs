@@ -257,16 +257,6 @@ impl Replicator {
         }
     }
 
-    /// Moves the copies held by `peer`, which started draining, to other peers (in the background), so that it
-    /// can be stopped without leaving sessions with no copy. A broadcast group keeps copies on every member.
-    pub fn move_copies_off(self: &Arc<Self>, peer: NodeId) {
-        if self.settings.topology == Topology::Broadcast {
-            return;
-        }
-        let me = self.clone();
-        tokio::spawn(async move { me.rehome_all(move |c| copies_to(c, peer), peer).await });
-    }
-
     /// Gives every primary session whose copies match `pred` new ones (never `avoid` while it is down) and
     /// queues full copies; runs in the background, one session lock at a time.
     async fn rehome_all(self: Arc<Self>, pred: impl Fn(&[Cursor]) -> bool, avoid: NodeId) {
@@ -458,6 +448,7 @@ impl Replicator {
                     m.lease_until = m.lease_until.max(lease_until);
                     m.lease_seq += 1;
                 }),
+                AfterReply::Ignored => {}
                 AfterReply::Resend => {
                     debug!(session = %entry.id.log_hash(), "copy out of step: sending the full session");
                     self.enqueue(peer, &entry);

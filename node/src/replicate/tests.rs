@@ -45,6 +45,19 @@ fn acked(v: u64) -> AfterReply {
 }
 
 #[test]
+fn a_late_answer_from_a_peer_re_homed_away_confirms_nothing() {
+    let (mut p, mut s) = pair();
+    write(&mut p, "a");
+    let (item, v) = outgoing(&mut p, SID, id(2), false).unwrap();
+    let r = incoming(&mut s, id(1), item, Instant::now(), LEASE, None);
+    p.copies.clear(); // re-homed: no other peer was left
+    assert_eq!(
+        on_reply(&mut p, id(2), v, &r.result, 1),
+        AfterReply::Ignored
+    );
+}
+
+#[test]
 fn the_first_copy_is_full_then_deltas_follow() {
     let (mut p, mut s) = pair();
     assert_eq!(sync(&mut p, &mut s), vec![acked(0)]);

@@ -104,6 +104,7 @@ impl Sim {
                 }),
                 AfterReply::Resend => self.enqueue(x, peer, sid),
                 AfterReply::Fenced => self.update_mark(x, sid, |m| m.fenced = true),
+                AfterReply::Ignored => {}
             }
             self.drop_if_vacant(x, sid);
         }

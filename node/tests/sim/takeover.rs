@@ -151,6 +151,10 @@ impl Sim {
                 let c = p.candidates[p.next];
                 self.pulling(x, sid).expect("checked above").next += 1;
                 if !self.nodes[x].view[c].alive && !self.probe(x, c) {
+                    // Silent still, unless its port refuses (`recover`).
+                    let gone = self.nodes[x].view[c].gone;
+                    let p = self.pulling(x, sid).expect("checked above");
+                    p.silent |= p.unanswered.contains(&c) && !gone;
                     continue;
                 }
                 let primary = p
@@ -173,6 +177,9 @@ impl Sim {
             if p.busy && p.round + 1 < PULL_ROUNDS {
                 let p = self.pulling(x, sid).expect("checked above");
                 (p.round, p.next, p.busy, p.silent) = (p.round + 1, 0, false, false);
+                // A candidate that did not answer goes first (`recover`).
+                let unanswered = p.unanswered.clone();
+                p.candidates.sort_by_key(|c| !unanswered.contains(c));
                 continue;
             }
             if !p.busy && !p.silent && p.min_version > 0 && p.round + 1 < PULL_ROUNDS {
