@@ -115,6 +115,34 @@ impl LinkError {
     }
 }
 
+/// The replication keys a node proves and accepts: the current secret's, then during a rotation the previous
+/// secret's. Shared by the node's links and its replication port; a reload swaps them.
+#[derive(Default)]
+pub struct AuthKeys(std::sync::RwLock<Vec<[u8; 32]>>);
+
+impl AuthKeys {
+    /// The keys of `secret` and, during a rotation, `previous`.
+    pub fn new(secret: &str, previous: Option<&str>) -> AuthKeys {
+        let keys = AuthKeys::default();
+        keys.set(secret, previous);
+        keys
+    }
+
+    /// Takes the secrets of a reloaded file; connections made since keep theirs.
+    pub fn set(&self, secret: &str, previous: Option<&str>) {
+        let keys = std::iter::once(secret)
+            .chain(previous)
+            .map(auth_key)
+            .collect();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// The keys now, current first.
+    pub fn get(&self) -> Vec<[u8; 32]> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The key replication authentication uses, derived so it never equals the cookie key.
 pub fn auth_key(secret: &str) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -275,7 +303,7 @@ pub type Halves = (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>);
 pub async fn client_handshake(
     stream: TcpStream,
     me: &str,
-    key: &[u8; 32],
+    keys: &[[u8; 32]],
 ) -> Result<Halves, LinkError> {
     let addr = stream.peer_addr()?;
     let _ = stream.set_nodelay(true);
@@ -304,22 +332,23 @@ pub async fn client_handshake(
         if theirs != Some(PROTOCOL_VERSION) {
             return Err(LinkError::Version { addr, theirs });
         }
-        let Body::Challenge {
-            nonce: ns,
-            proof: p,
-        } = expect(&mut r).await?
-        else {
+        let Body::Challenge { nonce: ns, proofs } = expect(&mut r).await? else {
             return Err(LinkError::Auth {
                 addr,
                 reason: "no challenge".into(),
             });
         };
-        if !bool::from(proof(key, b"server", &nc, &ns).ct_eq(&p)) {
+        // The first of our keys the server proved (during a rotation one side may know only one).
+        let shared = keys.iter().find(|k| {
+            let mine = proof(k, b"server", &nc, &ns);
+            proofs.iter().any(|p| bool::from(mine.ct_eq(p)))
+        });
+        let Some(key) = shared else {
             return Err(LinkError::Auth {
                 addr,
                 reason: "server does not know the cluster secret".into(),
             });
-        }
+        };
         write_frame(
             &mut w,
             &Envelope {
@@ -331,18 +360,18 @@ pub async fn client_handshake(
         )
         .await?;
         match expect(&mut r).await? {
-            Body::Welcome => Ok(ns),
+            Body::Welcome => Ok((ns, *key)),
             Body::Refused { reason } => Err(LinkError::Auth { addr, reason }),
             other => Err(LinkError::Unexpected(format!("{other:?}"))),
         }
     };
-    let ns = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
+    let (ns, key) = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
         .await
         .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
-    r.seal_with(Seal::new(key, Direction::ToClient, &nc, &ns));
+    r.seal_with(Seal::new(&key, Direction::ToClient, &nc, &ns));
     let w = FrameWriter {
         inner: w,
-        seal: Some(Seal::new(key, Direction::ToServer, &nc, &ns)),
+        seal: Some(Seal::new(&key, Direction::ToServer, &nc, &ns)),
     };
     Ok((r, w))
 }
@@ -354,7 +383,7 @@ pub async fn client_handshake(
 /// can say so too); [`LinkError::Auth`] when it does not prove the secret (it is told so before the close).
 pub async fn server_handshake(
     stream: TcpStream,
-    key: &[u8; 32],
+    keys: &[[u8; 32]],
 ) -> Result<
     (
         FrameReader<OwnedReadHalf>,
@@ -385,7 +414,7 @@ pub async fn server_handshake(
         let ns = nonce();
         let challenge = Body::Challenge {
             nonce: ns,
-            proof: proof(key, b"server", &nc, &ns),
+            proofs: keys.iter().map(|k| proof(k, b"server", &nc, &ns)).collect(),
         };
         write_frame(
             &mut w,
@@ -402,7 +431,10 @@ pub async fn server_handshake(
                 reason: "peer left the handshake: it does not share the cluster secret".into(),
             });
         };
-        if !bool::from(proof(key, b"client", &ns, &nc).ct_eq(&p)) {
+        let shared = keys
+            .iter()
+            .find(|k| bool::from(proof(k, b"client", &ns, &nc).ct_eq(&p)));
+        let Some(key) = shared else {
             let reason = "client does not know the cluster secret".to_string();
             let _ = write_frame(
                 &mut w,
@@ -415,7 +447,7 @@ pub async fn server_handshake(
             )
             .await;
             return Err(LinkError::Auth { addr, reason });
-        }
+        };
         write_frame(
             &mut w,
             &Envelope {
@@ -424,15 +456,15 @@ pub async fn server_handshake(
             },
         )
         .await?;
-        Ok((node, nc, ns))
+        Ok((node, nc, ns, *key))
     };
-    let (node, nc, ns) = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
+    let (node, nc, ns, key) = tokio::time::timeout(HANDSHAKE_TIMEOUT, step)
         .await
         .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
-    r.seal_with(Seal::new(key, Direction::ToServer, &nc, &ns));
+    r.seal_with(Seal::new(&key, Direction::ToServer, &nc, &ns));
     let w = FrameWriter {
         inner: w,
-        seal: Some(Seal::new(key, Direction::ToClient, &nc, &ns)),
+        seal: Some(Seal::new(&key, Direction::ToClient, &nc, &ns)),
     };
     Ok((r, w, node))
 }
@@ -464,19 +496,20 @@ pub struct PeerLink {
     addr: SocketAddr,
     traffic: Traffic,
     me: String,
-    key: [u8; 32],
+    keys: std::sync::Arc<AuthKeys>,
     connect_timeout: Duration,
     conn: tokio::sync::Mutex<Option<mpsc::UnboundedSender<(Envelope, Waiter)>>>,
     next_id: AtomicU64,
 }
 
 impl PeerLink {
-    /// A link to the peer at `addr` that introduces itself as `me` and proves `key` (from [`auth_key`]) and
-    /// counts its frames' bytes in `traffic`. It connects on the first call, giving up after `connect_timeout`.
+    /// A link to the peer at `addr` that introduces itself as `me` and proves one of `keys` (as they are at
+    /// each connect) and counts its frames' bytes in `traffic`. It connects on the first call, giving up after
+    /// `connect_timeout`.
     pub fn new(
         addr: SocketAddr,
         me: &str,
-        key: [u8; 32],
+        keys: std::sync::Arc<AuthKeys>,
         connect_timeout: Duration,
         traffic: Traffic,
     ) -> PeerLink {
@@ -484,7 +517,7 @@ impl PeerLink {
             addr,
             traffic,
             me: me.to_string(),
-            key,
+            keys,
             connect_timeout,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -553,7 +586,7 @@ impl PeerLink {
                 addr: self.addr,
                 source,
             })?;
-        let (r, w) = client_handshake(stream, &self.me, &self.key).await?;
+        let (r, w) = client_handshake(stream, &self.me, &self.keys.get()).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_link(r, w, rx, self.traffic.clone()));
         *g = Some(tx.clone());
@@ -610,5 +643,59 @@ pub async fn accept(listener: &tokio::net::TcpListener, what: &str) -> (TcpStrea
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handshake over loopback between a client holding `client` keys and a server holding `server` keys;
+    /// returns whether both sides completed it.
+    async fn handshake(client: &[&str], server: &[&str]) -> bool {
+        let keys = |s: &[&str]| s.iter().map(|s| auth_key(s)).collect::<Vec<_>>();
+        let (ck, sk) = (keys(client), keys(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            server_handshake(stream, &sk).await.is_ok()
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let client_ok = client_handshake(stream, "c", &ck).await.is_ok();
+        client_ok && serving.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn during_a_rotation_peers_that_share_either_secret_connect_and_others_do_not() {
+        let (old, new) = ("old-secret-0123456789", "new-secret-0123456789");
+        assert!(handshake(&[new, old], &[old]).await, "reloaded client, old server");
+        assert!(handshake(&[old], &[new, old]).await, "old client, reloaded server");
+        assert!(handshake(&[new, old], &[new, old]).await, "both reloaded");
+        assert!(handshake(&[new], &[new]).await, "both done");
+        assert!(!handshake(&[old], &[new]).await, "the old secret once dropped");
+        assert!(!handshake(&[new], &[old]).await, "a new secret alone");
+    }
+
+    #[tokio::test]
+    async fn sealed_frames_flow_both_ways_after_a_handshake_on_the_previous_secret() {
+        let (old, new) = (auth_key("old-secret-0123456789"), auth_key("new-secret-0123456789"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut r, mut w, _) = server_handshake(stream, &[old]).await.unwrap();
+            let env = r.next().await.unwrap().unwrap();
+            w.write(&env).await.unwrap();
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = client_handshake(stream, "c", &[new, old]).await.unwrap();
+        let ping = Envelope {
+            id: 7,
+            body: Body::Ping { sessions: 3 },
+        };
+        w.write(&ping).await.unwrap();
+        assert_eq!(r.next().await.unwrap(), Some(ping), "echoed under the shared key");
+        serving.await.unwrap();
     }
 }

@@ -299,7 +299,7 @@ impl<A: App> HttpFront<A> {
             })
             .map(str::to_string);
         let hops = header(HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
-        let codec = &self.service.codec;
+        let codec = self.service.codec();
         // A token in the configured header wins over the cookie: a client that sends it manages its session
         // by hand, and a stale cookie a library keeps sending must not override it.
         // Sending the header at all (empty, to start) asks for the token in the answer's header instead of a
@@ -424,7 +424,8 @@ repl = "10.0.1.12:9102"
         let traffic =
             prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["peer", "direction"])
                 .unwrap();
-        Membership::new(cfg, &cfg.nodes[0], traffic).0
+        let keys = std::sync::Arc::new(crate::connection::AuthKeys::new("k", None));
+        Membership::new(cfg, &cfg.nodes[0], traffic, keys).0
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::{BankConfig, ClusterConfig, NodeConfig, NodeRole, Topology};
-use crate::connection::{auth_key, LinkError, PeerLink, Traffic};
+use crate::connection::{AuthKeys, LinkError, PeerLink, Traffic};
 use crate::ids::{NodeId, SessionId};
 use crate::redis_bank::RedisBank;
 use crate::wire::{Body, Item, ItemResult, PullResult};
@@ -204,7 +204,7 @@ pub struct Membership {
     pub me: NodeConfig,
     /// Replaced as a whole on reload; readers clone the `Arc<Peer>` they need.
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
-    key: [u8; 32],
+    keys: Arc<AuthKeys>,
     heartbeat: Duration,
     peer_timeout: Duration,
     started: std::time::Instant,
@@ -222,11 +222,12 @@ pub struct Membership {
 impl Membership {
     /// Peers start as dead until a heartbeat answers; `probe_all` asks at once when a secondary is needed.
     /// The membership and the receiver of its liveness changes.
-    /// Each link counts its bytes in `traffic` (labels: peer name, direction).
+    /// Each link counts its bytes in `traffic` (labels: peer name, direction) and proves one of `keys`.
     pub fn new(
         cfg: &ClusterConfig,
         me: &NodeConfig,
         traffic: prometheus::IntCounterVec,
+        keys: Arc<AuthKeys>,
     ) -> (Membership, tokio::sync::mpsc::UnboundedReceiver<Change>) {
         let (changes, rx) = tokio::sync::mpsc::unbounded_channel();
         let redis = cfg.replication.bank.as_ref().map(|b| {
@@ -238,7 +239,7 @@ impl Membership {
             changes,
             me: me.clone(),
             peers: RwLock::new(HashMap::new()),
-            key: auth_key(cfg.secret.expose()),
+            keys,
             heartbeat: cfg.replication.heartbeat,
             peer_timeout: cfg.replication.peer_timeout,
             started: crate::store::now(),
@@ -255,7 +256,13 @@ impl Membership {
             sent: self.traffic.with_label_values(&[&n.name, "sent"]),
             received: self.traffic.with_label_values(&[&n.name, "received"]),
         };
-        let link = PeerLink::new(n.repl, &self.me.name, self.key, self.peer_timeout, traffic);
+        let link = PeerLink::new(
+            n.repl,
+            &self.me.name,
+            self.keys.clone(),
+            self.peer_timeout,
+            traffic,
+        );
         Arc::new(Peer::new(n.clone(), Transport::Link(link)))
     }
 

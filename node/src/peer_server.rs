@@ -19,8 +19,8 @@ use crate::wire::{Body, Envelope, FrameError, Item, ItemResult};
 
 /// Answers peers on the replication port.
 pub struct PeerServer {
-    /// Replication key ([`crate::connection::auth_key`] of the cluster secret) peers must prove.
-    pub key: [u8; 32],
+    /// The replication keys peers must prove one of (the cluster secret's, and a previous one's).
+    pub keys: Arc<crate::connection::AuthKeys>,
     /// `[replication] lease_ms`: how long an applied copy promises the primary no takeover.
     pub lease: Duration,
     /// Where received copies are kept.
@@ -71,7 +71,7 @@ impl PeerServer {
         stream: TcpStream,
         addr: SocketAddr,
     ) -> Result<(), LinkError> {
-        let (mut reader, mut writer, peer) = server_handshake(stream, &self.key).await?;
+        let (mut reader, mut writer, peer) = server_handshake(stream, &self.keys.get()).await?;
         tracing::debug!(%addr, %peer, "replication peer connected");
         let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
         let write_task = tokio::spawn(async move {

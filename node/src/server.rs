@@ -14,7 +14,7 @@ use tracing::{info, warn, Instrument};
 use crate::app::App;
 use crate::builtin::BuiltinApi;
 use crate::config::{self, ClusterConfig, NodeConfig};
-use crate::connection::auth_key;
+use crate::connection::AuthKeys;
 use crate::cookie::CookieCodec;
 use crate::drain::Drain;
 use crate::forward::Forwarder;
@@ -98,6 +98,8 @@ pub struct Running {
     grace: Duration,
     members: Arc<Membership>,
     pairs: Arc<RwLock<Arc<crate::ids::PairTable>>>,
+    codec: Arc<RwLock<Arc<CookieCodec>>>,
+    keys: Arc<AuthKeys>,
     replicator: Arc<Replicator>,
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
@@ -120,7 +122,11 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         Topology::built(r.topology, r.copies).ok_or(ServerError::Topology(r.topology))?;
     let store = Arc::new(Store::default());
     let metrics = Arc::new(Metrics::new());
-    let (members, changes) = Membership::new(&cfg, &me, metrics.repl_bytes.clone());
+    let keys = Arc::new(AuthKeys::new(
+        cfg.secret.expose(),
+        cfg.previous_secret.as_ref().map(|s| s.expose()),
+    ));
+    let (members, changes) = Membership::new(&cfg, &me, metrics.repl_bytes.clone(), keys.clone());
     let members = Arc::new(members);
     let replicator = Replicator::new(
         replicator::Settings {
@@ -151,9 +157,10 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         replicator: replicator.clone(),
     });
     let pairs = Arc::new(RwLock::new(Arc::new(cfg.pairs.clone())));
+    let codec = Arc::new(RwLock::new(Arc::new(CookieCodec::new(&cfg.cookie))));
     let peers = Arc::new(PeerServer {
         incarnation: crate::ids::SessionId::random().0 as u64,
-        key: auth_key(cfg.secret.expose()),
+        keys: keys.clone(),
         lease: r.lease,
         store: store.clone(),
         metrics: metrics.clone(),
@@ -187,6 +194,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
             strict: r.strict,
         },
         pairs: pairs.clone(),
+        codec: codec.clone(),
         store,
         members: members.clone(),
         metrics: metrics.clone(),
@@ -216,6 +224,8 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         me,
         members,
         pairs,
+        codec,
+        keys,
         replicator,
         metrics,
         drain,
@@ -231,6 +241,7 @@ struct Front<'a> {
     me: &'a NodeConfig,
     settings: service::Settings,
     pairs: Arc<RwLock<Arc<crate::ids::PairTable>>>,
+    codec: Arc<RwLock<Arc<CookieCodec>>>,
     store: Arc<Store>,
     members: Arc<Membership>,
     metrics: Arc<Metrics>,
@@ -252,7 +263,7 @@ impl Front<'_> {
         let service = Arc::new(SessionService {
             app,
             settings: self.settings,
-            codec: CookieCodec::new(&self.cfg.cookie),
+            codec: self.codec,
             // Validated as a lowercase header name: parsing it cannot fail.
             token_header: self
                 .cfg
@@ -376,6 +387,12 @@ impl Running {
         let (added, removed) = self.members.update(&cfg);
         self.drain.set(me.drain);
         *self.pairs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.pairs.clone());
+        *self.codec.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(CookieCodec::new(&cfg.cookie));
+        self.keys.set(
+            cfg.secret.expose(),
+            cfg.previous_secret.as_ref().map(|s| s.expose()),
+        );
         for id in &added {
             self.replicator.add_peer(*id);
         }

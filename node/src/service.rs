@@ -109,8 +109,9 @@ pub struct SessionService<A: App> {
     pub app: A,
     /// Limits and timeouts.
     pub settings: Settings,
-    /// Reads and mints routing cookies.
-    pub codec: CookieCodec,
+    /// Reads and mints routing cookies; a reload swaps the inner `Arc` (read it with [`Self::codec`]), so a
+    /// rotated `[cookie]` key applies without a restart.
+    pub codec: Arc<RwLock<Arc<CookieCodec>>>,
     /// `[cookie] header` as a header name, parsed once at start.
     pub token_header: Option<HeaderName>,
     /// The pair table of the current cluster file; a reload swaps the inner `Arc` (read it with [`Self::pairs`]).
@@ -135,6 +136,11 @@ impl<A: App> SessionService<A> {
     /// The pair table of the current cluster file.
     pub fn pairs(&self) -> Arc<PairTable> {
         self.pairs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The cookie codec of the current cluster file.
+    pub fn codec(&self) -> Arc<CookieCodec> {
+        self.codec.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Finds the session and runs the request; see the module docs.
@@ -550,7 +556,7 @@ impl<A: App> SessionService<A> {
                     .insert(h.clone(), HeaderValue::from_static(""));
             }
         } else {
-            set_header(&mut r, SET_COOKIE, &self.codec.clear_cookie(false));
+            set_header(&mut r, SET_COOKIE, &self.codec().clear_cookie(false));
         }
         r
     }
@@ -575,8 +581,12 @@ impl<A: App> SessionService<A> {
         };
         if cookie != Some(current) {
             match self.token_header.as_ref().filter(|_| call.by_token) {
-                Some(h) => set_header(&mut r, h.clone(), &self.codec.encode(&current)),
-                None => set_header(&mut r, SET_COOKIE, &self.codec.set_cookie(&current, false)),
+                Some(h) => set_header(&mut r, h.clone(), &self.codec().encode(&current)),
+                None => set_header(
+                    &mut r,
+                    SET_COOKIE,
+                    &self.codec().set_cookie(&current, false),
+                ),
             }
         }
         if stale {

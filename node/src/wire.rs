@@ -54,12 +54,13 @@ pub enum Body {
         /// Fresh random challenge for the server.
         nonce: [u8; 32],
     },
-    /// Server's answer to `Hello`: its proof, and a challenge back.
+    /// Server's answer to `Hello`: its proofs, and a challenge back.
     Challenge {
         /// Fresh random challenge for the client.
         nonce: [u8; 32],
-        /// HMAC of both nonces under the replication key, proving the server knows the cluster secret.
-        proof: [u8; 32],
+        /// HMAC of both nonces under each replication key the server holds (the current secret's, then during
+        /// a rotation the previous one's), proving it knows the cluster secret.
+        proofs: Vec<[u8; 32]>,
     },
     /// Client's answer to `Challenge`.
     Proof {
@@ -380,7 +381,7 @@ mod tests {
             },
             Body::Challenge {
                 nonce: [0; 32],
-                proof: [0; 32],
+                proofs: vec![],
             },
             Body::Proof { proof: [0; 32] },
             Body::Welcome,

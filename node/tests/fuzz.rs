@@ -211,8 +211,8 @@ fn pull_result() -> impl Strategy<Value = PullResult> {
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (".{0,16}", any::<[u8; 32]>()).prop_map(|(node, nonce)| Body::Hello { node, nonce }),
-        (any::<[u8; 32]>(), any::<[u8; 32]>())
-            .prop_map(|(nonce, proof)| Body::Challenge { nonce, proof }),
+        (any::<[u8; 32]>(), vec(any::<[u8; 32]>(), 0..3))
+            .prop_map(|(nonce, proofs)| Body::Challenge { nonce, proofs }),
         any::<[u8; 32]>().prop_map(|proof| Body::Proof { proof }),
         Just(Body::Welcome),
         ".{0,32}".prop_map(|reason| Body::Refused { reason }),

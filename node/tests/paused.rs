@@ -268,7 +268,7 @@ fn muteable_peer(listener: TcpListener, mute: Arc<AtomicBool>) {
             };
             let mute = mute.clone();
             tokio::spawn(async move {
-                let Ok((mut r, mut w, _)) = server_handshake(stream, &key).await else {
+                let Ok((mut r, mut w, _)) = server_handshake(stream, &[key]).await else {
                     return;
                 };
                 while let Ok(Some(env)) = r.next().await {
@@ -349,7 +349,7 @@ async fn a_secondary_that_stops_answering_heartbeats_is_replaced_after_the_peer_
 #[tokio::test(start_paused = true)]
 async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_and_the_copy_takes_over(
 ) {
-    use node::connection::{PeerLink, Traffic};
+    use node::connection::{AuthKeys, PeerLink, Traffic};
     use node::cookie::RoutingCookie;
     use node::ids::{Pair, SessionId};
     use node::session::Session;
@@ -378,7 +378,7 @@ async fn a_forward_to_an_owner_that_stops_answering_gives_up_within_heartbeats_a
     let link = PeerLink::new(
         cfg.node("n1").unwrap().repl,
         "n2",
-        auth_key(SECRET),
+        std::sync::Arc::new(AuthKeys::new(SECRET, None)),
         Duration::from_secs(1),
         Traffic::default(),
     );

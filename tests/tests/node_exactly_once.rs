@@ -30,7 +30,7 @@ fn stubborn_peer(
             };
             let stubborn = stubborn.clone();
             tokio::spawn(async move {
-                let Ok((mut reader, mut writer, _)) = server_handshake(stream, &key).await else {
+                let Ok((mut reader, mut writer, _)) = server_handshake(stream, &[key]).await else {
                     return;
                 };
                 while let Ok(Some(env)) = reader.next().await {

@@ -287,7 +287,7 @@ fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
     let err = rt.block_on(async {
         let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
         let key = node::connection::auth_key("not-the-cluster-secret-at-all");
-        node::connection::client_handshake(stream, "intruder", &key)
+        node::connection::client_handshake(stream, "intruder", &[key])
             .await
             .err()
     });
@@ -298,7 +298,7 @@ fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
     let ok = rt.block_on(async {
         let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
         let key = node::connection::auth_key("test-secret-0123456789abcdef");
-        node::connection::client_handshake(stream, "friend", &key)
+        node::connection::client_handshake(stream, "friend", &[key])
             .await
             .is_ok()
     });
@@ -340,7 +340,7 @@ fn malformed_frames_on_the_replication_port_leave_the_node_and_its_sessions_unha
             use tokio::io::AsyncWriteExt;
             let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
             let key = node::connection::auth_key("test-secret-0123456789abcdef");
-            let (_r, mut w) = node::connection::client_handshake(stream, "fuzzer", &key)
+            let (_r, mut w) = node::connection::client_handshake(stream, "fuzzer", &[key])
                 .await
                 .unwrap();
             let _ = w.get_mut().write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await;
@@ -547,7 +547,7 @@ fn a_frame_forged_after_the_handshake_is_refused_and_changes_nothing() {
         use tokio::io::AsyncWriteExt;
         let stream = tokio::net::TcpStream::connect(repl).await.unwrap();
         let key = node::connection::auth_key("test-secret-0123456789abcdef");
-        let (mut r, mut w) = node::connection::client_handshake(stream, "forger", &key)
+        let (mut r, mut w) = node::connection::client_handshake(stream, "forger", &[key])
             .await
             .unwrap();
         // Well-formed, after a real handshake, but without the connection's seal: what an on-path attacker

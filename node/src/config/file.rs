@@ -31,6 +31,8 @@ pub(super) struct FileConfig {
 pub(super) struct FileCluster {
     /// Required.
     pub secret: Option<Secret>,
+    /// During a rotation: the secret being replaced, still accepted from peers.
+    pub previous_secret: Option<Secret>,
 }
 
 #[derive(Debug, Deserialize)]

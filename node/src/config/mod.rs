@@ -303,6 +303,9 @@ impl NodeConfig {
 pub struct ClusterConfig {
     /// `[cluster] secret`: signs cookies (as the current cookie key) and authenticates replication.
     pub secret: Secret,
+    /// `[cluster] previous_secret`: during a rotation, the secret being replaced; peers that still prove it
+    /// are accepted, and this node proves it to peers that know no other. Default none.
+    pub previous_secret: Option<Secret>,
     /// `[cookie]`: the routing cookie's name and MAC keys.
     pub cookie: CookieConfig,
     /// `[lb]`: the balancer.
@@ -659,6 +662,27 @@ secret = "0123456789abcdef0123"
         );
         let pair_two = format!("{GOOD}\n[replication]\ncopies = 2\n");
         assert!(error(&pair_two).contains("need `topology = \"rss\"`"));
+    }
+
+    #[test]
+    fn a_secret_rotation_needs_a_new_secret_and_every_node_id_written_out() {
+        let rotating = GOOD.replace(
+            "secret = \"0123456789abcdef0123\"",
+            "secret = \"a-new-secret-0123456789\"\nprevious_secret = \"0123456789abcdef0123\"",
+        );
+        let err = error(&rotating);
+        let n1 = NodeId::derive("n1", "0123456789abcdef0123");
+        assert!(err.contains("`nodes[0].id`: a rotation"), "{err}");
+        assert!(err.contains(&format!("for `n1` write `id = {n1}`")), "{err}");
+        let n2 = NodeId::derive("n2", "0123456789abcdef0123");
+        let pinned = rotating
+            .replace("name = \"n1\"", &format!("name = \"n1\"\nid = {n1}"))
+            .replace("name = \"n2\"", &format!("name = \"n2\"\nid = {n2}"));
+        let c = ClusterConfig::from_toml("t.toml", &pinned).unwrap();
+        assert_eq!((c.nodes[0].id, c.nodes[1].id), (n1, n2), "the ids in use stay");
+        assert!(c.previous_secret.is_some());
+        let same = pinned.replace("a-new-secret-0123456789", "0123456789abcdef0123");
+        assert!(error(&same).contains("is the same as `secret`"));
     }
 
     #[test]

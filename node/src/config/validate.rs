@@ -98,6 +98,11 @@ impl FileConfig {
     /// The typed config, or the first invariant the file breaks.
     pub(super) fn validate(self) -> Result<ClusterConfig, Violation> {
         let secret = check_secret("cluster.secret", self.cluster.secret)?;
+        let previous_secret = self
+            .cluster
+            .previous_secret
+            .map(|p| check_secret("cluster.previous_secret", Some(p)))
+            .transpose()?;
         let cookie = self.cookie.validate(&secret)?;
         let lb = self.lb.validate()?;
         let upstream = self
@@ -111,6 +116,9 @@ impl FileConfig {
         let session = self.session.validate()?;
         let sidecar = self.sidecar.validate()?;
         check_groups(&replication, &self.nodes)?;
+        if let Some(previous) = &previous_secret {
+            check_rotation(previous, &secret, &replication, &self.nodes)?;
+        }
         let nodes = validate_nodes(&secret, self.nodes, upstream)?;
         check_roles(&replication, &nodes)?;
         if nodes.iter().any(|n| n.upstream.is_some()) {
@@ -126,6 +134,7 @@ impl FileConfig {
         })?;
         Ok(ClusterConfig {
             secret,
+            previous_secret,
             cookie,
             lb,
             node,
@@ -559,6 +568,40 @@ fn check_groups(replication: &ReplicationConfig, nodes: &[FileNode]) -> Result<(
                 format!("{g:?}: letters, digits, `-` and `_` only"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A secret rotation keeps what the secret derives: node ids must be written out (derived ones would change
+/// with the secret, and with them every cookie's segment), and a Redis bank (whose id is derived) must wait.
+fn check_rotation(
+    previous: &Secret,
+    secret: &Secret,
+    replication: &ReplicationConfig,
+    nodes: &[FileNode],
+) -> Result<(), Violation> {
+    if previous.expose() == secret.expose() {
+        return Err(Violation::new(
+            "cluster.previous_secret",
+            "is the same as `secret`: a rotation needs a new secret",
+        ));
+    }
+    if let Some(i) = nodes.iter().position(|n| n.id.is_none()) {
+        let name = nodes[i].name.clone().unwrap_or_default();
+        return Err(Violation::new(
+            format!("nodes[{i}].id"),
+            format!(
+                "a rotation (`cluster.previous_secret`) needs every node's `id` written out: derived ids change \
+                 with the secret; for `{name}` write `id = {}` (its id so far)",
+                NodeId::derive(&name, previous.expose())
+            ),
+        ));
+    }
+    if replication.bank.is_some() {
+        return Err(Violation::new(
+            "cluster.previous_secret",
+            "a Redis bank's id is derived from the secret: rotating it with a Redis bank is not supported yet",
+        ));
     }
     Ok(())
 }
