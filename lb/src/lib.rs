@@ -8,6 +8,7 @@
 //! - [`conns`]: the open connections to a node, shut when it is marked down.
 //! - [`health`]: fall/rise health state (pure) and the active `/_node/health` checker.
 //! - [`membership`]: the live node table: per-node state, immutable topology snapshots, reload.
+//! - [`diff`]: `lb check --diff`: what a reload between two files changes, what needs a restart (pure).
 //! - [`metrics`]: Prometheus families, per-node counters resolved once.
 //! - [`deadline`]: coarse per-thread deadlines for reading request heads.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation and the head-deadline wrapper.
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod balance;
 pub mod conns;
 pub mod deadline;
+pub mod diff;
 pub mod health;
 pub mod limits;
 pub mod membership;

@@ -1,6 +1,7 @@
-//! `lb --config FILE` runs the balancer; `lb check FILE` validates a cluster file and exits.
+//! `lb --config FILE` runs the balancer; `lb check FILE` validates a cluster file and exits; `lb check --diff OLD
+//! NEW` validates both and says what a reload from OLD to NEW would change, and what needs a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -23,21 +24,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a cluster file without starting.
-    Check { file: PathBuf },
+    Check {
+        /// The cluster file.
+        #[arg(required_unless_present = "diff", conflicts_with = "diff")]
+        file: Option<PathBuf>,
+        /// Validate OLD and NEW and print what a reload from OLD to NEW changes, and what needs a restart.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        diff: Option<Vec<PathBuf>>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Check { file }) = cli.command {
-        let cfg = ClusterConfig::load(&file)?;
-        println!(
-            "{}: ok, {} nodes, lb on {} (admin {})",
-            file.display(),
-            cfg.nodes.len(),
-            cfg.lb.listen,
-            cfg.lb.admin
-        );
-        return Ok(());
+    match cli.command {
+        Some(Command::Check {
+            diff: Some(files), ..
+        }) => return check_diff(&files[0], &files[1]),
+        Some(Command::Check {
+            file: Some(file), ..
+        }) => {
+            let cfg = ClusterConfig::load(&file)?;
+            print_ok(&file, &cfg);
+            return Ok(());
+        }
+        _ => {}
     }
     // Until the control service listens for SIGHUP, a reload signal must not kill the process.
     // SAFETY: setting a signal disposition before any thread exists.
@@ -50,6 +60,36 @@ fn main() -> anyhow::Result<()> {
         std::fs::canonicalize(&cli.config).with_context(|| format!("{}", cli.config.display()))?;
     tracing::info!(listen = %cfg.lb.listen, admin = %cfg.lb.admin, nodes = cfg.nodes.len(), "lb starting");
     lb::server::build(&path, cfg).run_forever()
+}
+
+fn print_ok(file: &Path, cfg: &ClusterConfig) {
+    println!(
+        "{}: ok, {} nodes, lb on {} (admin {})",
+        file.display(),
+        cfg.nodes.len(),
+        cfg.lb.listen,
+        cfg.lb.admin
+    );
+}
+
+/// `lb check --diff OLD NEW`: both files' errors as `lb check` prints them and exit 1 when either is invalid;
+/// else the changes, grouped as applied by a reload or needing a restart.
+fn check_diff(old: &Path, new: &Path) -> anyhow::Result<()> {
+    let (a, b) = (ClusterConfig::load(old), ClusterConfig::load(new));
+    let (a, b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            // Every invalid file's error, as `lb check` prints one, then its exit status.
+            for e in [a.err(), b.err()].into_iter().flatten() {
+                eprintln!("Error: {e}");
+            }
+            std::process::exit(1);
+        }
+    };
+    print_ok(old, &a);
+    print_ok(new, &b);
+    print!("{}", lb::diff::render(&lb::diff::diff(&a, &b)));
+    Ok(())
 }
 
 fn init_tracing(json: bool) {
