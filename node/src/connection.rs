@@ -669,17 +669,29 @@ mod tests {
     #[tokio::test]
     async fn during_a_rotation_peers_that_share_either_secret_connect_and_others_do_not() {
         let (old, new) = ("old-secret-0123456789", "new-secret-0123456789");
-        assert!(handshake(&[new, old], &[old]).await, "reloaded client, old server");
-        assert!(handshake(&[old], &[new, old]).await, "old client, reloaded server");
+        assert!(
+            handshake(&[new, old], &[old]).await,
+            "reloaded client, old server"
+        );
+        assert!(
+            handshake(&[old], &[new, old]).await,
+            "old client, reloaded server"
+        );
         assert!(handshake(&[new, old], &[new, old]).await, "both reloaded");
         assert!(handshake(&[new], &[new]).await, "both done");
-        assert!(!handshake(&[old], &[new]).await, "the old secret once dropped");
+        assert!(
+            !handshake(&[old], &[new]).await,
+            "the old secret once dropped"
+        );
         assert!(!handshake(&[new], &[old]).await, "a new secret alone");
     }
 
     #[tokio::test]
     async fn sealed_frames_flow_both_ways_after_a_handshake_on_the_previous_secret() {
-        let (old, new) = (auth_key("old-secret-0123456789"), auth_key("new-secret-0123456789"));
+        let (old, new) = (
+            auth_key("old-secret-0123456789"),
+            auth_key("new-secret-0123456789"),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = tokio::spawn(async move {
@@ -695,7 +707,11 @@ mod tests {
             body: Body::Ping { sessions: 3 },
         };
         w.write(&ping).await.unwrap();
-        assert_eq!(r.next().await.unwrap(), Some(ping), "echoed under the shared key");
+        assert_eq!(
+            r.next().await.unwrap(),
+            Some(ping),
+            "echoed under the shared key"
+        );
         serving.await.unwrap();
     }
 }

@@ -673,13 +673,20 @@ secret = "0123456789abcdef0123"
         let err = error(&rotating);
         let n1 = NodeId::derive("n1", "0123456789abcdef0123");
         assert!(err.contains("`nodes[0].id`: a rotation"), "{err}");
-        assert!(err.contains(&format!("for `n1` write `id = {n1}`")), "{err}");
+        assert!(
+            err.contains(&format!("for `n1` write `id = {n1}`")),
+            "{err}"
+        );
         let n2 = NodeId::derive("n2", "0123456789abcdef0123");
         let pinned = rotating
             .replace("name = \"n1\"", &format!("name = \"n1\"\nid = {n1}"))
             .replace("name = \"n2\"", &format!("name = \"n2\"\nid = {n2}"));
         let c = ClusterConfig::from_toml("t.toml", &pinned).unwrap();
-        assert_eq!((c.nodes[0].id, c.nodes[1].id), (n1, n2), "the ids in use stay");
+        assert_eq!(
+            (c.nodes[0].id, c.nodes[1].id),
+            (n1, n2),
+            "the ids in use stay"
+        );
         assert!(c.previous_secret.is_some());
         let same = pinned.replace("a-new-secret-0123456789", "0123456789abcdef0123");
         assert!(error(&same).contains("is the same as `secret`"));
