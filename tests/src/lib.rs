@@ -4,6 +4,7 @@
 //! without colliding. Every process is killed when the [`Cluster`] is dropped (and, through `PR_SET_PDEATHSIG`,
 //! when the test process itself dies).
 
+pub mod netns;
 pub mod redis;
 pub mod test_app;
 
@@ -190,6 +191,8 @@ pub struct Cluster {
     procs: Children,
     /// Every port handed out on `ip`, so no two addresses of the cluster share one.
     ports: HashSet<u16>,
+    /// A command prefix by node name (e.g. `ip netns exec ns`): the node binary runs under it.
+    node_prefix: HashMap<String, Vec<std::ffi::OsString>>,
 }
 
 /// The cluster file for `spec` on `ip` with the given ports: fast health checks, heartbeats and leases, so
@@ -253,15 +256,40 @@ impl Cluster {
     /// Picks an address and free ports, and writes the cluster file for `spec` into a fresh directory, without
     /// starting anything (for tools such as `bench cluster` that start the processes themselves).
     pub fn prepare(spec: ClusterSpec) -> Result<Cluster> {
+        Cluster::prepare_nodes(spec, None)
+    }
+
+    /// Like [`Cluster::prepare`], but node `n{i+1}` listens on `hosts[i]` (an address of a network namespace,
+    /// say) at `http_port` and `repl_port` (its app, in sidecar mode, at `repl_port + 1`); the lb stays on the
+    /// cluster's loopback address.
+    pub fn prepare_on_hosts(
+        spec: ClusterSpec,
+        hosts: &[Ipv4Addr],
+        http_port: u16,
+        repl_port: u16,
+    ) -> Result<Cluster> {
+        assert_eq!(hosts.len(), spec.nodes, "a host per node");
+        Cluster::prepare_nodes(spec, Some((hosts, http_port, repl_port)))
+    }
+
+    fn prepare_nodes(spec: ClusterSpec, hosts: Option<(&[Ipv4Addr], u16, u16)>) -> Result<Cluster> {
         let ip = loopback_ip();
         let mut ports = HashSet::new();
         let mut addr = || SocketAddr::from((ip, unused_port(ip, &mut ports)));
         let nodes: Vec<NodeAddrs> = (0..spec.nodes)
-            .map(|i| NodeAddrs {
-                name: format!("n{}", i + 1),
-                http: addr(),
-                repl: addr(),
-                app: spec.sidecar.then(&mut addr),
+            .map(|i| match hosts {
+                Some((hosts, http, repl)) => NodeAddrs {
+                    name: format!("n{}", i + 1),
+                    http: SocketAddr::from((hosts[i], http)),
+                    repl: SocketAddr::from((hosts[i], repl)),
+                    app: spec.sidecar.then(|| SocketAddr::from((hosts[i], repl + 1))),
+                },
+                None => NodeAddrs {
+                    name: format!("n{}", i + 1),
+                    http: addr(),
+                    repl: addr(),
+                    app: spec.sidecar.then(&mut addr),
+                },
             })
             .collect();
         let dir = std::env::temp_dir().join(format!(
@@ -280,6 +308,7 @@ impl Cluster {
             spec,
             procs,
             ports,
+            node_prefix: HashMap::new(),
         };
         c.rewrite_config()?;
         Ok(c)
@@ -324,19 +353,34 @@ impl Cluster {
         Ok(())
     }
 
+    /// Runs node `name` under `prefix` from its next start on: `prefix[0]` is the program, the rest its
+    /// arguments before the node binary's path (e.g. `ip netns exec ns`, which execs the node in place, so the
+    /// pid, the log and the death signal are the node's).
+    pub fn set_node_prefix(&mut self, name: &str, prefix: Vec<std::ffi::OsString>) {
+        self.node_prefix.insert(name.to_string(), prefix);
+    }
+
     /// Starts (or restarts) node `name` and waits until it is healthy.
     pub fn start_node(&mut self, name: &str) -> Result<()> {
         let config = self.config_path.clone().into_os_string();
-        self.procs.spawn(
-            name,
-            &bin("node"),
-            &[
-                OsStr::new("--config"),
-                &config,
-                OsStr::new("--name"),
-                OsStr::new(name),
-            ],
-        )?;
+        let node_args = [
+            OsStr::new("--config"),
+            &config,
+            OsStr::new("--name"),
+            OsStr::new(name),
+        ];
+        match self.node_prefix.get(name).and_then(|p| p.split_first()) {
+            Some((program, rest)) => {
+                let node = bin("node").into_os_string();
+                let mut args: Vec<&OsStr> = rest.iter().map(|a| a.as_os_str()).collect();
+                args.push(&node);
+                args.extend(node_args);
+                self.procs.spawn(name, Path::new(program), &args)?;
+            }
+            None => {
+                self.procs.spawn(name, &bin("node"), &node_args)?;
+            }
+        }
         let addr = self.node(name).http;
         wait_http_ok(
             &format!("http://{addr}/_node/health"),
