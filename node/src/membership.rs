@@ -485,6 +485,11 @@ impl Membership {
         pick_secondary(&self.me, &candidates, sid)
     }
 
+    /// Every web peer (alive or not), in id order.
+    pub fn web_peers(&self) -> Vec<NodeId> {
+        self.ids_where(|p| p.cfg.role == NodeRole::Web)
+    }
+
     /// The ids of the peers `pred` accepts, in id order.
     fn ids_where(&self, pred: impl Fn(&Peer) -> bool) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self

@@ -238,13 +238,20 @@ pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     /// Sessions that ended here: when, at which epoch, and whether a copy may still hold them untold.
     ended: Mutex<HashMap<SessionId, Ended, ahash::RandomState>>,
+    /// Copies left behind on peers by re-homings (peer -> session -> the epoch then): the peer still holds
+    /// a copy nobody updates, to be told to drop it once it answers.
+    left_behind: Mutex<LeftBehind>,
 }
+
+/// Per peer, the sessions whose copy was left behind there, with the (epoch, version) they had then.
+type LeftBehind = HashMap<NodeId, HashMap<SessionId, (u64, u64)>>;
 
 impl Default for Store {
     fn default() -> Self {
         Store {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             ended: Mutex::default(),
+            left_behind: Mutex::default(),
         }
     }
 }
@@ -303,6 +310,29 @@ impl Store {
         {
             e.untold = true;
         }
+    }
+
+    /// Notes that `peer` may hold a copy of `sid` (owned here at `epoch`, then at `version`) that nothing
+    /// updates any more.
+    pub fn mark_left_behind(&self, peer: NodeId, sid: SessionId, epoch: u64, version: u64) {
+        let mut m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(peer).or_default().insert(sid, (epoch, version));
+    }
+
+    /// `peer` holds `sid`'s copy again (it is a copy target once more): nothing to tell it.
+    pub fn unmark_left_behind(&self, peer: NodeId, sid: SessionId) {
+        let mut m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = m.get_mut(&peer) {
+            s.remove(&sid);
+        }
+    }
+
+    /// Takes the copies left behind on `peer`, to tell it (or forget them: it restarted empty).
+    pub fn take_left_behind(&self, peer: NodeId) -> Vec<(SessionId, (u64, u64))> {
+        let mut m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&peer)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// Sessions that ended here, within [`TOMBSTONE_TTL`], that a copy may still hold untold, with the epoch

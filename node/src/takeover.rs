@@ -159,9 +159,10 @@ impl Takeover {
         pair: Pair,
         owner_unreachable: bool,
     ) -> Recovered {
-        let candidates = self
+        let mut candidates = self
             .topology
             .takeover_sources(pair, self.me, || self.members.holders());
+        let mut widened = false;
         // First only a copy as new as the client's cookie; when no holder has one (a lost async update), the
         // best copy left, flagged stale.
         let mut min_version = cookie.version;
@@ -241,9 +242,22 @@ impl Takeover {
             unsure = busy || silent;
             if !busy {
                 // Every holder said it has nothing as new as the cookie: settle for the best copy left.
-                if min_version > 0 && !silent {
+                if min_version > 0 && !silent && !widened {
                     min_version = 0;
                     continue;
+                }
+                // A pair's cookie names two nodes, and a re-homing may have left the only copy on a third
+                // (the cookie was minted before). Every other web node is asked once for a copy as new as the
+                // cookie (never an older one: a copy left behind there may not have been dropped yet).
+                if !widened && !silent && self.topology == Topology::Pair {
+                    widened = true;
+                    let asked = candidates.clone();
+                    candidates = self.members.web_peers();
+                    candidates.retain(|c| !asked.contains(c) && *c != self.me);
+                    min_version = cookie.version;
+                    if !candidates.is_empty() {
+                        continue;
+                    }
                 }
                 break;
             }

@@ -174,6 +174,17 @@ pub enum Item {
         /// The sender's ownership epoch; a copy at a higher epoch is kept.
         epoch: u64,
     },
+    /// Drop your copy: the sender's copies of this session went elsewhere (a re-homing while this node was
+    /// unreachable, or excluded), so this one is no longer updated. Not an end: no tombstone is kept.
+    Drop {
+        /// The session.
+        sid: SessionId,
+        /// The sender's ownership epoch when the copy was left behind; a copy at a higher epoch is kept.
+        epoch: u64,
+        /// The session's version then: a copy newer than it was sent since (the peer is a copy holder
+        /// again) and is kept.
+        version: u64,
+    },
 }
 
 impl Item {
@@ -197,9 +208,10 @@ impl Item {
     /// The session the item is about.
     pub fn sid(&self) -> SessionId {
         match self {
-            Item::Deltas { sid, .. } | Item::Validate { sid, .. } | Item::Remove { sid, .. } => {
-                *sid
-            }
+            Item::Deltas { sid, .. }
+            | Item::Validate { sid, .. }
+            | Item::Remove { sid, .. }
+            | Item::Drop { sid, .. } => *sid,
             Item::Full { session } => session.id,
         }
     }
@@ -209,7 +221,8 @@ impl Item {
         match self {
             Item::Deltas { epoch, .. }
             | Item::Validate { epoch, .. }
-            | Item::Remove { epoch, .. } => *epoch,
+            | Item::Remove { epoch, .. }
+            | Item::Drop { epoch, .. } => *epoch,
             Item::Full { session } => session.epoch,
         }
     }

@@ -186,6 +186,11 @@ fn item() -> impl Strategy<Value = Item> {
             }
         }),
         (session_id(), any::<u64>()).prop_map(|(sid, epoch)| Item::Remove { sid, epoch }),
+        (session_id(), any::<u64>(), any::<u64>()).prop_map(|(sid, epoch, version)| Item::Drop {
+            sid,
+            epoch,
+            version
+        }),
     ]
 }
 

@@ -28,22 +28,38 @@ fn pinned_cluster() -> Cluster {
     Cluster::start(spec).unwrap()
 }
 
-/// The `original` cluster file with the new secret current and, when `previous`, the old one still accepted
-/// (from peers, and as cookie key 1; the current cookie key becomes 2).
-fn rotated(original: &str, previous: bool) -> String {
+/// The rotation's three files, from the `original`: the `Phase` of a rotation.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// The new key is accepted for cookies (as key 2), not yet used: a node still on the old file must read
+    /// what a node on the next file mints.
+    Announce,
+    /// The new secret signs and proves; the old one is still accepted (from peers, and as cookie key 1).
+    Switch,
+    /// The old secret is gone.
+    Done,
+}
+
+fn rotated(original: &str, phase: Phase) -> String {
     assert!(
         !original.contains("[cookie]"),
         "the harness writes no [cookie] table: {original}"
     );
-    let mut secrets = format!("secret = \"{NEW}\"");
-    let mut cookie = "\n[cookie]\nkey_id = 2\n".to_string();
-    if previous {
-        secrets += &format!("\nprevious_secret = \"{OLD}\"");
-        cookie += &format!("\n[[cookie.previous_keys]]\nid = 1\nsecret = \"{OLD}\"\n");
-    }
-    let out = original.replace(&format!("secret = \"{OLD}\""), &secrets) + &cookie;
-    assert!(out.contains(NEW), "{out}");
-    out
+    let key = |id: u8, secret: &str| {
+        format!("\n[[cookie.previous_keys]]\nid = {id}\nsecret = \"{secret}\"\n")
+    };
+    let (secrets, cookie) = match phase {
+        Phase::Announce => (format!("secret = \"{OLD}\""), key(2, NEW)),
+        Phase::Switch => (
+            format!("secret = \"{NEW}\"\nprevious_secret = \"{OLD}\""),
+            format!("\n[cookie]\nkey_id = 2\n{}", key(1, OLD)),
+        ),
+        Phase::Done => (
+            format!("secret = \"{NEW}\""),
+            "\n[cookie]\nkey_id = 2\n".into(),
+        ),
+    };
+    original.replace(&format!("secret = \"{OLD}\""), &secrets) + &cookie
 }
 
 /// Has every node and then the lb re-read the file, each confirmed.
@@ -98,8 +114,12 @@ fn a_secret_rotated_by_reload_under_load_fails_no_request_and_old_cookies_last_t
     assert_eq!(value(&idle.incr(&lb, "n").unwrap()), 1);
     let old_cookie = kept.cookie.clone();
 
-    // The rotation: everyone signs and proves with the new secret, and still accepts the old one.
-    c.write_config(&rotated(&original, true)).unwrap();
+    // The rotation: everyone learns the new cookie key, then signs and proves with the new secret while
+    // still accepting the old one.
+    c.write_config(&rotated(&original, Phase::Announce))
+        .unwrap();
+    reload_all(&c);
+    c.write_config(&rotated(&original, Phase::Switch)).unwrap();
     reload_all(&c);
     let r = kept.incr(&lb, "n").unwrap();
     assert_eq!(
@@ -123,7 +143,7 @@ fn a_secret_rotated_by_reload_under_load_fails_no_request_and_old_cookies_last_t
     c.start_node(&owner).unwrap();
 
     // After the grace period the old key goes: an idle client's old cookie starts a fresh session.
-    c.write_config(&rotated(&original, false)).unwrap();
+    c.write_config(&rotated(&original, Phase::Done)).unwrap();
     reload_all(&c);
     let r = idle.incr(&lb, "n").unwrap();
     assert_eq!(

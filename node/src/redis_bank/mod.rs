@@ -307,6 +307,11 @@ impl RedisBank {
                     results.push(Some(ItemResult::NeedFull));
                     continue;
                 }
+                // The store is the one copy holder a session has: it is never left behind by a re-homing.
+                Item::Drop { .. } => {
+                    results.push(Some(ItemResult::Applied));
+                    continue;
+                }
                 Item::Full { session } => (session.id, "c", session.epoch, session.version),
                 Item::Validate {
                     sid,

@@ -29,8 +29,9 @@ pub fn record(slot: &mut Slot, delta: Delta) {
 }
 
 /// Primary side: the session's copies now go to `targets`. A peer that keeps its place keeps its cursor; a new
-/// one starts with the full session; a dropped one is forgotten (its copy expires on its own).
-pub fn retarget(slot: &mut Slot, targets: &[NodeId]) {
+/// one starts with the full session. Returns the peers dropped: each may hold a copy nobody updates any more,
+/// which it must be told to drop ([`Item::Drop`]).
+pub fn retarget(slot: &mut Slot, targets: &[NodeId]) -> Vec<NodeId> {
     let mut next: Vec<Cursor> = Vec::with_capacity(targets.len());
     for &t in targets {
         match slot
@@ -42,7 +43,14 @@ pub fn retarget(slot: &mut Slot, targets: &[NodeId]) {
             None => next.push(Cursor::fresh(t)),
         }
     }
+    let dropped = slot
+        .copies
+        .iter()
+        .filter(|c| c.remove.is_none() && !targets.contains(&c.peer))
+        .map(|c| c.peer)
+        .collect();
     slot.copies = next;
+    dropped
 }
 
 /// Primary side: a read needs every copy to renew the lease; returns the peers to queue.
@@ -250,6 +258,15 @@ fn apply_item(
                 }
             }
             slot.session = None;
+            return ItemResult::Applied;
+        }
+        Item::Drop { epoch, version, .. } => {
+            match &slot.session {
+                Some(s) if fences(s, from, epoch) => return fenced(s),
+                // Sent again since it was left behind: current, kept.
+                Some(s) if s.epoch == epoch && s.version > version => {}
+                _ => slot.session = None,
+            }
             return ItemResult::Applied;
         }
     };

@@ -72,6 +72,8 @@ pub struct Replicator {
     /// Shutting down: batches leave at once instead of waiting to fill.
     flushing: AtomicBool,
     hurry: Notify,
+    /// Itself, for tasks started from `&self` methods (telling a live peer of copies left behind).
+    this: std::sync::Weak<Replicator>,
 }
 
 impl Replicator {
@@ -82,7 +84,7 @@ impl Replicator {
         members: Arc<Membership>,
         metrics: Arc<Metrics>,
     ) -> Arc<Replicator> {
-        Arc::new(Replicator {
+        Arc::new_cyclic(|this| Replicator {
             settings,
             store,
             members,
@@ -92,6 +94,7 @@ impl Replicator {
             settled: Notify::new(),
             flushing: AtomicBool::new(false),
             hurry: Notify::new(),
+            this: this.clone(),
         })
     }
 
@@ -196,46 +199,61 @@ impl Replicator {
                 tokio::spawn(async move { me.rehome_all(move |c| copies_to(c, peer), peer).await });
             }
             Change::Restarted(peer) => {
+                // It holds nothing any more, left-behind copies included.
+                self.store.take_left_behind(peer);
                 tokio::spawn(async move { me.resend_all(peer).await });
             }
             Change::Up(peer) => {
                 info!(peer = %self.members.name_of(peer).unwrap_or_default(), "peer up");
-                if self.members.may_hold_copies(peer) {
-                    let told = self.clone();
-                    tokio::spawn(async move { told.tell_ends(peer).await });
-                }
-                if self.members.is_group_peer(peer) {
-                    // A broadcast group member (back, or new): every session of the group goes to it.
-                    tokio::spawn(
-                        async move { me.rehome_all(move |c| !copies_to(c, peer), peer).await },
-                    );
-                    return;
-                }
-                // Sessions short of copies (none, or one of a bank's two) get them now.
+                let tell = self.members.may_hold_copies(peer);
+                let group = self.members.is_group_peer(peer);
                 let wanted = self.settings.topology.copies();
-                tokio::spawn(async move { me.rehome_all(move |c| c.len() < wanted, peer).await });
+                tokio::spawn(async move {
+                    if group {
+                        // A broadcast group member (back, or new): every session of the group goes to it.
+                        me.clone()
+                            .rehome_all(move |c| !copies_to(c, peer), peer)
+                            .await;
+                    } else {
+                        // Sessions short of copies (none, or one of a bank's two) get them now.
+                        me.clone().rehome_all(move |c| c.len() < wanted, peer).await;
+                    }
+                    // After the re-homing: what it took again is no longer left behind there.
+                    if tell {
+                        me.tell_left(peer).await;
+                    }
+                });
             }
         }
     }
 
     /// Tells `peer`, back after being unreachable, to drop its copies of sessions that ended here meanwhile
-    /// (it may hold one: a logout must not come back when this node dies later). Best effort: a miss leaves
-    /// the copy to expire.
-    async fn tell_ends(self: Arc<Self>, peer: NodeId) {
-        let ends = self.store.untold_ends();
+    /// (a logout must not come back when this node dies later) and of sessions whose copies went elsewhere
+    /// (no longer updated: promoting or granting one would lose writes). Best effort: left-behind copies not
+    /// told are kept for the next time; a miss of an end leaves the copy to expire.
+    async fn tell_left(self: Arc<Self>, peer: NodeId) {
         let Some(p) = self.members.peer(peer) else {
             return;
         };
-        for chunk in ends.chunks(MAX_BATCH) {
-            let items = chunk
-                .iter()
-                .map(|&(sid, epoch)| Item::Remove { sid, epoch })
-                .collect();
+        let ends = self.store.untold_ends().into_iter();
+        let mut items: Vec<Item> = ends
+            .map(|(sid, epoch)| Item::Remove { sid, epoch })
+            .collect();
+        let left = self.store.take_left_behind(peer);
+        items.extend(left.iter().map(|&(sid, (epoch, version))| Item::Drop {
+            sid,
+            epoch,
+            version,
+        }));
+        for chunk in items.chunks(MAX_BATCH) {
             if let Err(e) = p
-                .batch(self.settings.me, items, self.settings.peer_timeout)
+                .batch(self.settings.me, chunk.to_vec(), self.settings.peer_timeout)
                 .await
             {
-                debug!(error = %e, "telling a peer of ended sessions failed");
+                debug!(error = %e, "telling a peer of ended and left-behind copies failed");
+                for (sid, (epoch, version)) in left {
+                    self.store.mark_left_behind(peer, sid, epoch, version);
+                }
                 return;
             }
         }
@@ -290,9 +308,19 @@ impl Replicator {
                 self.members
                     .choose_copies(s.id, exclude, self.settings.topology.copies());
         }
-        let version = s.version;
+        let (version, epoch, sid) = (s.version, s.epoch, s.id);
         let targets = self.members.copy_targets(self.settings.topology, s);
-        retarget(slot, &targets);
+        for peer in retarget(slot, &targets) {
+            // Its copy is no longer updated: told to drop it once it answers, so that no request with an
+            // older cookie can promote or be granted it later.
+            self.store.mark_left_behind(peer, sid, epoch, version);
+            if let Some(me) = self.this.upgrade().filter(|_| self.members.is_alive(peer)) {
+                tokio::spawn(async move { me.tell_left(peer).await });
+            }
+        }
+        for &t in &targets {
+            self.store.unmark_left_behind(t, sid);
+        }
         self.metrics.rehomed.inc();
         if targets.is_empty() {
             // Nobody to copy to: waiting reads are released (they need no lease without a copy), and waiting

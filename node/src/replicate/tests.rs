@@ -45,6 +45,34 @@ fn acked(v: u64) -> AfterReply {
 }
 
 #[test]
+fn a_copy_left_behind_is_dropped_but_one_sent_again_since_is_kept() {
+    let (mut p, mut s) = pair();
+    write(&mut p, "a");
+    sync(&mut p, &mut s);
+    let (epoch, version) = {
+        let x = p.session.as_ref().unwrap();
+        (x.epoch, x.version)
+    };
+    assert_eq!(retarget(&mut p, &[]), vec![id(2)], "left behind");
+    let drop = || Item::Drop {
+        sid: SID,
+        epoch,
+        version,
+    };
+    let mut again = s.clone();
+    // Sent again since, with a newer write: kept.
+    again.session.as_mut().unwrap().version += 1;
+    let r = incoming(&mut again, id(1), drop(), Instant::now(), LEASE, None);
+    assert_eq!((r.result, r.forget), (ItemResult::Applied, false));
+    let r = incoming(&mut s, id(1), drop(), Instant::now(), LEASE, None);
+    assert_eq!(
+        (r.result, r.forget, r.ended),
+        (ItemResult::Applied, true, None),
+        "dropped, no tombstone"
+    );
+}
+
+#[test]
 fn a_late_answer_from_a_peer_re_homed_away_confirms_nothing() {
     let (mut p, mut s) = pair();
     write(&mut p, "a");

@@ -86,5 +86,10 @@ fn item_text(i: &Item) -> String {
             version,
         } => format!("validate s{} e{epoch} v{version}", sid.0),
         Item::Remove { sid, epoch } => format!("remove s{} e{epoch}", sid.0),
+        Item::Drop {
+            sid,
+            epoch,
+            version,
+        } => format!("drop s{} e{epoch} v{version}", sid.0),
     }
 }
