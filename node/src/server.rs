@@ -181,6 +181,7 @@ pub fn start(cfg: ClusterConfig, name: &str, listeners: Listeners) -> Result<Run
         tokio::spawn(watch_changes(replicator.clone(), changes)),
         tokio::spawn(peers.serve(listeners.repl)),
         tokio::spawn(heartbeats(members.clone(), store.clone(), r.heartbeat)),
+        tokio::spawn(tell_left_behind(replicator.clone(), r.heartbeat)),
     ];
     let front = Front {
         cfg: &cfg,
@@ -451,6 +452,17 @@ async fn heartbeats(members: Arc<Membership>, store: Arc<Store>, every: Duration
         let ids = members.peer_ids();
         let beats = ids.iter().map(|id| members.heartbeat(*id, sessions));
         futures_util::future::join_all(beats).await;
+    }
+}
+
+/// Every heartbeat interval, tells live peers of copies left behind on them that they were not told of yet (a
+/// peer this node never saw go down sends no "up" to trigger it: a short partition, a forward that failed).
+async fn tell_left_behind(replicator: Arc<Replicator>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        replicator.retry_left_behind().await;
     }
 }
 

@@ -327,6 +327,15 @@ impl Store {
         }
     }
 
+    /// The peers holding copies left behind that they were not told of yet.
+    pub fn left_behind_peers(&self) -> Vec<NodeId> {
+        let m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// Takes the copies left behind on `peer`, to tell it (or forget them: it restarted empty).
     pub fn take_left_behind(&self, peer: NodeId) -> Vec<(SessionId, (u64, u64))> {
         let mut m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());

@@ -132,9 +132,12 @@ impl Takeover {
         // Whatever waits here (writes of an owner that just handed over) must not be acknowledged here now.
         entry.update_mark(|m| m.fenced = true);
         // An owner's old copies are orphans now; tell them to drop them (best effort: expiry covers a miss).
-        let items = vec![Item::Remove {
+        // A drop, not a removal: the session goes on, and a tombstone would make the holder answer the
+        // session's next request there with a fresh one.
+        let items = vec![Item::Drop {
             sid,
             epoch: granted.epoch,
+            version: granted.version,
         }];
         for old in old_copies {
             if let Some(p) = self.members.peer(old) {
@@ -205,8 +208,19 @@ impl Takeover {
                 };
                 match answer {
                     Ok(PullResult::Granted { session }) => {
-                        let version = session.version;
+                        let (version, epoch) = (session.version, session.epoch);
                         let stale = replicate::install(slot, session, cookie.version, now());
+                        // The owner the cookie names, when another than the granter, may still run unaware
+                        // (a pause, a short partition) and hold the session as its own: told to drop it once
+                        // it answers (a copy that is current by then is kept).
+                        if pair.primary != self.me && pair.primary != c {
+                            self.store.mark_left_behind(
+                                pair.primary,
+                                cookie.session,
+                                epoch,
+                                version,
+                            );
+                        }
                         entry.reset_mark(version + 1, sent_at + self.lease);
                         if self.topology == Topology::Broadcast {
                             // The granter keeps its copy; every other live member of the group gets one too.
@@ -403,6 +417,10 @@ impl Takeover {
         self.replicator.rehome(entry, slot, &[p.old_owner]);
         self.metrics.promotions.inc();
         let s = slot.session.as_ref().expect("promoted above");
+        // The old owner, if it runs again unaware (a pause, a short partition), still holds the session as its
+        // own: it is told to drop it once it answers (at the new epoch, so that its copy gives way).
+        self.store
+            .mark_left_behind(p.old_owner, s.id, s.epoch, s.version);
         if p.stale {
             warn!(session = %s.id.log_hash(), version = s.version, cookie_version, "promoted copy is older than the client's cookie");
         }

@@ -187,7 +187,8 @@ pub fn incoming(
     };
     let result = apply_item(slot, from, item, now, lease);
     Received {
-        fence: was_primary && slot.role == Role::Replica,
+        // Given up (a copy for a newer owner, or dropped): waiting writes here must not be acknowledged.
+        fence: was_primary && (slot.role == Role::Replica || slot.session.is_none()),
         forget: slot.session.is_none(),
         ended: removal.filter(|_| result == ItemResult::Applied),
         result,

@@ -227,6 +227,15 @@ impl Replicator {
         }
     }
 
+    /// Tells every live peer holding copies left behind (and not told yet) to drop them; one at a time.
+    pub async fn retry_left_behind(self: &Arc<Self>) {
+        for peer in self.store.left_behind_peers() {
+            if self.members.is_alive(peer) {
+                self.clone().tell_left(peer).await;
+            }
+        }
+    }
+
     /// Tells `peer`, back after being unreachable, to drop its copies of sessions that ended here meanwhile
     /// (a logout must not come back when this node dies later) and of sessions whose copies went elsewhere
     /// (no longer updated: promoting or granting one would lose writes). Best effort: left-behind copies not

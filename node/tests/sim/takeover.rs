@@ -85,9 +85,10 @@ impl Sim {
             self.update_mark(c, sid, |m| m.fenced = true);
             // Old copies are orphans now: told to drop theirs, best effort, nobody waits for the answer.
             let items = vec![(
-                Item::Remove {
+                Item::Drop {
                     sid,
                     epoch: granted.epoch,
+                    version: granted.version,
                 },
                 0,
             )];
