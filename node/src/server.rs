@@ -462,7 +462,7 @@ async fn tell_left_behind(replicator: Arc<Replicator>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        replicator.retry_left_behind().await;
+        replicator.retry_left_behind();
     }
 }
 

@@ -327,6 +327,29 @@ impl Store {
         }
     }
 
+    /// Like [`Store::mark_left_behind`], unless something is noted for that copy already (a newer mark).
+    pub fn mark_left_behind_if_none(&self, peer: NodeId, sid: SessionId, epoch: u64, version: u64) {
+        let mut m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(peer)
+            .or_default()
+            .entry(sid)
+            .or_insert((epoch, version));
+    }
+
+    /// The sessions whose copies were left behind on `peer`.
+    pub fn left_behind_on(&self, peer: NodeId) -> Vec<SessionId> {
+        let m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&peer)
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes the mark of `sid`'s copy left behind on `peer`: its (epoch, version) then.
+    pub fn take_left_behind_one(&self, peer: NodeId, sid: SessionId) -> Option<(u64, u64)> {
+        let mut m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());
+        m.get_mut(&peer)?.remove(&sid)
+    }
+
     /// The peers holding copies left behind that they were not told of yet.
     pub fn left_behind_peers(&self) -> Vec<NodeId> {
         let m = self.left_behind.lock().unwrap_or_else(|p| p.into_inner());

@@ -26,7 +26,7 @@ use crate::redis_bank::{BankError, Pulled, RedisBank};
 use crate::replicate::{self, replicator::Replicator};
 use crate::store::{now, Entry, Role, Slot, Store};
 use crate::topology::Topology;
-use crate::wire::{Body, Item, PullResult};
+use crate::wire::{Body, PullResult};
 
 /// How long a pull waits for a session that is busy here before answering `Busy`.
 const PULL_LOCK_WAIT: Duration = Duration::from_millis(300);
@@ -131,21 +131,13 @@ impl Takeover {
         drop(slot);
         // Whatever waits here (writes of an owner that just handed over) must not be acknowledged here now.
         entry.update_mark(|m| m.fenced = true);
-        // An owner's old copies are orphans now; tell them to drop them (best effort: expiry covers a miss).
-        // A drop, not a removal: the session goes on, and a tombstone would make the holder answer the
-        // session's next request there with a fresh one.
-        let items = vec![Item::Drop {
-            sid,
-            epoch: granted.epoch,
-            version: granted.version,
-        }];
+        // An owner's old copies are left behind now: each is told to drop it through its queue (retried until
+        // it answers). A drop, not a removal: the session goes on, and a tombstone would make the holder answer
+        // the session's next request there with a fresh one.
         for old in old_copies {
-            if let Some(p) = self.members.peer(old) {
-                let (me, items, timeout) = (self.me, items.clone(), self.peer_timeout);
-                tokio::spawn(async move {
-                    let _ = p.batch(me, items, timeout).await;
-                });
-            }
+            self.store
+                .mark_left_behind(old, sid, granted.epoch, granted.version);
+            self.replicator.enqueue(old, &entry);
         }
         self.metrics.pulls_granted.inc();
         info!(session = %sid.log_hash(), to = %self.members.name_of(requester).unwrap_or_default(), epoch = granted.epoch, "session handed over");
@@ -162,9 +154,10 @@ impl Takeover {
         pair: Pair,
         owner_unreachable: bool,
     ) -> Recovered {
-        let mut candidates = self
+        let named = self
             .topology
             .takeover_sources(pair, self.me, || self.members.holders());
+        let mut candidates = named.clone();
         let mut widened = false;
         // First only a copy as new as the client's cookie; when no holder has one (a lost async update), the
         // best copy left, flagged stale.
@@ -255,23 +248,26 @@ impl Takeover {
             }
             unsure = busy || silent;
             if !busy {
-                // Every holder said it has nothing as new as the cookie: settle for the best copy left.
-                if min_version > 0 && !silent && !widened {
-                    min_version = 0;
-                    continue;
-                }
                 // A pair's cookie names two nodes, and a re-homing may have left the only copy on a third
-                // (the cookie was minted before). Every other web node is asked once for a copy as new as the
-                // cookie (never an older one: a copy left behind there may not have been dropped yet).
-                if !widened && !silent && self.topology == Topology::Pair {
+                // (the cookie was minted before). Before settling for an older copy, every other web node is
+                // asked once for one as new as the cookie (never an older one there: a copy left behind may
+                // not have been dropped yet).
+                if !widened && !silent && min_version > 0 && self.topology == Topology::Pair {
                     widened = true;
-                    let asked = candidates.clone();
                     candidates = self.members.web_peers();
-                    candidates.retain(|c| !asked.contains(c) && *c != self.me);
-                    min_version = cookie.version;
+                    candidates.retain(|c| !named.contains(c) && *c != self.me);
                     if !candidates.is_empty() {
+                        unsure = true; // a round is owed to them, should the rounds run out first
                         continue;
                     }
+                }
+                // Nobody has a copy as new as the cookie: settle for the best copy left, among the nodes the
+                // cookie names.
+                if min_version > 0 && !silent {
+                    min_version = 0;
+                    candidates = named.clone();
+                    unsure = true;
+                    continue;
                 }
                 break;
             }

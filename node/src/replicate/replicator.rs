@@ -32,6 +32,9 @@ fn copies_to(copies: &[Cursor], peer: NodeId) -> bool {
 
 /// A session queued for a peer, and whether a request waits on its copy leaving at once.
 type Queued = (Arc<Entry>, bool);
+/// A session in a batch sent: its entry, the version the item brings the copy to, and for a drop of a copy
+/// left behind, the (epoch, version) it was left at.
+type Sent = (Arc<Entry>, u64, Option<(u64, u64)>);
 
 /// Most sessions in one batch.
 const MAX_BATCH: usize = 1024;
@@ -72,8 +75,6 @@ pub struct Replicator {
     /// Shutting down: batches leave at once instead of waiting to fill.
     flushing: AtomicBool,
     hurry: Notify,
-    /// Itself, for tasks started from `&self` methods (telling a live peer of copies left behind).
-    this: std::sync::Weak<Replicator>,
 }
 
 impl Replicator {
@@ -84,7 +85,7 @@ impl Replicator {
         members: Arc<Membership>,
         metrics: Arc<Metrics>,
     ) -> Arc<Replicator> {
-        Arc::new_cyclic(|this| Replicator {
+        Arc::new(Replicator {
             settings,
             store,
             members,
@@ -94,7 +95,6 @@ impl Replicator {
             settled: Notify::new(),
             flushing: AtomicBool::new(false),
             hurry: Notify::new(),
-            this: this.clone(),
         })
     }
 
@@ -128,7 +128,13 @@ impl Replicator {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&peer);
         let me = self.clone();
-        tokio::spawn(async move { me.rehome_all(move |c| copies_to(c, peer), peer).await });
+        tokio::spawn(async move {
+            me.clone()
+                .rehome_all(move |c| copies_to(c, peer), peer)
+                .await;
+            // Out of the cluster: nothing will be told to it any more.
+            me.store.take_left_behind(peer);
+        });
     }
 
     /// Queues a session for copying to `peer`.
@@ -220,49 +226,76 @@ impl Replicator {
                     }
                     // After the re-homing: what it took again is no longer left behind there.
                     if tell {
-                        me.tell_left(peer).await;
+                        me.tell_ends(peer).await;
+                        me.queue_left_behind(peer);
                     }
                 });
             }
         }
     }
 
-    /// Tells every live peer holding copies left behind (and not told yet) to drop them; one at a time.
-    pub async fn retry_left_behind(self: &Arc<Self>) {
+    /// Queues, for every live peer holding copies left behind, the sessions to tell it about (the timer's
+    /// part: a peer never seen going down sends no "up").
+    pub fn retry_left_behind(&self) {
         for peer in self.store.left_behind_peers() {
             if self.members.is_alive(peer) {
-                self.clone().tell_left(peer).await;
+                self.queue_left_behind(peer);
             }
         }
     }
 
+    /// Queues for `peer` every session whose copy was left behind there; a session no longer held here is
+    /// forgotten (its copy there expires on its own).
+    fn queue_left_behind(&self, peer: NodeId) {
+        for sid in self.store.left_behind_on(peer) {
+            match self.store.get(sid) {
+                Some(entry) => self.enqueue(peer, &entry),
+                None => self.store.unmark_left_behind(peer, sid),
+            }
+        }
+    }
+
+    /// The drop to send `peer` for session `sid` (locked in `slot`) when a copy was left behind there and
+    /// the peer is not one of its copy holders now; takes the mark (put back if the send fails).
+    fn left_behind_item(
+        &self,
+        slot: &Slot,
+        sid: crate::ids::SessionId,
+        peer: NodeId,
+    ) -> Option<(Item, (u64, u64))> {
+        if slot.copies.iter().any(|c| c.peer == peer) {
+            self.store.unmark_left_behind(peer, sid);
+            return None;
+        }
+        let (epoch, version) = self.store.take_left_behind_one(peer, sid)?;
+        Some((
+            Item::Drop {
+                sid,
+                epoch,
+                version,
+            },
+            (epoch, version),
+        ))
+    }
+
     /// Tells `peer`, back after being unreachable, to drop its copies of sessions that ended here meanwhile
-    /// (a logout must not come back when this node dies later) and of sessions whose copies went elsewhere
-    /// (no longer updated: promoting or granting one would lose writes). Best effort: left-behind copies not
-    /// told are kept for the next time; a miss of an end leaves the copy to expire.
-    async fn tell_left(self: Arc<Self>, peer: NodeId) {
+    /// (a logout must not come back when this node dies later). Best effort: a miss leaves the copy to
+    /// expire.
+    async fn tell_ends(&self, peer: NodeId) {
+        let ends = self.store.untold_ends();
         let Some(p) = self.members.peer(peer) else {
             return;
         };
-        let ends = self.store.untold_ends().into_iter();
-        let mut items: Vec<Item> = ends
-            .map(|(sid, epoch)| Item::Remove { sid, epoch })
-            .collect();
-        let left = self.store.take_left_behind(peer);
-        items.extend(left.iter().map(|&(sid, (epoch, version))| Item::Drop {
-            sid,
-            epoch,
-            version,
-        }));
-        for chunk in items.chunks(MAX_BATCH) {
+        for chunk in ends.chunks(MAX_BATCH) {
+            let items = chunk
+                .iter()
+                .map(|&(sid, epoch)| Item::Remove { sid, epoch })
+                .collect();
             if let Err(e) = p
-                .batch(self.settings.me, chunk.to_vec(), self.settings.peer_timeout)
+                .batch(self.settings.me, items, self.settings.peer_timeout)
                 .await
             {
-                debug!(error = %e, "telling a peer of ended and left-behind copies failed");
-                for (sid, (epoch, version)) in left {
-                    self.store.mark_left_behind(peer, sid, epoch, version);
-                }
+                debug!(error = %e, "telling a peer of ended sessions failed");
                 return;
             }
         }
@@ -320,12 +353,10 @@ impl Replicator {
         let (version, epoch, sid) = (s.version, s.epoch, s.id);
         let targets = self.members.copy_targets(self.settings.topology, s);
         for peer in retarget(slot, &targets) {
-            // Its copy is no longer updated: told to drop it once it answers, so that no request with an
-            // older cookie can promote or be granted it later.
+            // Its copy is no longer updated: told to drop it once it answers (through its queue, so the
+            // drop is ordered with any copy sent to it later), so that no request with an older cookie can
+            // promote or be granted it.
             self.store.mark_left_behind(peer, sid, epoch, version);
-            if let Some(me) = self.this.upgrade().filter(|_| self.members.is_alive(peer)) {
-                tokio::spawn(async move { me.tell_left(peer).await });
-            }
         }
         for &t in &targets {
             self.store.unmark_left_behind(t, sid);
@@ -403,7 +434,7 @@ impl Replicator {
         rtt: &Histogram,
     ) {
         let mut seen: HashSet<usize> = HashSet::new();
-        let mut sent: Vec<(Arc<Entry>, u64)> = Vec::new();
+        let mut sent: Vec<Sent> = Vec::new();
         let mut items: Vec<Item> = Vec::new();
         let mut bytes = 0;
         for entry in queued {
@@ -411,8 +442,12 @@ impl Replicator {
                 continue;
             }
             let mut slot = entry.slot.lock().await;
-            let Some((item, version)) = outgoing(&mut slot, entry.id, peer, whole) else {
-                continue;
+            let (item, version, left) = match outgoing(&mut slot, entry.id, peer, whole) {
+                Some((item, version)) => (item, version, None),
+                None => match self.left_behind_item(&slot, entry.id, peer) {
+                    Some((item, left)) => (item, 0, Some(left)),
+                    None => continue,
+                },
             };
             drop(slot);
             if matches!(item, Item::Full { .. }) {
@@ -426,7 +461,7 @@ impl Replicator {
             }
             bytes += size;
             items.push(item);
-            sent.push((entry, version));
+            sent.push((entry, version, left));
         }
         if !items.is_empty() {
             self.send_items(peer, items, sent, rtt).await;
@@ -434,13 +469,7 @@ impl Replicator {
     }
 
     /// Sends one batch of items to `peer` and carries out what each answer (or the failure) asks.
-    async fn send_items(
-        &self,
-        peer: NodeId,
-        items: Vec<Item>,
-        sent: Vec<(Arc<Entry>, u64)>,
-        rtt: &Histogram,
-    ) {
+    async fn send_items(&self, peer: NodeId, items: Vec<Item>, sent: Vec<Sent>, rtt: &Histogram) {
         self.metrics.repl_items.inc_by(items.len() as u64);
         let Some(p) = self.members.peer(peer) else {
             return;
@@ -456,8 +485,16 @@ impl Replicator {
                 self.metrics.repl_errors.inc();
                 warn!(sessions = sent.len(), error = %e, "replication batch failed: peer marked down");
                 self.members.mark_failed(peer, &e);
-                for (entry, _) in sent {
+                for (entry, _, left) in sent {
                     let mut slot = entry.slot.lock().await;
+                    if let Some((epoch, version)) = left {
+                        // Told again later, unless the peer holds a copy again meanwhile.
+                        if !slot.copies.iter().any(|c| c.peer == peer) {
+                            self.store
+                                .mark_left_behind_if_none(peer, entry.id, epoch, version);
+                        }
+                        continue;
+                    }
                     match on_failure(&mut slot, peer) {
                         AfterFailure::Rehome => self.rehome(&entry, &mut slot, &[peer]),
                         AfterFailure::Forget => {
@@ -474,7 +511,11 @@ impl Replicator {
             }
         };
         let lease_until = sent_at + self.settings.lease;
-        for ((entry, version), result) in sent.into_iter().zip(results) {
+        for ((entry, version, left), result) in sent.into_iter().zip(results) {
+            if left.is_some() {
+                // A drop's answer says nothing of this node's own copies.
+                continue;
+            }
             let mut slot = entry.slot.lock().await;
             let needed = self.acks_needed(slot.copies.len());
             match on_reply(&mut slot, peer, version, &result, needed) {
