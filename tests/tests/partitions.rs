@@ -235,18 +235,25 @@ struct Rehomed {
     old_cookie: String,
 }
 
-/// Five increments, then the session's primary cut from its secondary while the client keeps incrementing:
-/// every acknowledged value is on a copy off the primary at once, until the third node holds the current
-/// value for ten increments in a row (the copy re-homed to it); then the cut is healed. Every increment is
-/// acknowledged.
-fn cut_primary_from_secondary(net: &Netns, c: &Cluster) -> Rehomed {
+/// A client whose session got five increments through the lb: with the session's id and the pair that
+/// holds it (primary, secondary).
+fn five_increments(net: &Netns, c: &Cluster) -> (Client, String, String, String) {
     let mut cl = Client::new(c);
     for i in 1..=5 {
         assert_eq!(cl.incr_ok(), i);
     }
     let (sid, _) = cl.session();
-    let old_cookie = cl.user.cookie.clone().expect("a cookie");
     let (p, s) = pair(net, c, &sid);
+    (cl, sid, p, s)
+}
+
+/// Five increments, then the session's primary cut from its secondary while the client keeps incrementing:
+/// every acknowledged value is on a copy off the primary at once, until the third node holds the current
+/// value for ten increments in a row (the copy re-homed to it); then the cut is healed. Every increment is
+/// acknowledged.
+fn cut_primary_from_secondary(net: &Netns, c: &Cluster) -> Rehomed {
+    let (mut cl, sid, p, s) = five_increments(net, c);
+    let old_cookie = cl.user.cookie.clone().expect("a cookie");
     let t = third(c, &p, &s);
     assert_on_a_copy(net, c, &sid, &p, cl.last(), &[]);
 
@@ -381,12 +388,7 @@ fn the_lb_cut_from_a_live_primary_still_gets_every_increment_applied_once_and_no
         return;
     };
     let c = cluster(&net);
-    let mut cl = Client::new(&c);
-    for i in 1..=5 {
-        assert_eq!(cl.incr_ok(), i);
-    }
-    let (sid, _) = cl.session();
-    let (p, _) = pair(&net, &c, &sid);
+    let (mut cl, sid, p, _) = five_increments(&net, &c);
 
     net.cut_root(&p).unwrap();
     let inside = [p.as_str()];
@@ -422,12 +424,7 @@ fn isolate_primary(isolation: Duration, settle: bool) {
         return;
     };
     let c = cluster(&net);
-    let mut cl = Client::new(&c);
-    for i in 1..=5 {
-        assert_eq!(cl.incr_ok(), i);
-    }
-    let (sid, _) = cl.session();
-    let (p, s) = pair(&net, &c, &sid);
+    let (mut cl, sid, p, s) = five_increments(&net, &c);
     let t = third(&c, &p, &s);
     let old_cookie = cl.user.cookie.clone().expect("a cookie");
     let before = copy_of(&net, &c, &p, &sid, false)
