@@ -17,6 +17,19 @@ use tokio::net::TcpStream;
 
 /// The key the balancer process is kept under.
 pub const LB: &str = "lb";
+
+/// The resident memory of process `pid`, in KiB (`VmRSS` in /proc).
+///
+/// # Errors
+/// When the process is gone or /proc says nothing readable.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc status")
+}
 /// The key of a Redis bank the bench started itself (`kill:redis-bank@10s` works like on a node).
 pub const BANK: &str = node::config::BankConfig::NAME;
 
@@ -233,6 +246,18 @@ impl Procs {
     /// The pid of `key`, while it is ours.
     pub fn pid(&self, key: &str) -> Option<u32> {
         self.children.pid(key)
+    }
+
+    /// The resident memory of every running process of the cluster now: (key, pid, KiB), nodes in file
+    /// order, then the lb and the bench's Redis bank.
+    pub fn memory(&self) -> Vec<(String, u32, u64)> {
+        let keys = self.config.nodes.iter().map(|n| n.name.clone());
+        let keys = keys.chain([LB.to_string(), BANK.to_string()]);
+        keys.filter_map(|k| {
+            let pid = self.pid(&k)?;
+            Some((k, pid, rss_kib(pid).ok()?))
+        })
+        .collect()
     }
 
     /// Whether `key` is running (not exited, not killed).

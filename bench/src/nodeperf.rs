@@ -373,24 +373,14 @@ async fn memory(
 
 /// VmRSS once it has stopped moving (two readings 100 ms apart within 256 KiB; at most 5 s of trying).
 async fn settled_rss_kib(pid: u32) -> Result<u64> {
-    let mut last = rss_kib(pid)?;
+    let mut last = crate::cluster::rss_kib(pid)?;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = rss_kib(pid)?;
+        let now = crate::cluster::rss_kib(pid)?;
         if now.abs_diff(last) <= 256 {
             return Ok(now);
         }
         last = now;
     }
     Ok(last)
-}
-
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc status")
 }

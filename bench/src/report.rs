@@ -23,6 +23,27 @@ pub struct Summary {
     pub timeline: Vec<Second>,
     /// CPU the generator itself used during the run.
     pub bench_cpu: Duration,
+    /// Resident memory of each cluster process after the warm-up and at the end (`bench cluster` only).
+    pub memory: Vec<Memory>,
+}
+
+/// One process's resident memory over a run.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    /// Its key: a node's name, `lb`, or the Redis bank.
+    pub process: String,
+    /// KiB after the warm-up.
+    pub start_kib: u64,
+    /// KiB at the end; `None` when it was not running then, or was restarted (a new process).
+    pub end_kib: Option<u64>,
+}
+
+impl Memory {
+    /// Growth from start to end, in percent.
+    pub fn growth(&self) -> Option<f64> {
+        self.end_kib
+            .map(|e| (e as f64 / self.start_kib.max(1) as f64 - 1.0) * 100.0)
+    }
 }
 
 impl Summary {
@@ -73,6 +94,8 @@ impl Summary {
             "bench_cpu_s": round(self.bench_cpu.as_secs_f64()),
             "bench_cpu_us_per_request": round(self.bench_cpu.as_micros() as f64 / t.requests.max(1) as f64),
             "faults": self.faults.iter().map(|f| json!({"at_ms": f.at_ms, "what": f.label})).collect::<Vec<_>>(),
+            "memory": self.memory.iter().map(|m| json!({"process": m.process, "start_kib": m.start_kib,
+                "end_kib": m.end_kib, "growth_pct": m.growth().map(round)})).collect::<Vec<_>>(),
             "timeline": self.timeline.iter().enumerate()
                 .map(|(s, x)| json!({"t": s, "ok": x.ok, "errors": x.errors, "p99_ms": round(x.p99_ms)}))
                 .collect::<Vec<_>>(),
@@ -139,6 +162,17 @@ impl Summary {
                 ),
             ),
         ];
+        for m in &self.memory {
+            let end = match (m.end_kib, m.growth()) {
+                (Some(e), Some(g)) => format!("{:.1} MiB ({g:+.1} %)", e as f64 / 1024.0),
+                _ => "restarted or stopped".to_string(),
+            };
+            let line = format!(
+                "{:.1} MiB after warm-up -> {end}",
+                m.start_kib as f64 / 1024.0
+            );
+            rows.push(("memory", format!("{}: {line}", m.process)));
+        }
         for f in &self.faults {
             rows.push((
                 "fault",

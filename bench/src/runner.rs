@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::cluster::Procs;
 use crate::faults::{apply, target_node, Action, Applied, Fault, Schedule};
 use crate::live::Live;
-use crate::report::{progress, Summary};
+use crate::report::{progress, Memory, Summary};
 use crate::rolling::{drain, roll, Progress};
 use crate::spec::LoadSpec;
 use crate::{cpu, load};
@@ -55,6 +55,9 @@ pub async fn execute<'p>(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut interrupted = false;
     let mut rolling: Option<(Rolling<'p>, Progress)> = None;
+    // Memory is read once the load is warm (a fifth of the run, at most 30 s in) and again at the end.
+    let warm = (spec.duration / 5).min(Duration::from_secs(30));
+    let mut memory_start: Option<Vec<(String, u32, u64)>> = None;
     let result = loop {
         tokio::select! {
             r = &mut load => break r.expect("load task panicked"),
@@ -67,6 +70,9 @@ pub async fn execute<'p>(
             _ = tick.tick() => {
                 let now = live.served();
                 let elapsed = live.start().elapsed();
+                if memory_start.is_none() && elapsed >= warm {
+                    memory_start = procs.as_ref().map(|p| p.memory());
+                }
                 while rolling.is_none() {
                     let Some(f) = schedule.due(elapsed) else { break };
                     let Some(p) = procs.take() else { continue };
@@ -145,6 +151,23 @@ pub async fn execute<'p>(
         let _ = p.await;
     }
     let bench_cpu = cpu::own().saturating_sub(cpu0);
+    let end = procs.as_ref().map(|p| p.memory()).unwrap_or_default();
+    let memory = memory_start
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(process, pid, start_kib)| {
+            // A restarted process is a new one: its memory says nothing of the first one's growth.
+            let end_kib = end
+                .iter()
+                .find(|e| e.0 == process && e.1 == pid)
+                .map(|e| e.2);
+            Memory {
+                process,
+                start_kib,
+                end_kib,
+            }
+        })
+        .collect();
     // A last second only partly run would draw as a collapse in throughput.
     let secs = result.elapsed.as_secs_f64().round().max(1.0) as usize;
     Summary {
@@ -153,5 +176,6 @@ pub async fn execute<'p>(
         result,
         faults: applied,
         bench_cpu,
+        memory,
     }
 }

@@ -56,6 +56,16 @@ fn bench_cluster_on(c: &Cluster, faults: &[&str], duration: &str) -> serde_json:
     assert_eq!(n("lost_updates"), 0, "{stdout}");
     assert_eq!(n("session_resets"), 0, "{stdout}");
     assert_eq!(n("duplicates"), 0, "{stdout}");
+    // The resident memory of every node and the lb, read after the warm-up (a fifth of the run).
+    let memory = r["memory"].as_array().cloned().unwrap_or_default();
+    for p in c.nodes.iter().map(|n| n.name.as_str()).chain(["lb"]) {
+        assert!(
+            memory
+                .iter()
+                .any(|m| m["process"] == p && m["start_kib"].as_u64() > Some(0)),
+            "no memory reading of {p}: {memory:?}"
+        );
+    }
     // The fault list also records a skipped fault: check that each was really applied (`kill n1`, `stop
     // redis-bank for 1s`; `primary` is named by the node it turned out to be).
     let applied: Vec<&str> = r["faults"]
