@@ -213,7 +213,7 @@ impl<A: App> SessionService<A> {
                         Recovered::Busy => {
                             drop(slot);
                             drop(turn);
-                            self.drop_if_vacant(&entry);
+                            self.store.remove_if_vacant(&entry);
                             continue;
                         }
                         Recovered::Forward(owner) => owner_elsewhere = Some(owner),
@@ -227,7 +227,7 @@ impl<A: App> SessionService<A> {
                         Recovered::Ended | Recovered::Lost => {
                             drop(slot);
                             drop(turn);
-                            self.drop_if_vacant(&entry);
+                            self.store.remove_if_vacant(&entry);
                             if matches!(found, Recovered::Lost)
                                 && !self.app.ends_session(&call.call)
                             {
@@ -242,7 +242,7 @@ impl<A: App> SessionService<A> {
             if let Some(owner) = owner_elsewhere {
                 drop(slot);
                 drop(turn);
-                self.drop_if_vacant(&entry);
+                self.store.remove_if_vacant(&entry);
                 if may_forward(&call, &unreachable, owner) {
                     match self.forward(&call, owner).await {
                         Ok(r) => return r,
@@ -283,12 +283,10 @@ impl<A: App> SessionService<A> {
             || self.members.probe(owner, self.store.len() as u64).await
     }
 
-    fn drop_if_vacant(&self, entry: &Arc<Entry>) {
-        if let Ok(slot) = entry.slot.try_lock() {
-            if slot.is_vacant() {
-                self.store.remove(entry);
-            }
-        }
+    /// `min_copies = 2` and no live peer holds a copy of the session in `slot` (a holder known dead counts for
+    /// nothing: the write would be applied, then answered 503 after its wait).
+    fn no_copy_holder(&self, slot: &Slot) -> bool {
+        self.settings.strict && slot.copies.iter().all(|c| !self.members.is_alive(c.peer))
     }
 
     /// Starts a new session here and runs the request on it.
@@ -355,9 +353,7 @@ impl<A: App> SessionService<A> {
             }
             return Ran::Answered(self.finish(reply, call, sid, cookie, pair, version, stale));
         }
-        // A copy whose holder is known dead counts for nothing: the write would be applied, then answered 503.
-        let no_live_copy = slot.copies.iter().all(|c| !self.members.is_alive(c.peer));
-        if self.settings.strict && no_live_copy && self.app.may_write(&call.call) {
+        if self.no_copy_holder(&slot) && self.app.may_write(&call.call) {
             return Ran::Answered(no_copy());
         }
         let prepared = match self.app.prepare(&call.call, &call.req, s) {
@@ -392,7 +388,7 @@ impl<A: App> SessionService<A> {
         };
         // The copies may have gone while the app ran.
         let changes = matches!(change, Change::Patch(_) | Change::Increment(_));
-        if self.settings.strict && changes && slot.copies.is_empty() {
+        if changes && self.no_copy_holder(&slot) {
             return Ran::Answered(no_copy());
         }
         let limit = self.settings.max_session_bytes;

@@ -279,6 +279,16 @@ impl Store {
         (e, true)
     }
 
+    /// Removes `entry` when it holds nothing and nobody is working on it (its slot is free): an entry made
+    /// for a lookup that found nothing.
+    pub fn remove_if_vacant(&self, entry: &Arc<Entry>) {
+        if let Ok(slot) = entry.slot.try_lock() {
+            if slot.is_vacant() {
+                self.remove(entry);
+            }
+        }
+    }
+
     /// Removes `id` if it still maps to this very entry (a newer one is left alone).
     pub fn remove(&self, entry: &Arc<Entry>) {
         let mut shard = self.shard(entry.id);

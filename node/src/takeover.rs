@@ -375,11 +375,7 @@ impl Takeover {
         }
         let Ok(PullResult::Granted { session }) = answer else {
             drop(slot);
-            if let Ok(slot) = entry.slot.try_lock() {
-                if slot.is_vacant() {
-                    self.store.remove(&entry);
-                }
-            }
+            self.store.remove_if_vacant(&entry);
             return false;
         };
         let version = session.version;

@@ -141,7 +141,8 @@ fn bench_up_keeps_serving_after_a_node_is_killed_restarts_it_on_enter_and_stops_
         libc::kill(victim_pid as i32, libc::SIGKILL);
     }
     up.wait_for(&format!("{victim} exited"), Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    // The report ends with how to start it again; bench up must still run after printing it.
+    up.wait_for("press Enter", Duration::from_secs(10));
     assert!(up.running(), "bench up stopped:\n{}", up.output());
     let out = up.output();
     assert!(
