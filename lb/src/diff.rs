@@ -20,7 +20,7 @@ use std::fmt::{self, Debug};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use node::config::{ClusterConfig, CookieKey, NodeConfig, NodeRole, Secret};
+use node::config::{ClusterConfig, CookieKey, L4Config, NodeConfig, NodeRole, Secret, TlsConfig};
 
 /// Which processes must restart for a change to take effect.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -654,7 +654,77 @@ fn lb(d: &mut Diff, old: &ClusterConfig, new: &ClusterConfig) {
             Applied::Reload,
         );
     }
+    l4(d, a.l4.as_ref(), b.l4.as_ref());
+    tls(d, a.tls.as_ref(), b.tls.as_ref());
     d.unexplained("[lb]", a, b, since, Restart::All);
+}
+
+/// `[lb.l4]`: its listener and its settings are fixed when the lb starts.
+fn l4(d: &mut Diff, a: Option<&L4Config>, b: Option<&L4Config>) {
+    let lb_restart = || Applied::Restart(Restart::Lb);
+    let field = |c: Option<&L4Config>, f: fn(&L4Config) -> String| opt(c.map(f));
+    d.setting(
+        "lb.l4.listen",
+        field(a, |c| c.listen.to_string()),
+        field(b, |c| c.listen.to_string()),
+        lb_restart(),
+    );
+    if a.is_none() || b.is_none() {
+        return;
+    }
+    d.setting(
+        "lb.l4.connect_timeout_ms",
+        field(a, |c| ms(c.connect_timeout).to_string()),
+        field(b, |c| ms(c.connect_timeout).to_string()),
+        lb_restart(),
+    );
+    d.setting(
+        "lb.l4.idle_timeout_ms",
+        field(a, |c| ms(c.idle_timeout).to_string()),
+        field(b, |c| ms(c.idle_timeout).to_string()),
+        lb_restart(),
+    );
+    d.setting(
+        "lb.l4.max_connections",
+        field(a, |c| c.max_connections.to_string()),
+        field(b, |c| c.max_connections.to_string()),
+        lb_restart(),
+    );
+    d.setting(
+        "lb.l4.send_proxy",
+        field(a, |c| c.send_proxy.to_string()),
+        field(b, |c| c.send_proxy.to_string()),
+        lb_restart(),
+    );
+}
+
+/// `[lb.tls]`: turning TLS on or off, or HTTP/2 with it, needs a restart; new certificate and key files (or
+/// new contents in the same files) are read by a reload.
+fn tls(d: &mut Diff, a: Option<&TlsConfig>, b: Option<&TlsConfig>) {
+    let field = |c: Option<&TlsConfig>, f: fn(&TlsConfig) -> String| opt(c.map(f));
+    let on = |c: Option<&TlsConfig>| c.is_some();
+    d.setting("lb.tls", on(a), on(b), Applied::Restart(Restart::Lb));
+    if a.is_none() || b.is_none() {
+        return;
+    }
+    d.setting(
+        "lb.tls.cert",
+        field(a, |c| c.cert.display().to_string()),
+        field(b, |c| c.cert.display().to_string()),
+        Applied::Reload,
+    );
+    d.setting(
+        "lb.tls.key",
+        field(a, |c| c.key.display().to_string()),
+        field(b, |c| c.key.display().to_string()),
+        Applied::Reload,
+    );
+    d.setting(
+        "lb.tls.h2",
+        field(a, |c| c.h2.to_string()),
+        field(b, |c| c.h2.to_string()),
+        Applied::Restart(Restart::Lb),
+    );
 }
 
 fn node_defaults(d: &mut Diff, old: &ClusterConfig, new: &ClusterConfig) {
@@ -692,6 +762,7 @@ fn node_defaults(d: &mut Diff, old: &ClusterConfig, new: &ClusterConfig) {
         )
     };
     d.setting("node.trusted", list(&a.trusted), list(&b.trusted), nodes());
+    d.setting("node.accept_proxy", a.accept_proxy, b.accept_proxy, nodes());
     d.unexplained("[node]", a, b, since, Restart::All);
 }
 

@@ -44,6 +44,9 @@ fn main() -> anyhow::Result<()> {
             file: Some(file), ..
         }) => {
             let cfg = ClusterConfig::load(&file)?;
+            if let Some(t) = &cfg.lb.tls {
+                lb::tls::load(t, &file)?;
+            }
             print_ok(&file, &cfg);
             return Ok(());
         }
@@ -59,7 +62,7 @@ fn main() -> anyhow::Result<()> {
     let path =
         std::fs::canonicalize(&cli.config).with_context(|| format!("{}", cli.config.display()))?;
     tracing::info!(listen = %cfg.lb.listen, admin = %cfg.lb.admin, nodes = cfg.nodes.len(), "lb starting");
-    lb::server::build(&path, cfg).run_forever()
+    lb::server::build(&path, cfg)?.run_forever()
 }
 
 fn print_ok(file: &Path, cfg: &ClusterConfig) {

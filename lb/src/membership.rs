@@ -23,6 +23,7 @@ use crate::conns::ConnSet;
 use crate::health::HealthTracker;
 use crate::metrics::{Metrics, NodeMetrics};
 use crate::routing::{self, Route, RouteCache};
+use crate::tls::{self, Certs, TlsError};
 
 /// The upstream peer for a node at `addr`: plain HTTP/1.1 with the connect and read timeouts of `limits`
 /// (writes are held to the read timeout too). Pooled connections get no idle timeout: Pingora would arm a
@@ -350,6 +351,17 @@ impl fmt::Display for ReloadReport {
     }
 }
 
+/// Why a reload was refused; the running config and certificate stay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new cluster file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Its `[lb.tls]` certificate or key does not load or is not valid now.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
 /// The current topology and how to replace it.
 pub struct Membership {
     path: PathBuf,
@@ -357,6 +369,8 @@ pub struct Membership {
     metrics: Arc<Metrics>,
     reloading: Mutex<()>,
     ticket: AtomicU64,
+    /// The TLS listener's certificate, re-read by every reload; `None` without `[lb.tls]` at start.
+    certs: Option<Arc<Certs>>,
 }
 
 impl Membership {
@@ -378,7 +392,14 @@ impl Membership {
             metrics,
             reloading: Mutex::new(()),
             ticket: AtomicU64::new(0),
+            certs: None,
         }
+    }
+
+    /// Has every reload re-read the `[lb.tls]` files into `certs`.
+    pub fn with_certs(mut self, certs: Arc<Certs>) -> Membership {
+        self.certs = Some(certs);
+        self
     }
 
     /// The current snapshot.
@@ -401,13 +422,24 @@ impl Membership {
         &self.metrics
     }
 
-    /// Re-reads the file and swaps the new topology in; an invalid file changes nothing.
+    /// Re-reads the file (and the TLS certificate and key it names) and swaps the new topology in; an invalid
+    /// file or certificate changes nothing.
     ///
     /// # Errors
-    /// The new file's [`ConfigError`]; the old topology keeps serving.
-    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+    /// [`ReloadError`]: the new file's [`ConfigError`], or its certificate's [`TlsError`]; the old topology
+    /// and certificate keep serving.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let cfg = match ClusterConfig::load(&self.path) {
+        let loaded = ClusterConfig::load(&self.path)
+            .map_err(ReloadError::from)
+            .and_then(|cfg| {
+                let key = match (&self.certs, &cfg.lb.tls) {
+                    (Some(_), Some(t)) => Some(tls::load(t, &self.path)?),
+                    _ => None,
+                };
+                Ok((cfg, key))
+            });
+        let (cfg, key) = match loaded {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["refused"]).inc();
@@ -422,6 +454,9 @@ impl Membership {
             self.metrics.forget_node(name);
         }
         self.current.store(Arc::new(new));
+        if let (Some(certs), Some(key)) = (&self.certs, key) {
+            certs.set(key);
+        }
         self.metrics.reloads.with_label_values(&["ok"]).inc();
         tracing::info!("reloaded {}: {report}", self.path.display());
         Ok(report)
@@ -464,6 +499,14 @@ fn diff(old: &Topology, new: &Topology) -> ReloadReport {
     }
     if a.grace_period != b.grace_period {
         r.ignored.push("lb.grace_period_s".into());
+    }
+    if a.l4 != b.l4 {
+        r.ignored.push("lb.l4".into());
+    }
+    if a.tls.is_some() != b.tls.is_some()
+        || a.tls.as_ref().map(|t| t.h2) != b.tls.as_ref().map(|t| t.h2)
+    {
+        r.ignored.push("lb.tls".into());
     }
     r
 }

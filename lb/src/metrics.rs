@@ -83,6 +83,23 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Time from the request head to the end of logging, seconds.
     pub duration: Histogram,
+    /// The Layer-4 listener's families.
+    pub l4: L4Metrics,
+}
+
+/// The Layer-4 listener's families (`lb_l4_*`).
+pub struct L4Metrics {
+    /// Connections by node and outcome (`ok`: proxied; `connect_failed`: the node could not be reached).
+    pub connections: IntCounterVec,
+    /// Connections open now, by node.
+    pub open: IntGaugeVec,
+    /// Bytes by node and direction (`in`: client to node, `out`: node to client).
+    pub bytes: IntCounterVec,
+    /// Connections closed by the balancer, by reason (`idle`, `retired`: the node drained or left,
+    /// `shutdown`: the grace period of a SIGTERM ran out).
+    pub closed: IntCounterVec,
+    /// Connections refused at once, by reason (`limit`: `max_connections` reached; `no_node`: none reachable).
+    pub refused: IntCounterVec,
 }
 
 /// One node's request counters, resolved once.
@@ -161,6 +178,33 @@ impl Metrics {
         registry
             .register(Box::new(duration.clone()))
             .expect("unique metric");
+        let l4 = L4Metrics {
+            connections: counter(
+                "lb_l4_connections_total",
+                "Layer-4 connections by node and outcome.",
+                &["node", "outcome"],
+            ),
+            open: gauge(
+                "lb_l4_open_connections",
+                "Layer-4 connections open per node.",
+                &["node"],
+            ),
+            bytes: counter(
+                "lb_l4_bytes_total",
+                "Layer-4 bytes by node and direction (in: client to node).",
+                &["node", "direction"],
+            ),
+            closed: counter(
+                "lb_l4_closed_total",
+                "Layer-4 connections the balancer closed, by reason.",
+                &["reason"],
+            ),
+            refused: counter(
+                "lb_l4_refused_total",
+                "Layer-4 connections refused at once, by reason.",
+                &["reason"],
+            ),
+        };
         Metrics {
             registry,
             requests,
@@ -172,6 +216,7 @@ impl Metrics {
             health_changes,
             reloads,
             duration,
+            l4,
         }
     }
 
@@ -198,6 +243,7 @@ impl Metrics {
         let _ = self.node_healthy.remove_label_values(&[name]);
         let _ = self.in_flight.remove_label_values(&[name]);
         let _ = self.drain_left.remove_label_values(&[name]);
+        let _ = self.l4.open.remove_label_values(&[name]);
     }
 
     /// The Prometheus text exposition of every family.

@@ -38,6 +38,8 @@ use crate::routing::Route;
 /// Pingora keeps an idle client connection this long between requests; a reused connection's head deadline
 /// adds it, so that only the head itself, not the idle wait, is held to `header_timeout`.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+const FORWARDED_FOR: &str = "x-forwarded-for";
 /// The request id header, parsed once.
 static REQUEST_ID: HeaderName = HeaderName::from_static(node::REQUEST_ID_HEADER);
 static HOP: HeaderName = HeaderName::from_static(node::HOP_HEADER);
@@ -53,11 +55,14 @@ pub struct Lb {
     id_prefix: u64,
     next_id: AtomicU64,
     in_flight: &'static AtomicUsize,
+    /// The listener terminates TLS: nodes are told so (`X-Forwarded-Proto: https`, and the client's address).
+    tls: bool,
 }
 
 impl Lb {
-    /// A proxy over `membership`; `in_flight` counts every client request of the process (for graceful exit).
-    pub fn new(membership: Arc<Membership>, in_flight: &'static AtomicUsize) -> Lb {
+    /// A proxy over `membership`; `in_flight` counts every client request of the process (for graceful exit);
+    /// `tls` when the listener terminates TLS.
+    pub fn new(membership: Arc<Membership>, in_flight: &'static AtomicUsize, tls: bool) -> Lb {
         let metrics = membership.metrics().clone();
         Lb {
             unrouted: metrics.for_node(NO_NODE),
@@ -66,6 +71,7 @@ impl Lb {
             id_prefix: rand::random(),
             next_id: AtomicU64::new(0),
             in_flight,
+            tls,
         }
     }
 
@@ -302,10 +308,21 @@ impl ProxyHttp for Lb {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if self.tls {
+            // The node marks the cookie `Secure` for https; the client's own claim is replaced, not trusted.
+            upstream_request.insert_header(FORWARDED_PROTO, "https")?;
+            if let Some(ip) = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+            {
+                forwarded_for(upstream_request, ip)?;
+            }
+        }
         // Node-to-node forwards count their hops in this header; a client's copy could stop a node from
         // forwarding to the session's live owner and make it take the session over instead.
         if upstream_request.headers.contains_key(&HOP) {
@@ -482,6 +499,24 @@ impl ProxyHttp for Lb {
     ) -> Option<Box<dyn Any + Send + Sync>> {
         Some(Box::new(KeptAlive))
     }
+}
+
+/// `X-Forwarded-For`: the client's address after whatever proxies before us listed (one header, as RFC 7239's
+/// predecessor has it).
+fn forwarded_for(req: &mut RequestHeader, client: std::net::IpAddr) -> Result<()> {
+    let listed: Vec<&str> = req
+        .headers
+        .get_all(FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if listed.is_empty() {
+        client.to_string()
+    } else {
+        format!("{}, {client}", listed.join(", "))
+    };
+    req.insert_header(FORWARDED_FOR, value)?;
+    Ok(())
 }
 
 /// Marker carried by a kept-alive client connection between requests.

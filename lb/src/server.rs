@@ -1,5 +1,5 @@
-//! Wiring: one Pingora server with the proxy service, the admin service and a control service (health checks,
-//! SIGHUP reloads, graceful exit).
+//! Wiring: one Pingora server with the proxy service, the Layer-4 service when configured, the admin service
+//! and a control service (health checks, SIGHUP reloads, graceful exit).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,14 +16,28 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Admin;
 use crate::health;
+use crate::l4::L4App;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::proxy::{Lb, LbApp};
+use crate::tls::{self, Certs, TlsError};
 
 /// Builds the server for an already validated config read from `path` (which reloads re-read).
-pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
+///
+/// # Errors
+/// [`TlsError`] when `[lb.tls]` names a certificate or key that does not load or is not valid now.
+pub fn build(path: &Path, cfg: ClusterConfig) -> Result<Server, TlsError> {
     let lb = cfg.lb.clone();
-    let membership = Arc::new(Membership::from_config(path, cfg, Arc::new(Metrics::new())));
+    let certs = lb
+        .tls
+        .as_ref()
+        .map(|t| tls::load(t, path).map(|key| Arc::new(Certs::new(key))))
+        .transpose()?;
+    let mut membership = Membership::from_config(path, cfg, Arc::new(Metrics::new()));
+    if let Some(c) = &certs {
+        membership = membership.with_certs(c.clone());
+    }
+    let membership = Arc::new(membership);
     let conf = ServerConf {
         // Services set their own thread counts; this one is for the control service.
         threads: 1,
@@ -41,11 +55,27 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
     let in_flight: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        Lb::new(membership.clone(), in_flight),
+        Lb::new(membership.clone(), in_flight, lb.tls.is_some()),
     );
     let mut service = Service::new("lb".to_string(), LbApp::new(proxy, membership.clone()));
-    service.add_tcp(&lb.listen.to_string());
+    match (&lb.tls, certs) {
+        (Some(t), Some(certs)) => {
+            service.add_tls_with_settings(&lb.listen.to_string(), None, tls::settings(certs, t.h2))
+        }
+        _ => service.add_tcp(&lb.listen.to_string()),
+    }
     service.threads = Some(lb.threads);
+
+    let l4 = lb.l4.clone().map(|cfg| {
+        let listen = cfg.listen.to_string();
+        let mut s = Service::new(
+            "lb l4".to_string(),
+            L4App::new(membership.clone(), cfg, in_flight),
+        );
+        s.add_tcp(&listen);
+        s.threads = Some(lb.threads);
+        s
+    });
 
     warn_if_admin_exposed(&lb);
     let mut admin = Service::new("lb admin".to_string(), Admin::new(membership.clone()));
@@ -61,9 +91,12 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Server {
         },
     );
     server.add_service(service);
+    if let Some(l4) = l4 {
+        server.add_service(l4);
+    }
     server.add_service(admin);
     server.add_service(control);
-    server
+    Ok(server)
 }
 
 /// The admin listener can reload the config and shows every node: off loopback, say so at start.

@@ -167,6 +167,8 @@ pub struct HttpFront<A: App> {
     pub perimeter: Perimeter,
     /// Whether this node drains, for `/_node/health`.
     pub drain: Arc<crate::drain::Drain>,
+    /// `[node] accept_proxy`: connections may begin with a PROXY v2 header naming the client.
+    pub accept_proxy: bool,
 }
 
 impl<A: App> HttpFront<A> {
@@ -192,7 +194,24 @@ impl<A: App> HttpFront<A> {
             let me = self.clone();
             let open = open_tx.clone();
             let mut shutdown = shutdown.clone();
+            let accept_proxy = self.accept_proxy;
             tokio::spawn(async move {
+                let (io, client) = if accept_proxy {
+                    match crate::proxied::accept(stream, HEADER_READ_TIMEOUT).await {
+                        Ok(found) => found,
+                        Err(e) => {
+                            tracing::info!(%from, "connection closed before its first request: {e}");
+                            return;
+                        }
+                    }
+                } else {
+                    (crate::proxied::Prefixed::plain(stream), None)
+                };
+                // The client a Layer-4 balancer relays: every request span on the connection names it.
+                let span = client.map_or_else(
+                    tracing::Span::none,
+                    |c| tracing::info_span!("connection", client = %c),
+                );
                 let svc = service_fn(move |req| {
                     let me = me.clone();
                     async move {
@@ -207,15 +226,19 @@ impl<A: App> HttpFront<A> {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stopping(&mut shutdown) => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                    .serve_connection(TokioIo::new(io), svc);
+                async move {
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stopping(&mut shutdown) => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
                     }
                 }
+                .instrument(span)
+                .await;
                 drop(open);
             });
         }

@@ -4,8 +4,10 @@
 //! - [`config`]: the cluster TOML file, raw structs validated into a [`config::ClusterConfig`].
 //! - [`ids`]: node ids, session ids, and the summed-id routing segment with its lookup table.
 //! - [`cookie`]: the signed routing cookie codec (pure; the balancer uses it too).
+//! - [`proxy_header`]: the PROXY protocol v2 header the balancer's Layer-4 listener sends (pure; both use it).
 //!
 //! With the default `server` feature, the node itself, in the order a request's data flows:
+//! - `proxied`: a connection's optional PROXY v2 header (`[node] accept_proxy`), read before HTTP.
 //! - `http`: the HTTP front: node-reserved `/_node/` paths; everything else to the session service.
 //! - `body`: request and answer bodies: read whole or streamed once, idle timeouts.
 //! - `app`: the seam to the application that serves requests: parse, run (what changes), answer.
@@ -34,6 +36,7 @@
 pub mod config;
 pub mod cookie;
 pub mod ids;
+pub mod proxy_header;
 
 #[cfg(feature = "server")]
 pub mod app;
@@ -55,6 +58,8 @@ pub mod membership;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod peer_server;
+#[cfg(feature = "server")]
+pub mod proxied;
 #[cfg(feature = "server")]
 pub mod redis_bank;
 #[cfg(feature = "server")]

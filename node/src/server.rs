@@ -302,6 +302,7 @@ impl Front<'_> {
             service: service.clone(),
             perimeter: crate::http::Perimeter::of(self.cfg),
             drain: self.drain,
+            accept_proxy: self.cfg.node.accept_proxy,
         });
         let http = tokio::spawn(
             front

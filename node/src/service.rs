@@ -552,7 +552,11 @@ impl<A: App> SessionService<A> {
                     .insert(h.clone(), HeaderValue::from_static(""));
             }
         } else {
-            set_header(&mut r, SET_COOKIE, &self.codec().clear_cookie(false));
+            set_header(
+                &mut r,
+                SET_COOKIE,
+                &self.codec().clear_cookie(behind_https(&call.req)),
+            );
         }
         r
     }
@@ -581,7 +585,7 @@ impl<A: App> SessionService<A> {
                 None => set_header(
                     &mut r,
                     SET_COOKIE,
-                    &self.codec().set_cookie(&current, false),
+                    &self.codec().set_cookie(&current, behind_https(&call.req)),
                 ),
             }
         }
@@ -675,6 +679,16 @@ fn pair_of(s: &Session) -> Pair {
         primary: s.primary,
         secondary: s.secondary,
     }
+}
+
+/// Whether the client reached the balancer over https (`X-Forwarded-Proto: https`, which the balancer sets on
+/// every request of its TLS listener): the cookie then gets `Secure`. A client that reaches the node directly
+/// and claims https only gets a stricter cookie for itself.
+fn behind_https(req: &crate::app::ClientRequest) -> bool {
+    req.parts
+        .headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 fn set_header(r: &mut Reply, name: hyper::header::HeaderName, value: &str) {

@@ -82,6 +82,10 @@ pub(super) struct FileLb {
     pub grace_period_s: u64,
     /// `None`: the admin listener asks for no token.
     pub admin_token: Option<Secret>,
+    /// `[lb.l4]`; `None`: no Layer-4 listener.
+    pub l4: Option<FileL4>,
+    /// `[lb.tls]`; `None`: the listener speaks plain HTTP.
+    pub tls: Option<FileTls>,
 }
 
 impl Default for FileLb {
@@ -96,6 +100,51 @@ impl Default for FileLb {
             threads: 1,
             grace_period_s: 5,
             admin_token: None,
+            l4: None,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileL4 {
+    /// Required.
+    pub listen: Option<String>,
+    pub connect_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: usize,
+    pub send_proxy: bool,
+}
+
+impl Default for FileL4 {
+    fn default() -> Self {
+        FileL4 {
+            listen: None,
+            connect_timeout_ms: 1_000,
+            idle_timeout_ms: 300_000,
+            max_connections: 10_000,
+            send_proxy: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileTls {
+    /// Required.
+    pub cert: Option<String>,
+    /// Required.
+    pub key: Option<String>,
+    pub h2: bool,
+}
+
+impl Default for FileTls {
+    fn default() -> Self {
+        FileTls {
+            cert: None,
+            key: None,
+            h2: true,
         }
     }
 }
@@ -156,6 +205,7 @@ pub(super) struct FileNodeDefaults {
     pub upstream: Option<String>,
     /// `None`: every source may call a node.
     pub trusted: Option<Vec<String>>,
+    pub accept_proxy: bool,
 }
 
 impl Default for FileNodeDefaults {
@@ -168,6 +218,7 @@ impl Default for FileNodeDefaults {
             drain_rate: 500,
             upstream: None,
             trusted: None,
+            accept_proxy: false,
         }
     }
 }

@@ -157,6 +157,40 @@ pub struct LbConfig {
     /// `admin_token`: when set, every admin request needs `Authorization: Bearer <token>` (else 401). At least
     /// 16 characters of `A-Z a-z 0-9 - . _ ~ + /`. Default none. A reload takes a new one at once.
     pub admin_token: Option<Secret>,
+    /// `[lb.l4]`: a Layer-4 listener beside the HTTP one. Default none.
+    pub l4: Option<L4Config>,
+    /// `[lb.tls]`: TLS on the HTTP listener. Default none (plain HTTP).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[lb.l4]`: the Layer-4 local director (seed 004): raw TCP connections balanced to the nodes' `http`
+/// addresses with client-address affinity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4Config {
+    /// Required; not the HTTP listener's address.
+    pub listen: SocketAddr,
+    /// Towards a node, before the next one is tried; default 1 s.
+    pub connect_timeout: Duration,
+    /// A connection with no byte either way for this long is closed; default 300 s.
+    pub idle_timeout: Duration,
+    /// Open connections at most; more are closed at once. Default 10 000.
+    pub max_connections: usize,
+    /// Start each connection to a node with a PROXY protocol v2 header naming the client (the nodes need
+    /// `[node] accept_proxy`). Default false.
+    pub send_proxy: bool,
+}
+
+/// `[lb.tls]`: certificate and key (PEM files) of the HTTP listener. Relative paths are relative to the
+/// cluster file's directory. A reload reads both files again; a pair that does not load is refused and the
+/// old one keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// Offer HTTP/2 by ALPN besides HTTP/1.1; default true.
+    pub h2: bool,
 }
 
 /// `[node]`: settings every node shares.
@@ -177,6 +211,11 @@ pub struct NodeDefaults {
     /// (their addresses in this file), a node answers at all; others get 403. `None` (the default): anyone.
     /// `Some` of an empty list: only the balancer and the nodes.
     pub trusted: Option<Vec<IpNet>>,
+    /// `accept_proxy`: a connection may begin with a PROXY protocol v2 header (from `[lb.l4] send_proxy`),
+    /// whose client address the node then logs. Anyone who can reach the node could claim any address in one,
+    /// so set it only where `trusted` (or the network) keeps clients from reaching nodes directly. Default
+    /// false: a connection that begins with one is closed.
+    pub accept_proxy: bool,
 }
 
 /// `[replication]`: how sessions are copied between nodes.

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::file::{
-    FileBank, FileConfig, FileCookie, FileLb, FileNode, FileNodeDefaults, FileReplication,
-    FileSession, FileSidecar,
+    FileBank, FileConfig, FileCookie, FileL4, FileLb, FileNode, FileNodeDefaults, FileReplication,
+    FileSession, FileSidecar, FileTls,
 };
 use super::{
-    BankConfig, BankKind, ClusterConfig, CookieConfig, CookieKey, HealthConfig, IpNet, LbConfig,
-    LimitsConfig, NodeConfig, NodeDefaults, NodeRole, ReplicationConfig, ReplicationMode, Secret,
-    SessionConfig, SidecarConfig, Topology,
+    BankConfig, BankKind, ClusterConfig, CookieConfig, CookieKey, HealthConfig, IpNet, L4Config,
+    LbConfig, LimitsConfig, NodeConfig, NodeDefaults, NodeRole, ReplicationConfig, ReplicationMode,
+    Secret, SessionConfig, SidecarConfig, TlsConfig, Topology,
 };
 use crate::ids::{NodeId, PairTable};
 
@@ -228,6 +228,57 @@ impl FileLb {
             threads: at_least_one("lb.threads", self.threads)?,
             grace_period: Duration::from_secs(self.grace_period_s),
             admin_token: self.admin_token.map(check_admin_token).transpose()?,
+            l4: self.l4.map(|l| l.validate(listen)).transpose()?,
+            tls: self.tls.map(FileTls::validate).transpose()?,
+        })
+    }
+}
+
+/// Most connections one Layer-4 listener holds open.
+const MAX_L4_CONNECTIONS: usize = 1_000_000;
+
+impl FileL4 {
+    fn validate(self, http_listen: SocketAddr) -> Result<L4Config, Violation> {
+        let listen = required_addr(
+            "lb.l4.listen",
+            self.listen.as_deref(),
+            "the ip:port of raw TCP connections to balance",
+        )?;
+        if listen == http_listen {
+            return Err(Violation::new(
+                "lb.l4.listen",
+                format!(
+                    "{listen} is also lb.listen: give the Layer-4 listener an address of its own"
+                ),
+            ));
+        }
+        if !(1..=MAX_L4_CONNECTIONS).contains(&self.max_connections) {
+            return Err(Violation::new(
+                "lb.l4.max_connections",
+                format!(
+                    "{}: expected 1 to {MAX_L4_CONNECTIONS}",
+                    self.max_connections
+                ),
+            ));
+        }
+        Ok(L4Config {
+            listen,
+            connect_timeout: ms("lb.l4.connect_timeout_ms", self.connect_timeout_ms)?,
+            idle_timeout: ms("lb.l4.idle_timeout_ms", self.idle_timeout_ms)?,
+            max_connections: self.max_connections,
+            send_proxy: self.send_proxy,
+        })
+    }
+}
+
+impl FileTls {
+    fn validate(self) -> Result<TlsConfig, Violation> {
+        let cert = required("lb.tls.cert", self.cert, "the certificate chain's PEM file")?;
+        let key = required("lb.tls.key", self.key, "the private key's PEM file")?;
+        Ok(TlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            h2: self.h2,
         })
     }
 }
@@ -300,6 +351,7 @@ impl FileNodeDefaults {
             log_format: self.log_format,
             grace_period: Duration::from_secs(self.grace_period_s),
             trusted: self.trusted.map(check_trusted).transpose()?,
+            accept_proxy: self.accept_proxy,
         })
     }
 }
