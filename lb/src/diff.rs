@@ -1350,6 +1350,46 @@ repl = "127.0.0.1:9103"
     }
 
     #[test]
+    fn the_layer_4_listener_and_turning_tls_on_need_an_lb_restart_and_new_certificate_files_are_reloaded(
+    ) {
+        let lb_tables = "admin = \"127.0.0.1:8081\"\n";
+        let l4 = |extra: &str| {
+            format!("{lb_tables}\n[lb.l4]\nlisten = \"127.0.0.1:8090\"\n{extra}\n[lb.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n")
+        };
+        let old = BASE.replace(lb_tables, &l4(""));
+        assert_eq!(
+            between(BASE, &old),
+            [
+                (
+                    "lb.l4.listen none -> 127.0.0.1:8090".to_string(),
+                    restart(Restart::Lb)
+                ),
+                ("lb.tls false -> true".to_string(), restart(Restart::Lb)),
+            ]
+        );
+        let new = BASE
+            .replace(
+                lb_tables,
+                &l4("send_proxy = true\nidle_timeout_ms = 5000\n"),
+            )
+            .replace("a.pem", "b.pem");
+        assert_eq!(
+            between(&old, &new),
+            [
+                (
+                    "lb.l4.idle_timeout_ms 300000 -> 5000".to_string(),
+                    restart(Restart::Lb)
+                ),
+                (
+                    "lb.l4.send_proxy false -> true".to_string(),
+                    restart(Restart::Lb)
+                ),
+                ("lb.tls.cert a.pem -> b.pem".to_string(), Applied::Reload),
+            ]
+        );
+    }
+
+    #[test]
     fn with_trusted_sources_the_nodes_restart_too_when_the_lb_moves() {
         let old = with("[node]\ntrusted = [\"10.0.0.0/8\"]");
         let new = old.replace("127.0.0.1:8081", "127.0.0.1:8091");

@@ -208,17 +208,23 @@ impl<A: App> HttpFront<A> {
                     (crate::proxied::Prefixed::plain(stream), None)
                 };
                 // The client a Layer-4 balancer relays: every request span on the connection names it.
-                let span = client.map_or_else(
-                    tracing::Span::none,
-                    |c| tracing::info_span!("connection", client = %c),
-                );
+                let span = client.map_or_else(tracing::Span::none, |c| {
+                    me.service.metrics.proxied.inc();
+                    tracing::info_span!("connection", client = %c)
+                });
+                // A relayed client may use its session, but the node's own paths (a copy by id, metrics) answer
+                // it only as they would answer it directly: the Layer-4 balancer cannot filter paths.
+                let own_paths =
+                    client.is_none_or(|c| me.perimeter.admits(c.ip(), &me.service.members));
                 let svc = service_fn(move |req| {
                     let me = me.clone();
                     async move {
-                        let resp = if admitted {
-                            me.handle(req).await
-                        } else {
+                        let resp = if !admitted {
                             forbidden()
+                        } else if !own_paths && req.uri().path().starts_with("/_node/") {
+                            error_reply(StatusCode::NOT_FOUND, "no such path")
+                        } else {
+                            me.handle(req).await
                         };
                         Ok::<_, std::convert::Infallible>(resp)
                     }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub drain_left: IntGauge,
     /// `node_forwards_total`: requests forwarded to the session's live owner.
     pub forwards: IntCounter,
+    /// `node_proxied_connections_total`: connections that began with a PROXY header naming a client.
+    pub proxied: IntCounter,
     /// `sessions_lost_total`: sessions whose every copy was gone, replaced by a fresh session.
     pub lost: IntCounter,
     /// `sessions_stale_total`: recovered copies older than the client's signed cookie.
@@ -182,6 +184,10 @@ impl Metrics {
                 "Sessions taken over from a draining node at its request",
             ),
             drain_left,
+            proxied: counter(
+                "node_proxied_connections_total",
+                "Connections that began with a PROXY protocol header naming a client",
+            ),
             forwards: counter(
                 "node_forwards_total",
                 "Requests forwarded to the session's live owner",

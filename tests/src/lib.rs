@@ -105,6 +105,8 @@ pub struct ClusterSpec {
     pub token_header: Option<&'static str>,
     /// Extra TOML for `[sidecar]`, e.g. `read_timeout_ms = 100`.
     pub sidecar_extra: String,
+    /// Extra TOML appended to `[node]` (every node's settings), e.g. `accept_proxy = true`.
+    pub node_defaults_extra: String,
 }
 
 impl Default for ClusterSpec {
@@ -123,6 +125,7 @@ impl Default for ClusterSpec {
             sidecar: false,
             token_header: None,
             sidecar_extra: String::new(),
+            node_defaults_extra: String::new(),
         }
     }
 }
@@ -212,6 +215,7 @@ pub fn render_config(
     };
     file.lb.extra = spec.lb_extra.clone();
     file.node.expose_node = Some(true);
+    file.node.extra = spec.node_defaults_extra.clone();
     file.replication = ReplicationSection {
         mode: spec.mode.parse().ok(),
         heartbeat: Some(Duration::from_millis(200)),
