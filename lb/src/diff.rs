@@ -645,6 +645,12 @@ fn lb(d: &mut Diff, old: &ClusterConfig, new: &ClusterConfig) {
         ms(m.read_timeout),
         Applied::Reload,
     );
+    d.setting(
+        "lb.limits.tunnel_idle_timeout_ms",
+        ms(l.tunnel_idle_timeout),
+        ms(m.tunnel_idle_timeout),
+        Applied::Reload,
+    );
     if let Some(how) = secret_change(a.admin_token.as_ref(), b.admin_token.as_ref()) {
         d.push(
             What::SecretSetting {

@@ -114,6 +114,7 @@ mod tests {
             max_body_bytes: 1000,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            tunnel_idle_timeout: Duration::from_secs(1),
         }
     }
 

@@ -59,8 +59,10 @@ fn main() -> anyhow::Result<()> {
     }
     let cfg = ClusterConfig::load(&cli.config)?;
     init_tracing(cfg.node.log_format == node::config::LogFormat::Json);
+    // Absolute, but through any symlink as given: relative paths in the file (`[lb.tls]`) resolve where `lb
+    // check` resolves them, and a reload follows the link to whatever it names then.
     let path =
-        std::fs::canonicalize(&cli.config).with_context(|| format!("{}", cli.config.display()))?;
+        std::path::absolute(&cli.config).with_context(|| format!("{}", cli.config.display()))?;
     tracing::info!(listen = %cfg.lb.listen, admin = %cfg.lb.admin, nodes = cfg.nodes.len(), "lb starting");
     lb::server::build(&path, cfg)?.run_forever()
 }
@@ -79,6 +81,19 @@ fn print_ok(file: &Path, cfg: &ClusterConfig) {
 /// else the changes, grouped as applied by a reload or needing a restart.
 fn check_diff(old: &Path, new: &Path) -> anyhow::Result<()> {
     let (a, b) = (ClusterConfig::load(old), ClusterConfig::load(new));
+    // A file whose certificate would not load is as invalid as one that does not parse: a reload refuses it.
+    let with_tls = |cfg: ClusterConfig, file: &Path| -> anyhow::Result<ClusterConfig> {
+        if let Some(t) = &cfg.lb.tls {
+            lb::tls::load(t, file)?;
+        }
+        Ok(cfg)
+    };
+    let (a, b) = (
+        a.map_err(anyhow::Error::from)
+            .and_then(|c| with_tls(c, old)),
+        b.map_err(anyhow::Error::from)
+            .and_then(|c| with_tls(c, new)),
+    );
     let (a, b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {

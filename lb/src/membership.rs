@@ -433,9 +433,11 @@ impl Membership {
         let loaded = ClusterConfig::load(&self.path)
             .map_err(ReloadError::from)
             .and_then(|cfg| {
-                let key = match (&self.certs, &cfg.lb.tls) {
-                    (Some(_), Some(t)) => Some(tls::load(t, &self.path)?),
-                    _ => None,
+                // Checked even when TLS is off since start (turning it on needs a restart, which must not then
+                // fail on the files).
+                let key = match &cfg.lb.tls {
+                    Some(t) => Some(tls::load(t, &self.path)?),
+                    None => None,
                 };
                 Ok((cfg, key))
             });

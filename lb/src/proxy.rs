@@ -175,6 +175,9 @@ pub struct Ctx {
     stale_retry_used: bool,
     proxied: bool,
     body_bytes: usize,
+    /// The request asks to switch protocols (a WebSocket): once it has, idle waits are held to
+    /// `tunnel_idle_timeout`, not `read_timeout`.
+    tunnel: bool,
     /// The node last chosen, as an index into `topology`'s nodes (for the span; it outlives `current`).
     span_node: Option<usize>,
     _request: RequestGuard,
@@ -204,6 +207,7 @@ impl ProxyHttp for Lb {
             stale_retry_used: false,
             proxied: false,
             body_bytes: 0,
+            tunnel: false,
             span_node: None,
             _request: RequestGuard(self.in_flight),
         }
@@ -243,7 +247,13 @@ impl ProxyHttp for Lb {
                     .map(|v| v.as_bytes()),
             )
         });
-        session.set_read_timeout(Some(topology.cfg.lb.limits.read_timeout));
+        let limits = &topology.cfg.lb.limits;
+        ctx.tunnel = session.is_upgrade_req();
+        session.set_read_timeout(Some(if ctx.tunnel {
+            limits.tunnel_idle_timeout
+        } else {
+            limits.read_timeout
+        }));
         ctx.topology = Some(topology);
         Ok(false)
     }
@@ -299,7 +309,11 @@ impl ProxyHttp for Lb {
                 .inc();
             span(ctx, None).in_scope(|| tracing::info!(from = %primary.name, to = %topology.nodes[i].name, ?target, "failover"));
         }
-        let peer = topology.peer(i);
+        let mut peer = topology.peer(i);
+        if ctx.tunnel {
+            let idle = Some(topology.cfg.lb.limits.tunnel_idle_timeout);
+            (peer.options.read_timeout, peer.options.write_timeout) = (idle, idle);
+        }
         ctx.current = Some((i, topology.nodes[i].enter()));
         ctx.span_node = Some(i);
         ctx.body_bytes = 0;

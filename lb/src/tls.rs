@@ -193,8 +193,7 @@ mod tests {
             h2: true,
         };
         let e = load(&cfg, Path::new("/etc/lb/cluster.toml"))
-            .err()
-            .expect("no files")
+            .expect_err("no files")
             .to_string();
         assert!(e.contains("lb.tls.cert: /nonexistent/cert.pem"), "{e}");
     }

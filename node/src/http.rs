@@ -26,7 +26,9 @@ use crate::membership::Membership;
 use crate::service::{SessionCall, SessionService};
 use crate::session::MAX_REQUEST_ID_LEN;
 use crate::store::Role;
+use crate::tunnel::AppUpgrade;
 use crate::{HEALTH_PATH, HOP_HEADER, REQUEST_ID_HEADER, SERVED_BY_HEADER};
+use hyper::upgrade::OnUpgrade;
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,6 +171,10 @@ pub struct HttpFront<A: App> {
     pub drain: Arc<crate::drain::Drain>,
     /// `[node] accept_proxy`: connections may begin with a PROXY v2 header naming the client.
     pub accept_proxy: bool,
+    /// Turns true when the node begins to stop: open WebSockets are then closed with 1001.
+    pub stopping: watch::Receiver<bool>,
+    /// One clone per open WebSocket relay: a stopping node waits for them as for requests.
+    pub tunnels: Arc<()>,
 }
 
 impl<A: App> HttpFront<A> {
@@ -232,7 +238,8 @@ impl<A: App> HttpFront<A> {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(io), svc);
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades();
                 async move {
                     tokio::pin!(conn);
                     tokio::select! {
@@ -251,6 +258,10 @@ impl<A: App> HttpFront<A> {
         drop(listener);
         drop(open_tx);
         let _ = open_rx.recv().await;
+        // WebSocket relays outlive their connection's HTTP part: they close with 1001 on their own now.
+        while Arc::strong_count(&self.tunnels) > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Reply {
@@ -294,7 +305,11 @@ impl<A: App> HttpFront<A> {
     }
 
     async fn session_request(&self, req: Request<Incoming>) -> Reply {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // A WebSocket: the client's side of the connection, handed over by hyper after our 101.
+        let client_upgrade = crate::websocket::is_upgrade(&parts.headers)
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
         let limit = self.max_body_bytes;
         let too_large = || {
             error_reply(
@@ -387,7 +402,46 @@ impl<A: App> HttpFront<A> {
             .requests
             .with_label_values(&[label, outcome])
             .inc();
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match (resp.extensions_mut().remove::<AppUpgrade>(), client_upgrade) {
+                (Some(app), Some(client)) => self.open_tunnel(client, app, span),
+                _ => {
+                    tracing::warn!(parent: &span, "the application switched protocols on a request that did not ask to");
+                    resp = error_reply(
+                        StatusCode::BAD_GATEWAY,
+                        "the application switched protocols on a request that did not ask to",
+                    );
+                }
+            }
+        }
         resp
+    }
+
+    /// Relays a WebSocket between the client and the app until either ends it, its session leaves this
+    /// draining node, or the node stops (then the client gets a 1001 close and reconnects to the live owner).
+    fn open_tunnel(&self, client: OnUpgrade, app: AppUpgrade, span: tracing::Span) {
+        let (store, drain, stopping) = (
+            self.service.store.clone(),
+            self.drain.clone(),
+            self.stopping.clone(),
+        );
+        let metrics = self.service.metrics.clone();
+        let token = self.tunnels.clone();
+        let sid = app.session;
+        let must_go = move || *stopping.borrow() || (drain.is_on() && !owned_here(&store, sid));
+        metrics.websockets_open.inc();
+        tokio::spawn(
+            async move {
+                let ended = crate::tunnel::relay(client, app.upgrade, must_go, token).await;
+                metrics.websockets_open.dec();
+                if ended == crate::tunnel::Ended::GoingAway {
+                    metrics.websockets_going_away.inc();
+                }
+                tracing::debug!(?ended, "websocket closed");
+            }
+            .instrument(span),
+        );
     }
 
     /// `GET /_node/sessions/{id}`: this node's own copy, for operators and tests.
@@ -414,6 +468,15 @@ impl<A: App> HttpFront<A> {
         v["epoch"] = json!(s.epoch);
         json_reply(StatusCode::OK, &v)
     }
+}
+
+/// Whether this node still owns `sid` (a session busy at this instant counts as owned).
+fn owned_here(store: &crate::store::Store, sid: SessionId) -> bool {
+    store.get(sid).is_some_and(|e| {
+        e.slot
+            .try_lock()
+            .map_or(true, |s| s.role == Role::Primary && s.session.is_some())
+    })
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -13,6 +13,9 @@
 //! - `app`: the seam to the application that serves requests: parse, run (what changes), answer.
 //! - `builtin`: the built-in session API, the first app.
 //! - `sidecar`: the second app: a real application beside the node, the session in headers.
+//! - `websocket`: WebSocket frames: where they end in a byte stream, and the close frame (pure).
+//! - `tunnel`: a WebSocket relayed between client and app; closed with 1001 when its session leaves or the
+//!   node stops.
 //! - `service`: the session service: locate, lock, run the app, apply and record, queue copies, wait.
 //! - `session`: a session's state and the pure operations on it (merge patch, increment, outcomes).
 //! - `store`: the sharded in-memory session table; per session a FIFO lock, a slot and copy cursors.
@@ -80,6 +83,10 @@ pub mod store;
 pub mod takeover;
 #[cfg(feature = "server")]
 pub mod topology;
+#[cfg(feature = "server")]
+pub mod tunnel;
+#[cfg(feature = "server")]
+pub mod websocket;
 #[cfg(feature = "server")]
 pub mod wire;
 

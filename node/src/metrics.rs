@@ -32,6 +32,10 @@ pub struct Metrics {
     pub forwards: IntCounter,
     /// `node_proxied_connections_total`: connections that began with a PROXY header naming a client.
     pub proxied: IntCounter,
+    /// `node_websockets_open`: WebSockets relayed to the app now.
+    pub websockets_open: IntGauge,
+    /// `node_websockets_going_away_total`: WebSockets this node closed with 1001 (drain or stop).
+    pub websockets_going_away: IntCounter,
     /// `sessions_lost_total`: sessions whose every copy was gone, replaced by a fresh session.
     pub lost: IntCounter,
     /// `sessions_stale_total`: recovered copies older than the client's signed cookie.
@@ -104,22 +108,19 @@ impl Metrics {
         registry
             .register(Box::new(sessions.clone()))
             .expect("unique");
-        let drain_left = IntGauge::new(
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let drain_left = gauge(
             "node_drain_sessions_left",
             "Sessions this node still owns while it drains (0 when not draining)",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(drain_left.clone()))
-            .expect("unique");
-        let repl_queue = IntGauge::new(
+        );
+        let repl_queue = gauge(
             "node_replication_queue_depth",
             "Sessions waiting to be copied",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(repl_queue.clone()))
-            .expect("unique");
+        );
         let copies = IntGaugeVec::new(
             Opts::new("node_copies", "Sessions owned here with a copy on the peer"),
             &["peer"],
@@ -184,6 +185,14 @@ impl Metrics {
                 "Sessions taken over from a draining node at its request",
             ),
             drain_left,
+            websockets_open: gauge(
+                "node_websockets_open",
+                "WebSockets relayed between clients and the app now",
+            ),
+            websockets_going_away: counter(
+                "node_websockets_going_away_total",
+                "WebSockets closed with 1001 because their session left this draining node or it stopped",
+            ),
             proxied: counter(
                 "node_proxied_connections_total",
                 "Connections that began with a PROXY protocol header naming a client",

@@ -303,6 +303,8 @@ impl Front<'_> {
             perimeter: crate::http::Perimeter::of(self.cfg),
             drain: self.drain,
             accept_proxy: self.cfg.node.accept_proxy,
+            stopping: stopped.clone(),
+            tunnels: Arc::new(()),
         });
         let http = tokio::spawn(
             front

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use bytes::Bytes;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, DATE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, UPGRADE,
+};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -28,6 +31,8 @@ use crate::config::SidecarConfig;
 use crate::forward::{any_cause, copy_headers, refused};
 use crate::ids::SessionId;
 use crate::session::{Outcome, RecordedReply, Session, SessionError};
+use crate::tunnel::AppUpgrade;
+use crate::websocket;
 use crate::{HOP_HEADER, REQUEST_ID_HEADER};
 
 /// To the app: the session id, 32 hex digits.
@@ -105,6 +110,9 @@ impl Sidecar {
             .unwrap_or_else(|_| hyper::Uri::from_static("/"));
         let h = out.headers_mut();
         copy_headers(&parts.headers, h, internal_header);
+        if websocket::is_upgrade(&parts.headers) {
+            keep_upgrade(&parts.headers, h);
+        }
         let id = format!("{:032x}", s.id.0);
         h.insert(SESSION_VERSION, s.version.into());
         let data = ascii_json(&s.data);
@@ -195,6 +203,9 @@ pub struct Held {
     body: ReplyBody,
     /// For a write: what a retry of it is answered with.
     recorded: Option<RecordedReply>,
+    /// The app switched protocols (a WebSocket): its side of the connection, once hyper hands it over.
+    upgrade: Option<OnUpgrade>,
+    sid: SessionId,
 }
 
 /// The call: whether the method is safe (RFC 9110 §9.2.1). The request itself travels in [`ClientRequest`].
@@ -260,13 +271,19 @@ impl App for Sidecar {
         out: Outgoing,
     ) -> Result<(Change, Held), Reply> {
         let Outgoing { req, sid, _lent } = out;
-        let (parts, incoming) = self.call_app(req).await?.into_parts();
+        let (mut parts, incoming) = self.call_app(req).await?.into_parts();
+        let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
         let change = change_of(&parts.headers).map_err(|why| {
             warn!(session = %sid.log_hash(), %why, "application answered a bad session change; nothing applied");
             error_reply(StatusCode::BAD_GATEWAY, &why)
         })?;
         let mut headers = HeaderMap::new();
         copy_headers(&parts.headers, &mut headers, sidecar_header);
+        if upgrade.is_some() {
+            keep_upgrade(&parts.headers, &mut headers);
+        }
         let idle = self.settings.read_timeout;
         let (body, recorded) = if change == Change::Nothing {
             (body::boxed(IdleTimeout::new(incoming, idle)), None)
@@ -300,6 +317,8 @@ impl App for Sidecar {
                 headers,
                 body,
                 recorded,
+                upgrade,
+                sid,
             },
         ))
     }
@@ -319,6 +338,12 @@ impl App for Sidecar {
             let mut r = Response::new(h.body);
             *r.status_mut() = h.status;
             *r.headers_mut() = h.headers;
+            if let Some(upgrade) = h.upgrade {
+                r.extensions_mut().insert(AppUpgrade {
+                    upgrade,
+                    session: h.sid,
+                });
+            }
             return r;
         }
         match applied {
@@ -343,6 +368,15 @@ impl App for Sidecar {
             StatusCode::OK,
             &json!({"id": format!("{:032x}", id.0), "data": data}),
         ))
+    }
+}
+
+/// `Connection: upgrade` and the `Upgrade` protocol, which [`copy_headers`] drops as hop-by-hop: kept on a
+/// WebSocket's request to the app and on the app's 101 to the client.
+fn keep_upgrade(from: &HeaderMap, to: &mut HeaderMap) {
+    if let Some(proto) = from.get(UPGRADE) {
+        to.insert(UPGRADE, proto.clone());
+        to.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 

@@ -15,6 +15,7 @@
 //! | `POST /fill/{kb}` | a `blob` of `kb` KiB, to push the session over the header cap |
 //! | `GET /download/{kb}` | a body of `kb` KiB in 16 KiB chunks |
 //! | `POST /upload` | the body's size, counted as it streams, into `uploaded` |
+//! | `GET /ws` (WebSocket) | 101; then answers each text message `m` with `{items}:{m}`, `{items}` the count of `items` in the session at the handshake |
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -86,6 +87,7 @@ impl TestApp {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -142,6 +144,51 @@ async fn session_of(h: &HeaderMap) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// The app's side of a WebSocket: each text message `m` is answered with `{items}:{m}`; a close is answered
+/// with a close, as RFC 6455 asks.
+async fn echo(on: hyper::upgrade::OnUpgrade, items: usize) {
+    use node::websocket::{encode, frame, OP_CLOSE, OP_TEXT};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(up) = on.await else { return };
+    let mut io = TokioIo::new(up);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = io.read(&mut chunk).await {
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((h, payload, used)) = frame(&buf) {
+            buf.drain(..used);
+            let answer = match h.opcode {
+                OP_TEXT => encode(
+                    OP_TEXT,
+                    format!("{items}:{}", String::from_utf8_lossy(&payload)).as_bytes(),
+                    None,
+                ),
+                OP_CLOSE => {
+                    let _ = io.write_all(&encode(OP_CLOSE, &payload, None)).await;
+                    return;
+                }
+                _ => continue,
+            };
+            if io.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn list(v: &Value, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()
 }
@@ -151,7 +198,8 @@ async fn handle(
     seen: Arc<Mutex<Seen>>,
     hold: Arc<tokio::sync::Semaphore>,
 ) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let sid = parts
         .headers
         .get("x-session-id")
@@ -260,6 +308,22 @@ async fn handle(
             }
             patched(&json!({ "uploaded": n }), &json!({ "bytes": n }))
         }
+        ["ws"] => match (upgrade, parts.headers.get("sec-websocket-key")) {
+            (Some(on), Some(key)) => {
+                let items = list(&session, "items").len();
+                tokio::spawn(echo(on, items));
+                let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
+                let h = r.headers_mut();
+                h.insert("connection", "upgrade".parse().unwrap());
+                h.insert("upgrade", "websocket".parse().unwrap());
+                h.insert(
+                    "sec-websocket-accept",
+                    accept_key(key.as_bytes()).parse().unwrap(),
+                );
+                r
+            }
+            _ => text(StatusCode::BAD_REQUEST, "not a WebSocket handshake"),
+        },
         _ => text(StatusCode::NOT_FOUND, "no such page"),
     };
     let mut s = seen.lock().unwrap();

@@ -178,6 +178,7 @@ pub(super) struct FileLimits {
     pub max_body_bytes: usize,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
+    pub tunnel_idle_timeout_ms: u64,
 }
 
 impl Default for FileLimits {
@@ -189,6 +190,7 @@ impl Default for FileLimits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             connect_timeout_ms: 1_000,
             read_timeout_ms: 60_000,
+            tunnel_idle_timeout_ms: 600_000,
         }
     }
 }

@@ -133,6 +133,9 @@ pub struct LimitsConfig {
     /// Towards a node (and for a client's body); default 60 s. In sidecar mode it must exceed
     /// `[sidecar] read_timeout_ms` plus 3 × `[replication] peer_timeout_ms`.
     pub read_timeout: Duration,
+    /// `tunnel_idle_timeout_ms`: a request that asks to upgrade (a WebSocket) is held to this instead of
+    /// `read_timeout`, each way, once it has switched protocols; default 10 minutes.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// `[lb]`: the balancer.

@@ -217,6 +217,7 @@ impl FileLb {
             max_body_bytes: l.max_body_bytes,
             connect_timeout: ms("lb.limits.connect_timeout_ms", l.connect_timeout_ms)?,
             read_timeout: ms("lb.limits.read_timeout_ms", l.read_timeout_ms)?,
+            tunnel_idle_timeout: ms("lb.limits.tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms)?,
         };
         Ok(LbConfig {
             listen,

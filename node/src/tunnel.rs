@@ -1,0 +1,141 @@
+//! A WebSocket relayed between the client and the app (sidecar mode): once both sides have switched protocols,
+//! bytes go through unchanged. When the WebSocket must go (its session moved off this node while it drains,
+//! or the node stops), the client gets a close frame with 1001, "going away", put between two of the app's
+//! frames ([`crate::websocket::Frames`]), so that it reconnects; its reconnect is pinned to the session's live
+//! node like any request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::websocket::{self, Frames, GOING_AWAY, OP_CLOSE};
+
+/// How often a relay asks whether it must go.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// How long a relay that must go waits for the app to finish the frame it is sending, and then for the
+/// client's answering close frame.
+const FINISH_WITHIN: Duration = Duration::from_secs(1);
+
+/// Put by the sidecar on its answer when the app switched protocols: the app's side of the connection, and
+/// the session the WebSocket belongs to.
+#[derive(Clone)]
+pub struct AppUpgrade {
+    /// Resolves to the app's connection once hyper has read the 101.
+    pub upgrade: OnUpgrade,
+    /// The session of the request that opened it.
+    pub session: crate::ids::SessionId,
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// One side closed its connection.
+    Closed,
+    /// The relay sent the client a 1001 close.
+    GoingAway,
+    /// A side never switched protocols.
+    NotUpgraded,
+}
+
+/// Relays between the client's and the app's upgraded connections until either closes or `must_go` says so
+/// (it is asked every [`CHECK_EVERY`]); holds `_token` until then, so a stopping node can wait for relays.
+pub async fn relay(
+    client: OnUpgrade,
+    app: OnUpgrade,
+    must_go: impl Fn() -> bool,
+    _token: Arc<()>,
+) -> Ended {
+    let (client, app) = match tokio::try_join!(client, app) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!("an upgrade did not complete: {e}");
+            return Ended::NotUpgraded;
+        }
+    };
+    let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+    let (mut from_client, mut from_app) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let mut to_client = Frames::default();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut going: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(since) = going {
+            // Between two frames of the app's, or the app took too long to finish one: the close goes now.
+            if to_client.between() || since.elapsed() >= FINISH_WITHIN {
+                go_away(&mut client, &mut app, &mut from_client).await;
+                return Ended::GoingAway;
+            }
+        }
+        tokio::select! {
+            n = app.read(&mut from_app) => match n {
+                Ok(n) if n > 0 => {
+                    to_client.feed(&from_app[..n]);
+                    if client.write_all(&from_app[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+            // While going, the client's frames are no longer passed on: the app gets its close instead.
+            n = client.read(&mut from_client), if going.is_none() => match n {
+                Ok(n) if n > 0 => {
+                    if app.write_all(&from_client[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+            _ = tick.tick(), if going.is_none() => {
+                if must_go() {
+                    going = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = tokio::time::sleep(CHECK_EVERY), if going.is_some() => {}
+        }
+    }
+    let _ = client.shutdown().await;
+    let _ = app.shutdown().await;
+    Ended::Closed
+}
+
+/// Sends the client a 1001 close and the app one too (masked: the node is the app's client), waits a moment
+/// for the client's answering close, then closes both connections.
+async fn go_away<C, A>(client: &mut C, app: &mut A, buf: &mut [u8])
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: tokio::io::AsyncWrite + Unpin,
+{
+    let _ = client.write_all(&websocket::close(GOING_AWAY, None)).await;
+    let _ = client.flush().await;
+    let _ = app
+        .write_all(&websocket::close(GOING_AWAY, Some(rand::random())))
+        .await;
+    let _ = app.shutdown().await;
+    // The client's close (or anything else) ends the wait; its bytes go nowhere.
+    let mut seen = Vec::new();
+    let answered = async {
+        loop {
+            match client.read(buf).await {
+                Ok(n) if n > 0 => {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some((h, _, used)) = websocket::frame(&seen) {
+                        if h.opcode == OP_CLOSE {
+                            return;
+                        }
+                        seen.drain(..used);
+                    }
+                    if seen.len() > 64 * 1024 {
+                        // A frame this large is not a close: it no longer needs looking at.
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(FINISH_WITHIN, answered).await;
+    let _ = client.shutdown().await;
+}
