@@ -163,7 +163,9 @@ pub struct Received {
 
 /// Copy side: applies an item from primary `from` to the local slot (a fresh empty slot when the session
 /// was not here). `ended` is the epoch at which the session ended here, if it did (its tombstone): an item
-/// from an older tenure is refused, so a late copy cannot bring a deleted session back.
+/// from that tenure or an older one is refused, so a late copy cannot bring a deleted session back. The
+/// tenure that ended cannot write again (a deleted session is never re-created under its id), so an item of
+/// its epoch is either late or from a second owner of that epoch, who must give up too.
 pub fn incoming(
     slot: &mut Slot,
     from: NodeId,
@@ -173,7 +175,7 @@ pub fn incoming(
     ended: Option<u64>,
 ) -> Received {
     let was_primary = slot.role == Role::Primary && slot.session.is_some();
-    if let Some(epoch) = ended.filter(|e| slot.session.is_none() && item.epoch() < *e) {
+    if let Some(epoch) = ended.filter(|e| slot.session.is_none() && item.epoch() <= *e) {
         return Received {
             result: ItemResult::Ended { epoch },
             fence: false,

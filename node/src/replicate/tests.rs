@@ -415,3 +415,31 @@ fn a_late_copy_from_an_older_owner_does_not_bring_a_removed_session_back() {
     assert_eq!(on_reply(&mut p, id(2), v, &r.result, 1), AfterReply::Fenced);
     assert!(p.session.is_none(), "the stale sender drops its copy");
 }
+
+/// Found by the simulator (`SIM_SEED=360` of the broadcast walks): the owner of epoch 1 removed the session;
+/// a copy of that same epoch arriving after the removal (late, or from a second owner of the epoch) is
+/// refused like an older one, and its sender drops it.
+#[test]
+fn a_copy_of_the_removed_epoch_itself_does_not_bring_the_session_back() {
+    let (mut p, mut s) = pair();
+    sync(&mut p, &mut s);
+    let (late, v) = {
+        p.copies[0].full = true;
+        outgoing(&mut p, SID, id(2), false).unwrap()
+    };
+    let removal = Item::Remove { sid: SID, epoch: 1 };
+    let r = incoming(&mut s, id(1), removal, Instant::now(), LEASE, None);
+    assert_eq!(r.ended, Some(1));
+    let r = incoming(&mut s, id(1), late, Instant::now(), LEASE, r.ended);
+    assert_eq!(r.result, ItemResult::Ended { epoch: 1 });
+    assert!(s.session.is_none(), "the removed session stays removed");
+    assert_ne!(
+        on_reply(&mut p, id(2), v, &r.result, 1),
+        AfterReply::Resend,
+        "the sender does not insist"
+    );
+    assert!(
+        p.session.is_none(),
+        "the sender of the same epoch drops its copy"
+    );
+}
