@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SETUP := .ci/setup
 
-.PHONY: run run-sidecar run-redis test bench rolling bench-node bench-lb bench-sidecar soak check fmt setup
+.PHONY: run run-sidecar run-redis test bench rolling bench-node bench-lb bench-edge bench-sidecar soak check fmt setup
 
 setup:
 	@bash $(SETUP)
@@ -59,6 +59,15 @@ bench-lb: setup
 	mkdir -p target/bench
 	target/release/bench compare --config config/local.toml --sessions 1000 --concurrency 64 --duration 10s \
 		--mix get=1 --json target/bench/compare.json
+
+# The edge against HAProxy (when installed), in one run of about a minute and a half: Layer-4 connections/s and
+# bytes/s (HAProxy `mode tcp`, `balance source`), full TLS handshakes/s and pinned HTTPS GETs (same certificate),
+# each per second and per proxy CPU-second, as ratios lb / HAProxy, median of 5 rounds.
+bench-edge: setup
+	$(CARGO) build --release --bins
+	mkdir -p target/bench
+	target/release/bench edge --config config/local.toml --rounds 5 --duration 2s --concurrency 32 --streams 4 \
+		--json target/bench/edge.json
 
 # The cart example app alone (its own sessions) against lb + sidecar nodes in sync mode in front of it, same
 # workload in one invocation: req/s, p50/p99 and CPU per request of apps, nodes and lb, as ratios.

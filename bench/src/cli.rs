@@ -88,6 +88,12 @@ pub enum Cmd {
         #[command(flatten)]
         args: crate::shop::ShopArgs,
     },
+    /// Layer-4 connections and bytes, TLS handshakes and pinned HTTPS GETs through lb and HAProxy, as ratios.
+    Edge {
+        /// The cluster settings, the workloads and the output.
+        #[command(flatten)]
+        args: crate::edge::EdgeArgs,
+    },
     /// Start the lb and every node of a cluster file in the foreground; Ctrl-C stops all of it.
     Up {
         /// Cluster file to start.
@@ -259,6 +265,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             load,
         } => crate::nodeperf::node_perf(&config, &load, memory_sessions, session_bytes).await,
         Cmd::Shop { args } => crate::shop::shop(&args).await,
+        Cmd::Edge { args } => crate::edge::edge(&args).await,
         Cmd::Up { config } => crate::up::up(&config).await.map(|()| true),
         Cmd::MinimalProxy { .. } => unreachable!("served before the runtime starts"),
     }

@@ -14,7 +14,7 @@ use crate::cli::{write_file, LoadArgs};
 use crate::cluster::{free_port, which, Procs, LB};
 use crate::{cpu, runner};
 
-/// One measured path.
+/// One measured path. `bench edge` counts connections, handshakes or bytes in `requests` and `rps`.
 pub struct Row {
     /// The path, e.g. `direct n1`, `lb`.
     pub name: String,
@@ -229,21 +229,15 @@ pub fn round_lines(rounds: &[Vec<Row>]) -> String {
     let Some(first) = rounds.first() else {
         return t;
     };
+    let Some(minimal) = first.iter().position(|x| x.name.starts_with("minimal")) else {
+        return t;
+    };
     let _ = writeln!(t, "\n  req/proxy-cpu-s over minimal, round by round:");
     for (i, row) in first.iter().enumerate() {
-        if row.proxy_cpu.is_none() || row.name.starts_with("minimal") {
+        if row.proxy_cpu.is_none() || i == minimal {
             continue;
         }
-        let ratios: Vec<f64> = rounds
-            .iter()
-            .filter_map(|r| {
-                let m = r
-                    .iter()
-                    .find(|x| x.name.starts_with("minimal"))?
-                    .per_cpu_s()?;
-                Some(r.get(i)?.per_cpu_s()? / m)
-            })
-            .collect();
+        let ratios = ratios_by_round(rounds, i, minimal, Row::per_cpu_s);
         let list: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
         let _ = writeln!(
             t,
@@ -256,7 +250,25 @@ pub fn round_lines(rounds: &[Vec<Row>]) -> String {
     t
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// Row `of` over row `over` in each round, by `value` (e.g. [`Row::per_cpu_s`]); a round where either has no
+/// value, or `over`'s is 0, is left out. Every round lists its paths in the same order.
+pub fn ratios_by_round(
+    rounds: &[Vec<Row>],
+    of: usize,
+    over: usize,
+    value: impl Fn(&Row) -> Option<f64>,
+) -> Vec<f64> {
+    rounds
+        .iter()
+        .filter_map(|r| {
+            let base = value(r.get(over)?).filter(|b| *b > 0.0)?;
+            Some(value(r.get(of)?)? / base)
+        })
+        .collect()
+}
+
+/// The median of `xs`; 0 when empty.
+pub fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
         return 0.0;
     }
@@ -275,14 +287,71 @@ pub fn haproxy_config(
     cfg: &node::config::ClusterConfig,
     threads: usize,
 ) -> String {
-    let mut c = format!(
-        "global\n  nbthread {threads}\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 2s\n  \
-         timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\nfrontend fe\n  bind {listen}\n  \
-         default_backend nodes\n\nbackend nodes\n  balance leastconn\n  cookie SRVID insert indirect nocache\n  \
-         http-reuse safe\n"
+    let mut c = haproxy_global(threads);
+    c.push_str(&haproxy_http("http", listen, None, &servers(cfg)));
+    c
+}
+
+/// The `(name, http address)` of every node of `cfg`, as HAProxy's servers.
+pub fn servers(cfg: &node::config::ClusterConfig) -> Vec<(String, SocketAddr)> {
+    cfg.nodes.iter().map(|n| (n.name.clone(), n.http)).collect()
+}
+
+/// HAProxy's `global` and `defaults` sections; each proxy section sets its own mode, so one process can serve
+/// HTTP and TCP proxies side by side.
+pub fn haproxy_global(threads: usize) -> String {
+    format!(
+        "global\n  nbthread {threads}\n  maxconn 4096\n\ndefaults\n  timeout connect 2s\n  timeout client 30s\n  \
+         timeout server 30s\n"
+    )
+}
+
+/// An HTTP frontend `name` on `listen` and its backend of `servers`, sticky by HAProxy's own inserted cookie,
+/// balanced like our lb's default. With `tls_pem` (certificate and key in one file) the frontend terminates TLS
+/// and does what lb's TLS listener does: ALPN h2 and http/1.1, `X-Forwarded-Proto`/`-For`, a `Secure` cookie.
+pub fn haproxy_http(
+    name: &str,
+    listen: SocketAddr,
+    tls_pem: Option<&Path>,
+    servers: &[(String, SocketAddr)],
+) -> String {
+    let mut c = format!("\nfrontend {name}\n  mode http\n  option http-keep-alive\n");
+    let secure = match tls_pem {
+        Some(pem) => {
+            let _ = writeln!(
+                c,
+                "  bind {listen} ssl crt {} alpn h2,http/1.1\n  option forwardfor\n  \
+                 http-request set-header X-Forwarded-Proto https",
+                pem.display()
+            );
+            " secure"
+        }
+        None => {
+            let _ = writeln!(c, "  bind {listen}");
+            ""
+        }
+    };
+    let _ = write!(
+        c,
+        "  default_backend {name}_nodes\n\nbackend {name}_nodes\n  mode http\n  balance leastconn\n  \
+         cookie SRVID insert indirect nocache{secure}\n  http-reuse safe\n"
     );
-    for n in &cfg.nodes {
-        let _ = writeln!(c, "  server {0} {1} cookie {0}", n.name, n.http);
+    for (n, addr) in servers {
+        let _ = writeln!(c, "  server {n} {addr} cookie {n}");
+    }
+    c
+}
+
+/// A TCP frontend `name` on `listen` and its backend of `servers`, each client address kept on one server
+/// (`balance source`) by consistent hashing, which moves only a dead server's clients, as lb's Layer-4
+/// director does.
+pub fn haproxy_tcp(name: &str, listen: SocketAddr, servers: &[(String, SocketAddr)]) -> String {
+    let mut c = format!(
+        "\nfrontend {name}\n  mode tcp\n  bind {listen}\n  default_backend {name}_nodes\n\n\
+         backend {name}_nodes\n  mode tcp\n  balance source\n  hash-type consistent\n"
+    );
+    for (n, addr) in servers {
+        let _ = writeln!(c, "  server {n} {addr}");
     }
     c
 }
@@ -345,5 +414,38 @@ mod tests {
             lb_line.contains("1000") && lb_line.ends_with("0.50x"),
             "{lb_line}"
         );
+    }
+
+    #[test]
+    fn haproxy_serves_http_with_cookie_stickiness_tls_like_lb_and_tcp_by_source_address() {
+        let at = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        let nodes = vec![("n1".to_string(), at(9001)), ("n2".to_string(), at(9002))];
+        let http = haproxy_http("http", at(8080), None, &nodes);
+        assert!(http.contains("frontend http\n  mode http\n"), "{http}");
+        assert!(http.contains("  bind 127.0.0.1:8080\n"), "{http}");
+        assert!(
+            http.contains("cookie SRVID insert indirect nocache\n"),
+            "{http}"
+        );
+        assert!(
+            http.contains("  server n2 127.0.0.1:9002 cookie n2\n"),
+            "{http}"
+        );
+        let tls = haproxy_http("https", at(8443), Some(Path::new("/d/h.pem")), &nodes);
+        assert!(
+            tls.contains("  bind 127.0.0.1:8443 ssl crt /d/h.pem alpn h2,http/1.1\n"),
+            "{tls}"
+        );
+        assert!(tls.contains("X-Forwarded-Proto https") && tls.contains("option forwardfor"));
+        assert!(tls.contains("nocache secure\n"), "{tls}");
+        let tcp = haproxy_tcp("l4", at(7000), &nodes);
+        assert!(
+            tcp.contains("  mode tcp\n  balance source\n  hash-type consistent\n"),
+            "{tcp}"
+        );
+        assert!(tcp.contains("  server n1 127.0.0.1:9001\n"), "{tcp}");
+        let all = haproxy_global(2) + &http + &tcp;
+        assert!(all.starts_with("global\n  nbthread 2\n"), "{all}");
+        assert_eq!(all.matches("default_backend").count(), 2);
     }
 }

@@ -15,6 +15,7 @@
 //! - [`plot`]: the `--plot` SVG timeline.
 //! - [`cpu`]: the generator's own CPU (getrusage) and a child's (/proc).
 //! - [`compare`]: direct vs `lb` vs minimal Pingora vs HAProxy, as ratios.
+//! - [`edge`]: `bench edge`, Layer 4, TLS handshakes and pinned HTTPS GETs through lb and HAProxy (issue 13).
 //! - [`minimal_proxy`]: the minimal Pingora proxy `compare` measures against.
 //! - [`nodeperf`]: `bench node`, one node's increments/s unreplicated, sync and async, and memory per session.
 //! - [`shop`]: `bench shop`, the cart example app alone against lb + sidecar nodes, as ratios (issue 9).
@@ -26,6 +27,7 @@ pub mod client;
 pub mod cluster;
 pub mod compare;
 pub mod cpu;
+pub mod edge;
 pub mod faults;
 pub mod live;
 pub mod load;
