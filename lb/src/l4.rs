@@ -28,6 +28,9 @@ use crate::director;
 use crate::membership::{Membership, NodeState};
 use crate::metrics::L4Metrics;
 
+/// Bytes buffered each way per connection: HAProxy's default `tune.bufsize`, twice tokio's default.
+const BUFFER: usize = 16 * 1024;
+
 /// The Layer-4 application Pingora runs on `[lb.l4] listen`.
 pub struct L4App {
     membership: Arc<Membership>,
@@ -129,16 +132,15 @@ impl L4App {
                 return;
             }
         }
-        let m = self.metrics();
-        let open = m.open.with_label_values(&[&node.name]);
-        open.inc();
+        let m = &node.l4;
+        m.open.inc();
         let activity = Activity::new();
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
         let ended = {
             let mut c = Counted::new(&mut client, &up, &activity);
             let mut u = Counted::new(&mut upstream, &down, &activity);
             tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, BUFFER, BUFFER) => {
                     if let Err(e) = r {
                         tracing::debug!("Layer-4 connection ended: {e}");
                     }
@@ -147,17 +149,17 @@ impl L4App {
                 why = self.watch(&node, &activity, shutdown) => Some(why),
             }
         };
-        open.dec();
+        m.open.dec();
         let (up, down) = (up.into_inner(), down.into_inner());
-        m.bytes.with_label_values(&[&node.name, "in"]).inc_by(up);
-        m.bytes.with_label_values(&[&node.name, "out"]).inc_by(down);
+        m.bytes_in.inc_by(up);
+        m.bytes_out.inc_by(down);
         if let Some(why) = ended {
             let reason = match why {
                 Close::Idle => "idle",
                 Close::Retired => "retired",
                 Close::Shutdown => "shutdown",
             };
-            m.closed.with_label_values(&[reason]).inc();
+            self.metrics().closed.with_label_values(&[reason]).inc();
             tracing::debug!(
                 reason,
                 up,
@@ -190,19 +192,13 @@ impl L4App {
                         // A node marked down shuts its connections: a client stuck on a paused node reconnects.
                         node.conns.track(s.as_raw_fd(), local, peer);
                     }
-                    self.metrics()
-                        .connections
-                        .with_label_values(&[&node.name, "ok"])
-                        .inc();
+                    node.l4.ok.inc();
                     return Some((node.clone(), s));
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {:?}", self.cfg.connect_timeout),
             };
-            self.metrics()
-                .connections
-                .with_label_values(&[&node.name, "connect_failed"])
-                .inc();
+            node.l4.connect_failed.inc();
             node.force_down(&format!(
                 "a Layer-4 connection could not connect: {failure}"
             ));

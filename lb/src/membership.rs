@@ -21,7 +21,7 @@ use prometheus::IntGauge;
 use crate::balance::NodeView;
 use crate::conns::ConnSet;
 use crate::health::HealthTracker;
-use crate::metrics::{Metrics, NodeMetrics};
+use crate::metrics::{L4NodeMetrics, Metrics, NodeMetrics};
 use crate::routing::{self, Route, RouteCache};
 use crate::tls::{self, Certs, TlsError};
 
@@ -59,6 +59,8 @@ pub struct NodeState {
     pub conns: ConnSet,
     /// Request counters by outcome.
     pub metrics: NodeMetrics,
+    /// Layer-4 connection, byte and open-connection series.
+    pub l4: L4NodeMetrics,
     healthy_gauge: IntGauge,
     in_flight_gauge: IntGauge,
     drain_left_gauge: IntGauge,
@@ -80,6 +82,7 @@ impl NodeState {
             in_flight: AtomicUsize::new(0),
             conns: ConnSet::default(),
             metrics: metrics.for_node(&cfg.name),
+            l4: metrics.l4_for_node(&cfg.name),
             healthy_gauge,
             in_flight_gauge,
             drain_left_gauge,

@@ -102,6 +102,21 @@ pub struct L4Metrics {
     pub refused: IntCounterVec,
 }
 
+/// One node's Layer-4 series, resolved once (a connection then counts itself without a label lookup).
+#[derive(Clone)]
+pub struct L4NodeMetrics {
+    /// `lb_l4_connections_total{outcome="ok"}`.
+    pub ok: IntCounter,
+    /// `lb_l4_connections_total{outcome="connect_failed"}`.
+    pub connect_failed: IntCounter,
+    /// `lb_l4_open_connections`.
+    pub open: IntGauge,
+    /// `lb_l4_bytes_total{direction="in"}`: client to node.
+    pub bytes_in: IntCounter,
+    /// `lb_l4_bytes_total{direction="out"}`: node to client.
+    pub bytes_out: IntCounter,
+}
+
 /// One node's request counters, resolved once.
 #[derive(Clone)]
 pub struct NodeMetrics {
@@ -224,6 +239,18 @@ impl Metrics {
     pub fn for_node(&self, name: &str) -> NodeMetrics {
         NodeMetrics {
             by_outcome: Outcome::ALL.map(|o| self.requests.with_label_values(&[name, o.label()])),
+        }
+    }
+
+    /// The Layer-4 series of node `name`.
+    pub fn l4_for_node(&self, name: &str) -> L4NodeMetrics {
+        let l4 = &self.l4;
+        L4NodeMetrics {
+            ok: l4.connections.with_label_values(&[name, "ok"]),
+            connect_failed: l4.connections.with_label_values(&[name, "connect_failed"]),
+            open: l4.open.with_label_values(&[name]),
+            bytes_in: l4.bytes.with_label_values(&[name, "in"]),
+            bytes_out: l4.bytes.with_label_values(&[name, "out"]),
         }
     }
 

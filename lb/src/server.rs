@@ -142,9 +142,11 @@ impl BackgroundService for Control {
             tokio::select! {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading");
-                    let m = self.membership.clone();
-                    // Errors are logged (with file and line) by reload itself; the old config keeps serving.
-                    let _ = tokio::task::spawn_blocking(move || m.reload()).await;
+                    // Inline, as POST /reload is: reading a small file takes a millisecond, and a blocking-pool
+                    // thread made for it (gone 10 s later) left its allocator pages resident, about 1.5 MiB
+                    // measured at the first reload (bench/PERFORMANCE.md, 2026-12-07). Errors are logged (with
+                    // file and line) by reload itself; the old config keeps serving.
+                    let _ = self.membership.reload();
                 }
                 r = shutdown.changed() => if r.is_err() { break },
             }
