@@ -231,6 +231,12 @@ impl L4App {
                     None
                 };
                 let grace = self.membership.with_topology(|t| t.cfg.lb.grace_period);
+                // The process exits at the end of the grace period counted from the signal, which this check
+                // sees up to a tick late: close a little before, so the FINs and the count go out.
+                let grace = match why {
+                    Some(Close::Shutdown) => grace.saturating_sub(tick * 2),
+                    _ => grace,
+                };
                 leaving = why.map(|w| (w, Instant::now() + grace));
             }
             if let Some((why, at)) = leaving {

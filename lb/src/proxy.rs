@@ -336,6 +336,9 @@ impl ProxyHttp for Lb {
             {
                 forwarded_for(upstream_request, ip)?;
             }
+        } else if upstream_request.headers.contains_key(FORWARDED_PROTO) {
+            // A plain-HTTP client's claim of https would get it a cookie its connection cannot protect.
+            upstream_request.remove_header(FORWARDED_PROTO);
         }
         // Node-to-node forwards count their hops in this header; a client's copy could stop a node from
         // forwarding to the session's live owner and make it take the session over instead.

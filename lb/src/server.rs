@@ -78,6 +78,13 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Result<Server, TlsError> {
     });
 
     warn_if_admin_exposed(&lb);
+    if lb.l4.as_ref().is_some_and(|l| !l.send_proxy) {
+        tracing::warn!(
+            "[lb.l4] relays clients to the nodes as the lb itself: their /_node/ paths (a session's copy by id, \
+             metrics) answer them; set [lb.l4] send_proxy = true and [node] accept_proxy = true so nodes tell \
+             clients apart"
+        );
+    }
     let mut admin = Service::new("lb admin".to_string(), Admin::new(membership.clone()));
     admin.add_tcp(&lb.admin.to_string());
     admin.threads = Some(1);

@@ -101,6 +101,11 @@ impl Perimeter {
         })
     }
 
+    /// Whether `[node] trusted` is set and admits `ip` (without it, only what the balancer lets through).
+    pub fn lists(&self, ip: IpAddr, members: &Membership) -> bool {
+        self.trusted.is_some() && self.admits(ip, members)
+    }
+
     /// Logs a refused connection: at debug level each, a warning at most every [`REFUSAL_WARN_EVERY`].
     fn log_refusal(&self, from: SocketAddr) {
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
@@ -219,9 +224,10 @@ impl<A: App> HttpFront<A> {
                     tracing::info_span!("connection", client = %c)
                 });
                 // A relayed client may use its session, but the node's own paths (a copy by id, metrics) answer
-                // it only as they would answer it directly: the Layer-4 balancer cannot filter paths.
+                // it only when `trusted` names it: the Layer-4 balancer cannot filter paths, as the Layer-7 one
+                // does for every client.
                 let own_paths =
-                    client.is_none_or(|c| me.perimeter.admits(c.ip(), &me.service.members));
+                    client.is_none_or(|c| me.perimeter.lists(c.ip(), &me.service.members));
                 let svc = service_fn(move |req| {
                     let me = me.clone();
                     async move {
@@ -429,7 +435,9 @@ impl<A: App> HttpFront<A> {
         let metrics = self.service.metrics.clone();
         let token = self.tunnels.clone();
         let sid = app.session;
-        let must_go = move || *stopping.borrow() || (drain.is_on() && !owned_here(&store, sid));
+        let must_go = move || {
+            *stopping.borrow() || (drain.is_on() && sid.is_some_and(|sid| !owned_here(&store, sid)))
+        };
         metrics.websockets_open.inc();
         tokio::spawn(
             async move {

@@ -139,13 +139,13 @@ impl PeerServer {
     async fn receive(&self, from: NodeId, item: Item) -> ItemResult {
         let (entry, _) = self.store.get_or_insert(item.sid());
         let mut slot = entry.slot.lock().await;
-        let ended = self.store.ended_epoch(entry.id);
+        let ended = self.store.refuses_through(entry.id);
         let r = replicate::incoming(&mut slot, from, item, now(), self.lease, ended);
         if r.fence {
             entry.update_mark(|m| m.fenced = true);
         }
         if let Some(epoch) = r.ended {
-            self.store.mark_ended(entry.id, epoch);
+            self.store.mark_ended(entry.id, epoch, true);
         }
         if r.forget {
             self.store.remove(&entry);

@@ -526,7 +526,7 @@ impl<A: App> SessionService<A> {
     /// Ends the primary session in `slot` here and queues the removal of its copies; returns it.
     pub fn end_session(&self, entry: &Arc<Entry>, slot: &mut Slot) -> Option<Session> {
         let (s, peers) = replicate::end(slot)?;
-        self.store.mark_ended(s.id, s.epoch);
+        self.store.mark_ended(s.id, s.epoch, true);
         if peers.is_empty() {
             // A copy may still be on a peer that was unreachable when the copies were re-homed to none.
             self.store.mark_untold(s.id);
@@ -645,7 +645,7 @@ impl<A: App> SessionService<A> {
                     if idle_for > idle && !self.members.is_alive(s.primary) {
                         let epoch = s.epoch;
                         slot.session = None;
-                        self.store.mark_ended(entry.id, epoch);
+                        self.store.mark_ended(entry.id, epoch, false);
                         self.store.remove(&entry);
                         self.metrics.expired.inc();
                     }

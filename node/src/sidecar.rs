@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use bytes::Bytes;
-use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, UPGRADE,
-};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, DATE};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,7 +30,7 @@ use crate::forward::{any_cause, copy_headers, refused};
 use crate::ids::SessionId;
 use crate::session::{Outcome, RecordedReply, Session, SessionError};
 use crate::tunnel::AppUpgrade;
-use crate::websocket;
+use crate::websocket::{self, keep_upgrade};
 use crate::{HOP_HEADER, REQUEST_ID_HEADER};
 
 /// To the app: the session id, 32 hex digits.
@@ -341,7 +339,7 @@ impl App for Sidecar {
             if let Some(upgrade) = h.upgrade {
                 r.extensions_mut().insert(AppUpgrade {
                     upgrade,
-                    session: h.sid,
+                    session: Some(h.sid),
                 });
             }
             return r;
@@ -368,15 +366,6 @@ impl App for Sidecar {
             StatusCode::OK,
             &json!({"id": format!("{:032x}", id.0), "data": data}),
         ))
-    }
-}
-
-/// `Connection: upgrade` and the `Upgrade` protocol, which [`copy_headers`] drops as hop-by-hop: kept on a
-/// WebSocket's request to the app and on the app's 101 to the client.
-fn keep_upgrade(from: &HeaderMap, to: &mut HeaderMap) {
-    if let Some(proto) = from.get(UPGRADE) {
-        to.insert(UPGRADE, proto.clone());
-        to.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 

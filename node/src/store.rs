@@ -229,6 +229,10 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 struct Ended {
     at: Instant,
     epoch: u64,
+    /// The tenure at `epoch` itself ended it (its owner deleted or expired it, here or by a removal it sent),
+    /// so that tenure writes nothing more; else a copy holder expired its copy of an owner it thought dead,
+    /// who may still be serving at `epoch`.
+    by_owner: bool,
     /// No copy could be told (none was reachable): a peer coming back may still hold one.
     untold: bool,
 }
@@ -297,16 +301,31 @@ impl Store {
         }
     }
 
-    /// Remembers that session `id` ended here (deleted or expired) at ownership epoch `epoch`.
-    pub fn mark_ended(&self, id: SessionId, epoch: u64) {
+    /// Remembers that session `id` ended here (deleted or expired) at ownership epoch `epoch`; `by_owner` when
+    /// the owner of that epoch ended it (not a copy holder expiring its copy).
+    pub fn mark_ended(&self, id: SessionId, epoch: u64, by_owner: bool) {
         self.ended.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Ended {
                 at: now(),
                 epoch,
+                by_owner,
                 untold: false,
             },
         );
+    }
+
+    /// The newest epoch whose copies of session `id` are refused here, if any: the ended epoch when its owner
+    /// ended it (that tenure writes nothing more), the one before when a copy holder expired its copy (the
+    /// owner may still be serving, and may send it again).
+    pub fn refuses_through(&self, id: SessionId) -> Option<u64> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let e = ended.get(&id)?;
+        if e.by_owner {
+            Some(e.epoch)
+        } else {
+            e.epoch.checked_sub(1)
+        }
     }
 
     /// Notes that no copy of ended session `id` could be told to drop it (none was reachable): a peer that
@@ -446,6 +465,19 @@ mod tests {
 
     fn entry() -> Arc<Entry> {
         Arc::new(Entry::new(SessionId(1), Instant::now()))
+    }
+
+    #[test]
+    fn an_owners_tombstone_refuses_its_own_epoch_and_a_copy_holders_only_older_ones() {
+        let store = Store::default();
+        let (deleted, expired) = (SessionId(7), SessionId(8));
+        store.mark_ended(deleted, 3, true);
+        store.mark_ended(expired, 3, false);
+        assert_eq!(store.refuses_through(deleted), Some(3));
+        // The owner of epoch 3 may still be serving: its copies of epoch 3 are taken again.
+        assert_eq!(store.refuses_through(expired), Some(2));
+        assert_eq!(store.refuses_through(SessionId(9)), None);
+        assert_eq!(store.ended_epoch(expired), Some(3));
     }
 
     #[tokio::test(start_paused = true)]

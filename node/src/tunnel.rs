@@ -19,14 +19,15 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// client's answering close frame.
 const FINISH_WITHIN: Duration = Duration::from_secs(1);
 
-/// Put by the sidecar on its answer when the app switched protocols: the app's side of the connection, and
-/// the session the WebSocket belongs to.
+/// Put on an answer that switched protocols: the far side of the connection (the app's, or the owner node's
+/// when the request was forwarded), and the session the WebSocket belongs to when this node owns it.
 #[derive(Clone)]
 pub struct AppUpgrade {
-    /// Resolves to the app's connection once hyper has read the 101.
+    /// Resolves to the far side's connection once hyper has read the 101.
     pub upgrade: OnUpgrade,
-    /// The session of the request that opened it.
-    pub session: crate::ids::SessionId,
+    /// The session, when its owner (this node) opened the WebSocket to its app; `None` when it was forwarded
+    /// to the owner, whose own relay closes it when the session moves.
+    pub session: Option<crate::ids::SessionId>,
 }
 
 /// How a relay ended.
@@ -57,14 +58,15 @@ pub async fn relay(
     };
     let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
     let (mut from_client, mut from_app) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
-    let mut to_client = Frames::default();
+    let (mut to_client, mut to_app) = (Frames::default(), Frames::default());
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut going: Option<tokio::time::Instant> = None;
     loop {
         if let Some(since) = going {
-            // Between two frames of the app's, or the app took too long to finish one: the close goes now.
-            if to_client.between() || since.elapsed() >= FINISH_WITHIN {
+            // Between two frames each way (a close must not land inside a frame), or a side took too long to
+            // finish one: the closes go now.
+            if (to_client.between() && to_app.between()) || since.elapsed() >= FINISH_WITHIN {
                 go_away(&mut client, &mut app, &mut from_client).await;
                 return Ended::GoingAway;
             }
@@ -79,9 +81,11 @@ pub async fn relay(
                 }
                 _ => break,
             },
-            // While going, the client's frames are no longer passed on: the app gets its close instead.
-            n = client.read(&mut from_client), if going.is_none() => match n {
+            // While going, only the rest of a frame the client has begun is passed on: the app gets its close
+            // after it.
+            n = client.read(&mut from_client), if going.is_none() || !to_app.between() => match n {
                 Ok(n) if n > 0 => {
+                    to_app.feed(&from_client[..n]);
                     if app.write_all(&from_client[..n]).await.is_err() {
                         break;
                     }

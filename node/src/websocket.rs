@@ -27,6 +27,18 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     has(CONNECTION, "upgrade") && has(UPGRADE, "websocket")
 }
 
+/// Copies `Connection: upgrade` and the `Upgrade` protocol from `from` to `to`: hop-by-hop headers, dropped when
+/// headers are relayed, but kept on a WebSocket's handshake (to the app or the owner node, and on their 101).
+pub fn keep_upgrade(from: &HeaderMap, to: &mut HeaderMap) {
+    if let Some(proto) = from.get(UPGRADE) {
+        to.insert(UPGRADE, proto.clone());
+        to.insert(
+            CONNECTION,
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+    }
+}
+
 /// A frame's header: how long it is and how much payload follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {

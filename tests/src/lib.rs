@@ -527,6 +527,28 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     Ok(())
 }
 
+/// A TCP connection to `to` from the client address `from` (any port): Layer-4 tests tell clients apart by
+/// their 127.x.y.z address. Reads time out after 15 s.
+///
+/// # Errors
+/// When the address cannot be bound or the connection is not made within 5 s.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Result<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(SocketAddr::from((from, 0)))?;
+        tokio::time::timeout(Duration::from_secs(5), s.connect(to))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    })?;
+    let s = s.into_std()?;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    Ok(s)
+}
+
 /// A response reduced to what tests look at.
 #[derive(Debug, Clone)]
 pub struct Reply {

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use cluster_tests::{sample, wait_until, Cluster, ClusterSpec};
+use cluster_tests::{connect_from, sample, wait_until, Cluster, ClusterSpec};
 
 /// What a test reads of an answer that came over one fresh connection.
 #[derive(Debug)]
@@ -17,24 +17,6 @@ struct Answer {
     /// `SRVSESSION=...` when the answer set one.
     cookie: Option<String>,
     body: String,
-}
-
-/// A TCP connection to `to` from the client address `from` (any port).
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Result<TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let s = rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4()?;
-        s.bind(SocketAddr::from((from, 0)))?;
-        tokio::time::timeout(Duration::from_secs(5), s.connect(to))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
-    })?;
-    let s = s.into_std()?;
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    Ok(s)
 }
 
 /// One request over a new connection from `from`, the connection closed after the answer.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
 use cluster_tests::test_app::TestApp;
-use cluster_tests::{cookie_pair, metric_present, wait_until, Cluster, ClusterSpec, User};
+use cluster_tests::{
+    connect_from, cookie_pair, metric_present, wait_until, Cluster, ClusterSpec, User,
+};
 use node::websocket::{encode, frame, OP_CLOSE, OP_TEXT};
 
 /// A client's open WebSocket, over a raw connection.
@@ -23,8 +25,13 @@ struct Ws {
 impl Ws {
     /// Opens `/ws` at `to` with `cookie`; fails unless the answer is 101 with the right accept key.
     fn open(to: SocketAddr, cookie: &str) -> Result<Ws> {
-        let mut s = TcpStream::connect(to)?;
+        let s = TcpStream::connect(to)?;
         s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        Ws::handshake(s, cookie)
+    }
+
+    /// Opens `/ws` over `s`, as [`Ws::open`].
+    fn handshake(mut s: TcpStream, cookie: &str) -> Result<Ws> {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         write!(
             s,
@@ -89,15 +96,28 @@ impl Ws {
 
 /// A sidecar cluster with the lb and an app per node, and a user whose session holds two items.
 fn shop() -> Result<(Cluster, Vec<TestApp>, tokio::runtime::Runtime, User)> {
+    shop_with(|_| Ok(()))
+}
+
+/// [`shop`], with `tune` applied to the prepared cluster before anything starts.
+fn shop_with(
+    tune: impl FnOnce(&mut Cluster) -> Result<()>,
+) -> Result<(Cluster, Vec<TestApp>, tokio::runtime::Runtime, User)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let c = Cluster::start(ClusterSpec {
+    let mut c = Cluster::prepare(ClusterSpec {
         lb: true,
         sidecar: true,
         ..ClusterSpec::default()
     })?;
+    tune(&mut c)?;
+    c.rewrite_config()?;
+    for n in c.nodes.clone() {
+        c.start_node(&n.name)?;
+    }
+    c.start_lb()?;
     let apps: Vec<TestApp> = c
         .nodes
         .iter()
@@ -177,4 +197,50 @@ fn a_stopping_node_closes_its_websockets_with_1001_and_the_reconnect_finds_the_s
     assert_ne!(again.served_by, owner);
     assert_eq!(again.ask("back")?, "2:back");
     Ok(())
+}
+
+#[test]
+fn behind_layer_4_a_websocket_that_reaches_another_node_is_relayed_to_its_sessions_owner(
+) -> Result<()> {
+    let mut l4 = None;
+    let (c, _apps, _rt, u) = shop_with(|c| {
+        let addr = c.unused_addr();
+        c.spec.lb_extra = format!("[lb.l4]\nlisten = \"{addr}\"\n");
+        l4 = Some(addr);
+        Ok(())
+    })?;
+    let l4 = l4.expect("a Layer-4 address");
+    let cookie = u.cookie.clone().expect("a routing cookie");
+    let (owner, _) = cookie_pair(&c.config(), &cookie).expect("a cookie of this cluster");
+    // A client address the director sends to another node than the session's owner.
+    let base: u8 = rand::random::<u8>() % 200 + 20;
+    let elsewhere = (1..=64)
+        .map(|i| std::net::Ipv4Addr::new(127, base, 33, i))
+        .find(|&a| ws_node(a, l4).is_some_and(|n| n != owner))
+        .expect("some address reaches another node");
+    let mut ws = Ws::handshake(connect_from(elsewhere, l4)?, &cookie)?;
+    assert_eq!(
+        ws.served_by, owner,
+        "answered by the owner's app, through the node it reached"
+    );
+    assert_eq!(ws.ask("via l4")?, "2:via l4");
+    Ok(())
+}
+
+/// The node a new connection from `from` reaches through `l4` (its `X-Served-By` for a request without a
+/// session, which that node serves itself).
+fn ws_node(from: std::net::Ipv4Addr, l4: SocketAddr) -> Option<String> {
+    let mut s = connect_from(from, l4).ok()?;
+    write!(
+        s,
+        "GET /show HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-served-by")
+            .then(|| v.trim().to_string())
+    })
 }

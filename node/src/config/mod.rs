@@ -735,6 +735,35 @@ secret = "0123456789abcdef0123"
     }
 
     #[test]
+    fn a_layer_4_listener_needs_its_own_address_and_send_proxy_needs_nodes_that_accept_it() {
+        let l4 = |extra: &str| {
+            GOOD.replace(
+                "admin = \"127.0.0.1:8081\"\n",
+                &format!("admin = \"127.0.0.1:8081\"\n\n[lb.l4]\n{extra}\n"),
+            )
+        };
+        let ok = ClusterConfig::from_toml("t.toml", &l4("listen = \"127.0.0.1:8090\"")).unwrap();
+        let got = ok.lb.l4.unwrap();
+        assert_eq!(got.idle_timeout, Duration::from_secs(300));
+        assert!(!got.send_proxy);
+        assert!(error(&l4("")).contains("`lb.l4.listen`: missing"));
+        assert!(error(&l4("listen = \"127.0.0.1:8080\"")).contains("is also lb.listen"));
+        let proxy = l4("listen = \"127.0.0.1:8090\"\nsend_proxy = true");
+        assert!(
+            error(&proxy).contains("`lb.l4.send_proxy`"),
+            "{}",
+            error(&proxy)
+        );
+        let accepted = proxy.replace("[lb]", "[node]\naccept_proxy = true\n\n[lb]");
+        assert!(
+            ClusterConfig::from_toml("t.toml", &accepted)
+                .unwrap()
+                .node
+                .accept_proxy
+        );
+    }
+
+    #[test]
     fn drain_rate_defaults_to_500_and_0_is_refused() {
         assert_eq!(
             ClusterConfig::from_toml("t.toml", GOOD)

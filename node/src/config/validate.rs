@@ -112,6 +112,12 @@ impl FileConfig {
             .map(|u| parse_upstream("node.upstream", u))
             .transpose()?;
         let node = self.node.validate()?;
+        if lb.l4.as_ref().is_some_and(|l| l.send_proxy) && !node.accept_proxy {
+            return Err(Violation::new(
+                "lb.l4.send_proxy",
+                "the nodes would refuse every Layer-4 connection: set [node] accept_proxy = true too",
+            ));
+        }
         let replication = self.replication.validate(&secret)?;
         let session = self.session.validate()?;
         let sidecar = self.sidecar.validate()?;

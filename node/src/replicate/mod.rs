@@ -162,10 +162,10 @@ pub struct Received {
 }
 
 /// Copy side: applies an item from primary `from` to the local slot (a fresh empty slot when the session
-/// was not here). `ended` is the epoch at which the session ended here, if it did (its tombstone): an item
-/// from that tenure or an older one is refused, so a late copy cannot bring a deleted session back. The
-/// tenure that ended cannot write again (a deleted session is never re-created under its id), so an item of
-/// its epoch is either late or from a second owner of that epoch, who must give up too.
+/// was not here). `ended` is the newest epoch a tombstone here refuses (`Store::refuses_through`): an item of
+/// that epoch or an older one is refused, so a late copy cannot bring a deleted session back. When the owner
+/// of an epoch ended the session, that tenure cannot write again (a deleted session is never re-created under
+/// its id), so an item of its epoch is late or from a second owner of that epoch, who must give up too.
 pub fn incoming(
     slot: &mut Slot,
     from: NodeId,
