@@ -203,6 +203,10 @@ impl Procs {
             self.start_lb()?;
             let admin = self.config.lb.admin;
             self.wait_healthy(LB, admin, "/status").await?;
+            // Pingora binds each service's listener on that service's own thread: the admin one may answer
+            // before the proxy's.
+            let listen = self.config.lb.listen;
+            self.wait_status(LB, listen, "/", |_| true).await?;
         }
         Ok(())
     }
@@ -222,9 +226,20 @@ impl Procs {
 
     /// Polls `GET path` on `addr` until 200, failing early when the process exits.
     pub async fn wait_healthy(&mut self, key: &str, addr: SocketAddr, path: &str) -> Result<()> {
+        self.wait_status(key, addr, path, |s| s == 200).await
+    }
+
+    /// Polls `GET path` on `addr` until its status passes `ok` (at most 30 s), failing early when `key` exits.
+    async fn wait_status(
+        &mut self,
+        key: &str,
+        addr: SocketAddr,
+        path: &str,
+        ok: impl Fn(u16) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if http_status(addr, path).await == Some(200) {
+            if http_status(addr, path).await.is_some_and(&ok) {
                 return Ok(());
             }
             if let Some(st) = self.children.wait_exit(key, Duration::ZERO) {

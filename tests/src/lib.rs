@@ -416,18 +416,38 @@ impl Cluster {
     }
 
     /// Starts an lb process under the key `key` reading `config` (whose admin address is `admin`), and waits
-    /// until its admin status answers. A second lb gets its own file with other listen and admin ports.
+    /// until its admin status answers and its client listeners accept. A second lb gets its own file with other
+    /// listen and admin ports.
     pub fn start_lb_as(
         &mut self,
         key: &str,
         config: &std::path::Path,
         admin: SocketAddr,
     ) -> Result<()> {
-        let config = config.as_os_str();
-        self.procs
-            .spawn(key, &bin("lb"), &[OsStr::new("--config"), config])?;
+        let listeners: Vec<SocketAddr> = node::config::ClusterConfig::load(config)
+            .map(|c| {
+                std::iter::once(c.lb.listen)
+                    .chain(c.lb.l4.map(|l| l.listen))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.procs.spawn(
+            key,
+            &bin("lb"),
+            &[OsStr::new("--config"), config.as_os_str()],
+        )?;
         wait_http_ok(&format!("http://{admin}/status"), Duration::from_secs(20))
-            .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))
+            .with_context(|| format!("{key} did not start; log:\n{}", self.log(key)))?;
+        // Pingora binds each service's listener on that service's own thread: the admin one may answer first.
+        for addr in listeners {
+            wait_until(
+                Duration::from_secs(20),
+                "the lb's listener to accept",
+                || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+            )
+            .with_context(|| format!("{key} does not listen on {addr}; log:\n{}", self.log(key)))?;
+        }
+        Ok(())
     }
 
     /// A node's addresses by name.

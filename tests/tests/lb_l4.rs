@@ -233,27 +233,30 @@ fn a_draining_node_loses_its_open_connections_at_the_grace_period_and_new_ones_g
 fn connections_past_the_limit_are_closed_at_once_and_counted() -> Result<()> {
     let (c, l4) = start("max_connections = 2\n", "", "")?;
     let me = clients(1)[0];
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| connect_from(me, l4))
-        .collect::<Result<_>>()?;
     let text_of = || -> Result<String> {
         Ok(reqwest::blocking::get(format!("{}/metrics", c.admin_url()))?.text()?)
     };
+    let sum = |series: &str| {
+        text_of().map_or(-1.0, |t| {
+            c.nodes
+                .iter()
+                .map(|n| sample(&t, &series.replace("NODE", &n.name)))
+                .sum::<f64>()
+        })
+    };
+    let open = || sum("lb_l4_open_connections{node=\"NODE\"}");
+    // Starting the lb checked that this listener accepts: a connection too, relayed and counted; it must have
+    // come and gone first.
+    wait_until(
+        Duration::from_secs(5),
+        "the start-up check's connection to end",
+        || sum("lb_l4_connections_total{node=\"NODE\",outcome=\"ok\"}") >= 1.0 && open() == 0.0,
+    )?;
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| connect_from(me, l4))
+        .collect::<Result<_>>()?;
     wait_until(Duration::from_secs(5), "both held connections open", || {
-        text_of()
-            .map(|t| {
-                c.nodes
-                    .iter()
-                    .map(|n| {
-                        sample(
-                            &t,
-                            &format!("lb_l4_open_connections{{node=\"{}\"}}", n.name),
-                        )
-                    })
-                    .sum::<f64>()
-                    == 2.0
-            })
-            .unwrap_or(false)
+        open() == 2.0
     })?;
     let mut third = connect_from(me, l4)?;
     let mut buf = [0u8; 16];
