@@ -827,12 +827,7 @@ async fn l4_bytes(env: &Env, to: SocketAddr, i: usize, go: &Barrier) -> Tally {
             .map_err(|e| format!("no stream: {e}"))?;
         Ok::<_, String>(s)
     };
-    let ready = match tokio::time::timeout(env.timeout, ready).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no stream within {:?}", env.timeout)),
-    };
-    go.wait().await;
-    let mut s = match ready {
+    let mut s = match prepared(env, go, "no stream", ready).await {
         Ok(s) => s,
         Err(e) => {
             t.fail(e);
@@ -889,16 +884,27 @@ fn negotiated(s: &TlsStream<TcpStream>) -> String {
     )
 }
 
+/// Waits for `prepare` (at most the timeout; else `"{what} within ..."`), then for every worker at `go`, so
+/// that the measured window starts for all at once whatever the preparation gave.
+async fn prepared<T>(
+    env: &Env,
+    go: &Barrier,
+    what: &str,
+    prepare: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let ready = match tokio::time::timeout(env.timeout, prepare).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{what} within {:?}", env.timeout)),
+    };
+    go.wait().await;
+    ready
+}
+
 async fn tls_handshakes(env: &Env, to: SocketAddr, go: &Barrier) -> Tally {
     let mut t = Tally::default();
     // A returning browser: its session (and HAProxy's cookie) made beforehand, on a connection of its own.
     // lb answers `/_node/` paths itself with 404, so a session's GET is the cheapest request both pass on.
-    let ready = match tokio::time::timeout(env.timeout, Pinned::open(env, to)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no session within {:?}", env.timeout)),
-    };
-    go.wait().await;
-    let (request, node) = match ready {
+    let (request, node) = match prepared(env, go, "no session", Pinned::open(env, to)).await {
         Ok(p) => (
             format!(
                 "GET /session HTTP/1.1\r\nHost: {to}\r\nCookie: {}\r\nConnection: close\r\n\r\n",
@@ -1001,12 +1007,7 @@ impl Pinned {
 
 async fn https_gets(env: &Env, to: SocketAddr, go: &Barrier) -> Tally {
     let mut t = Tally::default();
-    let ready = match tokio::time::timeout(env.timeout, Pinned::open(env, to)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no session within {:?}", env.timeout)),
-    };
-    go.wait().await;
-    let mut p = match ready {
+    let mut p = match prepared(env, go, "no session", Pinned::open(env, to)).await {
         Ok(p) => p,
         Err(e) => {
             t.fail(e);

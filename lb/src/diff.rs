@@ -1378,7 +1378,8 @@ repl = "127.0.0.1:9103"
                 lb_tables,
                 &l4("send_proxy = true\nidle_timeout_ms = 5000\n"),
             )
-            .replace("a.pem", "b.pem");
+            .replace("a.pem", "b.pem")
+            .replace("[lb]", "[node]\naccept_proxy = true\n\n[lb]");
         assert_eq!(
             between(&old, &new),
             [
@@ -1391,6 +1392,10 @@ repl = "127.0.0.1:9103"
                     restart(Restart::Lb)
                 ),
                 ("lb.tls.cert a.pem -> b.pem".to_string(), Applied::Reload),
+                (
+                    "node.accept_proxy false -> true".to_string(),
+                    restart(Restart::Nodes)
+                ),
             ]
         );
     }
