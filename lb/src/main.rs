@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         }) => {
             let cfg = ClusterConfig::load(&file)?;
             if let Some(t) = &cfg.lb.tls {
-                lb::tls::load(t, &file)?;
+                lb::tls::load(t, &file, None)?;
             }
             print_ok(&file, &cfg);
             return Ok(());
@@ -84,7 +84,7 @@ fn check_diff(old: &Path, new: &Path) -> anyhow::Result<()> {
     // A file whose certificate would not load is as invalid as one that does not parse: a reload refuses it.
     let with_tls = |cfg: ClusterConfig, file: &Path| -> anyhow::Result<ClusterConfig> {
         if let Some(t) = &cfg.lb.tls {
-            lb::tls::load(t, file)?;
+            lb::tls::load(t, file, None)?;
         }
         Ok(cfg)
     };

@@ -439,7 +439,10 @@ impl Membership {
                 // Checked even when TLS is off since start (turning it on needs a restart, which must not then
                 // fail on the files).
                 let key = match &cfg.lb.tls {
-                    Some(t) => Some(tls::load(t, &self.path)?),
+                    Some(t) => {
+                        let serving = self.certs.as_ref().map(|c| c.current());
+                        Some(tls::load(t, &self.path, serving.as_deref())?)
+                    }
                     None => None,
                 };
                 Ok((cfg, key))

@@ -31,7 +31,7 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Result<Server, TlsError> {
     let certs = lb
         .tls
         .as_ref()
-        .map(|t| tls::load(t, path).map(|key| Arc::new(Certs::new(key))))
+        .map(|t| tls::load(t, path, None).map(|key| Arc::new(Certs::new(key))))
         .transpose()?;
     let mut membership = Membership::from_config(path, cfg, Arc::new(Metrics::new()));
     if let Some(c) = &certs {

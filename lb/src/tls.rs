@@ -66,11 +66,18 @@ pub fn resolve(config: &Path, path: &Path) -> PathBuf {
 }
 
 /// Reads and checks the certificate chain and key `cfg` names (relative to the cluster file at `config`).
+/// `serving` is the certificate a running lb serves: the same leaf again is taken even when it is no longer
+/// valid (with a warning), so that a reload which only drains a node is not refused because the certificate
+/// expired meanwhile; a new certificate must be valid now.
 ///
 /// # Errors
 /// [`TlsError`] naming the file and what fails: unreadable, no certificate or key, a key that is not the
-/// certificate's, or a leaf certificate that is not valid now.
-pub fn load(cfg: &TlsConfig, config: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+/// certificate's, or a new leaf certificate that is not valid now.
+pub fn load(
+    cfg: &TlsConfig,
+    config: &Path,
+    serving: Option<&CertifiedKey>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let (cert_path, key_path) = (resolve(config, &cfg.cert), resolve(config, &cfg.key));
     let cert_err = |message: String| TlsError::Cert {
         path: cert_path.clone(),
@@ -83,10 +90,18 @@ pub fn load(cfg: &TlsConfig, config: &Path) -> Result<Arc<CertifiedKey>, TlsErro
     let Some(leaf) = chain.first() else {
         return Err(cert_err("no PEM certificate in the file".into()));
     };
-    check_validity(leaf, SystemTime::now()).map_err(|message| TlsError::Validity {
-        path: cert_path.clone(),
-        message,
-    })?;
+    if let Err(message) = check_validity(leaf, SystemTime::now()) {
+        let same = serving
+            .and_then(|s| s.cert.first())
+            .is_some_and(|s| s == leaf);
+        if !same {
+            return Err(TlsError::Validity {
+                path: cert_path.clone(),
+                message,
+            });
+        }
+        tracing::warn!(cert = %cert_path.display(), "the certificate being served is {message}: replace it");
+    }
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Key {
         path: key_path.clone(),
         message: e.to_string(),
@@ -134,6 +149,11 @@ impl Certs {
         Certs {
             current: ArcSwap::new(key),
         }
+    }
+
+    /// The certificate new handshakes get now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
     }
 
     /// Serves `key` from the next handshake on; handshakes done keep theirs.
@@ -192,7 +212,7 @@ mod tests {
             key: "/nonexistent/key.pem".into(),
             h2: true,
         };
-        let e = load(&cfg, Path::new("/etc/lb/cluster.toml"))
+        let e = load(&cfg, Path::new("/etc/lb/cluster.toml"), None)
             .expect_err("no files")
             .to_string();
         assert!(e.contains("lb.tls.cert: /nonexistent/cert.pem"), "{e}");

@@ -414,3 +414,63 @@ fn lb_check_names_lb_tls_cert_when_it_is_expired_or_not_valid_yet_and_accepts_a_
     let (ok, err) = check();
     assert!(ok, "{err}");
 }
+
+#[test]
+fn a_reload_that_drains_a_node_is_taken_though_the_certificate_served_expired_meanwhile() {
+    let mut c = Cluster::prepare(ClusterSpec {
+        nodes: 2,
+        lb: true,
+        lb_extra: TLS.into(),
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    // Valid from a minute ago until two seconds from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress(c.ip.into())];
+    params.not_before = date_time_ymd(1970, 1, 1) + (now - Duration::from_secs(60));
+    params.not_after = date_time_ymd(1970, 1, 1) + (now + Duration::from_secs(2));
+    let key = KeyPair::generate().unwrap();
+    std::fs::write(
+        c.dir.join("lb.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    std::fs::write(c.dir.join("lb.key"), key.serialize_pem()).unwrap();
+    for n in c.nodes.clone() {
+        c.start_node(&n.name).unwrap();
+    }
+    c.start_lb().unwrap();
+    let expired = now + Duration::from_secs(3);
+    wait_until(
+        Duration::from_secs(10),
+        "the served certificate to expire",
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                > expired
+        },
+    )
+    .unwrap();
+
+    // The same files: the reload's drain is applied, and the lb says the certificate must be replaced.
+    c.spec.node_extra.insert(0, "drain = true".into());
+    c.rewrite_config().unwrap();
+    let (code, body) = reload(&c.admin_url());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&c.admin_url())["generation"], 2);
+    assert!(
+        c.log("lb")
+            .contains("the certificate being served is expired"),
+        "{}",
+        c.log("lb")
+    );
+    // A new certificate that is expired is still refused.
+    new_cert(&c, "old", Some((2020, 2020)));
+    install(&c, "old", "old");
+    let (code, body) = reload(&c.admin_url());
+    assert_eq!(code, 400, "{body}");
+}
