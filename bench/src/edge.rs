@@ -748,8 +748,12 @@ fn source_ip(third: u8, i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, third, (i % 16) as u8 + 1)
 }
 
-/// A TCP connection to `to` from `from` (port chosen by the kernel).
-async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+/// A TCP connection to `to` from `from` (port chosen by the kernel): Layer-4 affinity tells clients apart by
+/// their 127.x.y.z address.
+///
+/// # Errors
+/// When `from` cannot be bound or the connection is refused.
+pub async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpSocket::new_v4()?;
     s.bind(SocketAddr::new(IpAddr::V4(from), 0))?;
     let s = s.connect(to).await?;

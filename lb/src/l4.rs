@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use node::config::L4Config;
@@ -22,11 +22,13 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::director;
 use crate::membership::{Membership, NodeState};
 use crate::metrics::L4Metrics;
+use crate::proxy::RequestGuard;
 
 /// Bytes buffered each way per connection: HAProxy's default `tune.bufsize`, twice tokio's default.
 const BUFFER: usize = 16 * 1024;
@@ -62,13 +64,12 @@ impl L4App {
     }
 }
 
-/// Counts one open connection until dropped.
-struct Open<'a>(&'a L4App);
+/// Counts one open connection against `max_connections` until dropped.
+struct Open<'a>(&'a AtomicUsize);
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -87,14 +88,14 @@ impl ServerApp for L4App {
             // A listener of ours is always TCP; a socket without addresses has already gone.
             return None;
         };
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
-            self.open.fetch_sub(1, Ordering::Relaxed);
+        let at_limit = self.open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections;
+        let _open = Open(&self.open);
+        if at_limit {
             self.metrics().refused.with_label_values(&["limit"]).inc();
             tracing::debug!(%from, max = self.cfg.max_connections, "Layer-4 connection refused: limit reached");
             return None;
         }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _open = Open(self);
+        let _working = RequestGuard::enter(self.in_flight);
         let span = tracing::info_span!("l4", client = %from, node = tracing::field::Empty);
         self.relay(client, from, to, shutdown.clone())
             .instrument(span)
@@ -230,14 +231,16 @@ impl L4App {
                 } else {
                     None
                 };
-                let grace = self.membership.with_topology(|t| t.cfg.lb.grace_period);
-                // The process exits at the end of the grace period counted from the signal, which this check
-                // sees up to a tick late: close a little before, so the FINs and the count go out.
-                let grace = match why {
-                    Some(Close::Shutdown) => grace.saturating_sub(tick * 2),
-                    _ => grace,
-                };
-                leaving = why.map(|w| (w, Instant::now() + grace));
+                leaving = why.map(|why| {
+                    let grace = self.membership.with_topology(|t| t.cfg.lb.grace_period);
+                    // The process exits at the end of the grace period counted from the signal, which this
+                    // check sees up to a tick late: close a little before, so the FINs and the count go out.
+                    let grace = match why {
+                        Close::Shutdown => grace.saturating_sub(tick * 2),
+                        _ => grace,
+                    };
+                    (why, Instant::now() + grace)
+                });
             }
             if let Some((why, at)) = leaving {
                 if Instant::now() >= at {
@@ -337,12 +340,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_counted_side_counts_what_is_read_and_marks_the_time() {
         let (mut a, mut b) = tokio::io::duplex(64);
         let (read, activity) = (AtomicU64::new(0), Activity::new());
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(activity.idle_for() >= Duration::from_millis(30));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(activity.idle_for(), Duration::from_secs(30));
         b.write_all(b"hello").await.unwrap();
         let mut c = Counted::new(&mut a, &read, &activity);
         let mut buf = [0u8; 16];
@@ -351,6 +354,6 @@ mod tests {
             .unwrap();
         assert_eq!(n, 5);
         assert_eq!(read.load(Ordering::Relaxed), 5);
-        assert!(activity.idle_for() < Duration::from_millis(30));
+        assert_eq!(activity.idle_for(), Duration::ZERO);
     }
 }

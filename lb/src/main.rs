@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lb::membership::read_file;
 use node::config::ClusterConfig;
 
 // mimalloc: more requests per CPU-second for Pingora than the system allocator (bench/PERFORMANCE.md).
@@ -43,10 +44,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Check {
             file: Some(file), ..
         }) => {
-            let cfg = ClusterConfig::load(&file)?;
-            if let Some(t) = &cfg.lb.tls {
-                lb::tls::load(t, &file, None)?;
-            }
+            let (cfg, _) = read_file(&file, None)?;
             print_ok(&file, &cfg);
             return Ok(());
         }
@@ -57,14 +55,14 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    let cfg = ClusterConfig::load(&cli.config)?;
-    init_tracing(cfg.node.log_format == node::config::LogFormat::Json);
     // Absolute, but through any symlink as given: relative paths in the file (`[lb.tls]`) resolve where `lb
     // check` resolves them, and a reload follows the link to whatever it names then.
     let path =
         std::path::absolute(&cli.config).with_context(|| format!("{}", cli.config.display()))?;
+    let (cfg, key) = read_file(&path, None)?;
+    init_tracing(cfg.node.log_format == node::config::LogFormat::Json);
     tracing::info!(listen = %cfg.lb.listen, admin = %cfg.lb.admin, nodes = cfg.nodes.len(), "lb starting");
-    lb::server::build(&path, cfg)?.run_forever()
+    lb::server::build(&path, cfg, key).run_forever()
 }
 
 fn print_ok(file: &Path, cfg: &ClusterConfig) {
@@ -80,22 +78,10 @@ fn print_ok(file: &Path, cfg: &ClusterConfig) {
 /// `lb check --diff OLD NEW`: both files' errors as `lb check` prints them and exit 1 when either is invalid;
 /// else the changes, grouped as applied by a reload or needing a restart.
 fn check_diff(old: &Path, new: &Path) -> anyhow::Result<()> {
-    let (a, b) = (ClusterConfig::load(old), ClusterConfig::load(new));
     // A file whose certificate would not load is as invalid as one that does not parse: a reload refuses it.
-    let with_tls = |cfg: ClusterConfig, file: &Path| -> anyhow::Result<ClusterConfig> {
-        if let Some(t) = &cfg.lb.tls {
-            lb::tls::load(t, file, None)?;
-        }
-        Ok(cfg)
-    };
-    let (a, b) = (
-        a.map_err(anyhow::Error::from)
-            .and_then(|c| with_tls(c, old)),
-        b.map_err(anyhow::Error::from)
-            .and_then(|c| with_tls(c, new)),
-    );
+    let (a, b) = (read_file(old, None), read_file(new, None));
     let (a, b) = match (a, b) {
-        (Ok(a), Ok(b)) => (a, b),
+        (Ok((a, _)), Ok((b, _))) => (a, b),
         (a, b) => {
             // Every invalid file's error, as `lb check` prints one, then its exit status.
             for e in [a.err(), b.err()].into_iter().flatten() {

@@ -24,6 +24,7 @@ use crate::health::HealthTracker;
 use crate::metrics::{L4NodeMetrics, Metrics, NodeMetrics};
 use crate::routing::{self, Route, RouteCache};
 use crate::tls::{self, Certs, TlsError};
+use pingora::tls::sign::CertifiedKey;
 
 /// The upstream peer for a node at `addr`: plain HTTP/1.1 with the connect and read timeouts of `limits`
 /// (writes are held to the read timeout too). Pooled connections get no idle timeout: Pingora would arm a
@@ -354,15 +355,36 @@ impl fmt::Display for ReloadReport {
     }
 }
 
-/// Why a reload was refused; the running config and certificate stay.
+/// Why a cluster file is refused, at start, by `lb check` or on reload (the running config and certificate
+/// then stay).
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The new cluster file is invalid.
+pub enum FileError {
+    /// The cluster file is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Its `[lb.tls]` certificate or key does not load or is not valid now.
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// Reads and validates the cluster file at `path` and, with `[lb.tls]`, the certificate and key it names
+/// (checked even when the running lb has no TLS: turning it on needs a restart, which must not then fail on
+/// the files). `serving` is the certificate a running lb serves ([`tls::load`]).
+///
+/// # Errors
+/// [`FileError`]: the file's [`ConfigError`] or its certificate's [`TlsError`].
+pub fn read_file(
+    path: &Path,
+    serving: Option<&CertifiedKey>,
+) -> Result<(ClusterConfig, Option<Arc<CertifiedKey>>), FileError> {
+    let cfg = ClusterConfig::load(path)?;
+    let key = cfg
+        .lb
+        .tls
+        .as_ref()
+        .map(|t| tls::load(t, path, serving))
+        .transpose()?;
+    Ok((cfg, key))
 }
 
 /// The current topology and how to replace it.
@@ -429,25 +451,12 @@ impl Membership {
     /// file or certificate changes nothing.
     ///
     /// # Errors
-    /// [`ReloadError`]: the new file's [`ConfigError`], or its certificate's [`TlsError`]; the old topology
+    /// [`FileError`]: the new file's [`ConfigError`], or its certificate's [`TlsError`]; the old topology
     /// and certificate keep serving.
-    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+    pub fn reload(&self) -> Result<ReloadReport, FileError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let loaded = ClusterConfig::load(&self.path)
-            .map_err(ReloadError::from)
-            .and_then(|cfg| {
-                // Checked even when TLS is off since start (turning it on needs a restart, which must not then
-                // fail on the files).
-                let key = match &cfg.lb.tls {
-                    Some(t) => {
-                        let serving = self.certs.as_ref().map(|c| c.current());
-                        Some(tls::load(t, &self.path, serving.as_deref())?)
-                    }
-                    None => None,
-                };
-                Ok((cfg, key))
-            });
-        let (cfg, key) = match loaded {
+        let serving = self.certs.as_ref().map(|c| c.current());
+        let (cfg, key) = match read_file(&self.path, serving.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["refused"]).inc();
@@ -511,9 +520,8 @@ fn diff(old: &Topology, new: &Topology) -> ReloadReport {
     if a.l4 != b.l4 {
         r.ignored.push("lb.l4".into());
     }
-    if a.tls.is_some() != b.tls.is_some()
-        || a.tls.as_ref().map(|t| t.h2) != b.tls.as_ref().map(|t| t.h2)
-    {
+    // On or off, or `h2` changed (the ALPN list is fixed when the listener starts).
+    if a.tls.as_ref().map(|t| t.h2) != b.tls.as_ref().map(|t| t.h2) {
         r.ignored.push("lb.tls".into());
     }
     r

@@ -151,8 +151,17 @@ fn span(ctx: &Ctx, outcome: Option<Outcome>) -> tracing::Span {
     span
 }
 
-/// Counts a client request for the whole of its life.
-struct RequestGuard(&'static AtomicUsize);
+/// Counts one unit of work in flight (a client request, a Layer-4 connection) for the whole of its life: the
+/// graceful exit waits for the count to reach zero.
+pub(crate) struct RequestGuard(&'static AtomicUsize);
+
+impl RequestGuard {
+    /// Counts one more in `counter` until the guard drops.
+    pub(crate) fn enter(counter: &'static AtomicUsize) -> RequestGuard {
+        counter.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(counter)
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
@@ -196,7 +205,6 @@ impl ProxyHttp for Lb {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ctx {
             started: Instant::now(),
             topology: None,
@@ -209,7 +217,7 @@ impl ProxyHttp for Lb {
             body_bytes: 0,
             tunnel: false,
             span_node: None,
-            _request: RequestGuard(self.in_flight),
+            _request: RequestGuard::enter(self.in_flight),
         }
     }
 

@@ -20,19 +20,14 @@ use crate::l4::L4App;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::proxy::{Lb, LbApp};
-use crate::tls::{self, Certs, TlsError};
+use crate::tls::{self, Certs};
+use pingora::tls::sign::CertifiedKey;
 
-/// Builds the server for an already validated config read from `path` (which reloads re-read).
-///
-/// # Errors
-/// [`TlsError`] when `[lb.tls]` names a certificate or key that does not load or is not valid now.
-pub fn build(path: &Path, cfg: ClusterConfig) -> Result<Server, TlsError> {
+/// Builds the server for a config and certificate already read and checked from `path` (which reloads
+/// re-read; [`crate::membership::read_file`]); `key` is `Some` exactly when the file has `[lb.tls]`.
+pub fn build(path: &Path, cfg: ClusterConfig, key: Option<Arc<CertifiedKey>>) -> Server {
     let lb = cfg.lb.clone();
-    let certs = lb
-        .tls
-        .as_ref()
-        .map(|t| tls::load(t, path, None).map(|key| Arc::new(Certs::new(key))))
-        .transpose()?;
+    let certs = key.map(|key| Arc::new(Certs::new(key)));
     let mut membership = Membership::from_config(path, cfg, Arc::new(Metrics::new()));
     if let Some(c) = &certs {
         membership = membership.with_certs(c.clone());
@@ -103,7 +98,7 @@ pub fn build(path: &Path, cfg: ClusterConfig) -> Result<Server, TlsError> {
     }
     server.add_service(admin);
     server.add_service(control);
-    Ok(server)
+    server
 }
 
 /// The admin listener can reload the config and shows every node: off loopback, say so at start.

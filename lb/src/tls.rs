@@ -170,7 +170,7 @@ impl fmt::Debug for Certs {
 
 impl ResolvesServerCert for Certs {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(self.current())
     }
 }
 

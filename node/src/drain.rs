@@ -105,12 +105,7 @@ impl Drain {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut owned = self.store.entries();
-        owned.retain(|e| {
-            unconfirmed.contains(&e.id)
-                || e.slot
-                    .try_lock()
-                    .map_or(true, |s| s.role == Role::Primary && s.session.is_some())
-        });
+        owned.retain(|e| unconfirmed.contains(&e.id) || e.owned_now());
         owned
     }
 

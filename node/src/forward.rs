@@ -19,7 +19,6 @@ use crate::store::Store;
 use crate::tunnel::AppUpgrade;
 use crate::websocket;
 use crate::{HOP_HEADER, REQUEST_ID_HEADER};
-use hyper::upgrade::OnUpgrade;
 
 /// The request as received, to be sent on.
 pub struct Outbound<'a> {
@@ -154,10 +153,7 @@ impl Forwarder {
             k == HOP_HEADER || k == REQUEST_ID_HEADER
         });
         h.insert(HOP_HEADER, u16::from(out.hops + 1).into());
-        let upgrade = websocket::is_upgrade(&out.parts.headers);
-        if upgrade {
-            websocket::keep_upgrade(&out.parts.headers, h);
-        }
+        websocket::keep_upgrade(&out.parts.headers, h);
         if let Some(rid) = out.rid.and_then(|r| r.parse().ok()) {
             h.insert(REQUEST_ID_HEADER, rid);
         }
@@ -202,13 +198,7 @@ impl Forwarder {
         *out.status_mut() = parts.status;
         copy_headers(&parts.headers, out.headers_mut(), |_| false);
         // The owner switched protocols: the client's WebSocket is relayed to the owner's.
-        let switched = parts.status == hyper::StatusCode::SWITCHING_PROTOCOLS;
-        if let Some(far) = parts
-            .extensions
-            .remove::<OnUpgrade>()
-            .filter(|_| upgrade && switched)
-        {
-            websocket::keep_upgrade(&parts.headers, out.headers_mut());
+        if let Some(far) = websocket::switched(&mut parts, out.headers_mut()) {
             out.extensions_mut().insert(AppUpgrade {
                 upgrade: far,
                 session: None,

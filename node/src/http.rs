@@ -178,8 +178,8 @@ pub struct HttpFront<A: App> {
     pub accept_proxy: bool,
     /// Turns true when the node begins to stop: open WebSockets are then closed with 1001.
     pub stopping: watch::Receiver<bool>,
-    /// One clone per open WebSocket relay: a stopping node waits for them as for requests.
-    pub tunnels: Arc<()>,
+    /// The open WebSocket relays: a stopping node waits for them as for requests.
+    pub tunnels: crate::tunnel::Relays,
 }
 
 impl<A: App> HttpFront<A> {
@@ -265,9 +265,7 @@ impl<A: App> HttpFront<A> {
         drop(open_tx);
         let _ = open_rx.recv().await;
         // WebSocket relays outlive their connection's HTTP part: they close with 1001 on their own now.
-        while Arc::strong_count(&self.tunnels) > 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.tunnels.all_closed().await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Reply {
@@ -433,15 +431,17 @@ impl<A: App> HttpFront<A> {
             self.stopping.clone(),
         );
         let metrics = self.service.metrics.clone();
-        let token = self.tunnels.clone();
+        let open = self.tunnels.enter();
         let sid = app.session;
         let must_go = move || {
-            *stopping.borrow() || (drain.is_on() && sid.is_some_and(|sid| !owned_here(&store, sid)))
+            *stopping.borrow()
+                || (drain.is_on()
+                    && sid.is_some_and(|sid| !store.get(sid).is_some_and(|e| e.owned_now())))
         };
         metrics.websockets_open.inc();
         tokio::spawn(
             async move {
-                let ended = crate::tunnel::relay(client, app.upgrade, must_go, token).await;
+                let ended = crate::tunnel::relay(client, app.upgrade, must_go, open).await;
                 metrics.websockets_open.dec();
                 if ended == crate::tunnel::Ended::GoingAway {
                     metrics.websockets_going_away.inc();
@@ -476,15 +476,6 @@ impl<A: App> HttpFront<A> {
         v["epoch"] = json!(s.epoch);
         json_reply(StatusCode::OK, &v)
     }
-}
-
-/// Whether this node still owns `sid` (a session busy at this instant counts as owned).
-fn owned_here(store: &crate::store::Store, sid: SessionId) -> bool {
-    store.get(sid).is_some_and(|e| {
-        e.slot
-            .try_lock()
-            .map_or(true, |s| s.role == Role::Primary && s.session.is_some())
-    })
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

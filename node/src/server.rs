@@ -304,7 +304,7 @@ impl Front<'_> {
             drain: self.drain,
             accept_proxy: self.cfg.node.accept_proxy,
             stopping: stopped.clone(),
-            tunnels: Arc::new(()),
+            tunnels: crate::tunnel::Relays::default(),
         });
         let http = tokio::spawn(
             front

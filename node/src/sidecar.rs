@@ -108,9 +108,7 @@ impl Sidecar {
             .unwrap_or_else(|_| hyper::Uri::from_static("/"));
         let h = out.headers_mut();
         copy_headers(&parts.headers, h, internal_header);
-        if websocket::is_upgrade(&parts.headers) {
-            keep_upgrade(&parts.headers, h);
-        }
+        keep_upgrade(&parts.headers, h);
         let id = format!("{:032x}", s.id.0);
         h.insert(SESSION_VERSION, s.version.into());
         let data = ascii_json(&s.data);
@@ -270,18 +268,13 @@ impl App for Sidecar {
     ) -> Result<(Change, Held), Reply> {
         let Outgoing { req, sid, _lent } = out;
         let (mut parts, incoming) = self.call_app(req).await?.into_parts();
-        let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| parts.extensions.remove::<OnUpgrade>())
-            .flatten();
         let change = change_of(&parts.headers).map_err(|why| {
             warn!(session = %sid.log_hash(), %why, "application answered a bad session change; nothing applied");
             error_reply(StatusCode::BAD_GATEWAY, &why)
         })?;
         let mut headers = HeaderMap::new();
         copy_headers(&parts.headers, &mut headers, sidecar_header);
-        if upgrade.is_some() {
-            keep_upgrade(&parts.headers, &mut headers);
-        }
+        let upgrade = websocket::switched(&mut parts, &mut headers);
         let idle = self.settings.read_timeout;
         let (body, recorded) = if change == Change::Nothing {
             (body::boxed(IdleTimeout::new(incoming, idle)), None)

@@ -143,6 +143,14 @@ impl Mark {
 }
 
 impl Entry {
+    /// Whether this node owns the session now, without waiting: a slot busy at this instant counts as owned
+    /// (it is being served or handed over).
+    pub fn owned_now(&self) -> bool {
+        self.slot
+            .try_lock()
+            .map_or(true, |s| s.role == Role::Primary && s.session.is_some())
+    }
+
     fn new(id: SessionId, now: Instant) -> Entry {
         let mark = Mark {
             copied: 0,

@@ -4,12 +4,13 @@
 //! frames ([`crate::websocket::Frames`]), so that it reconnects; its reconnect is pinned to the session's live
 //! node like any request.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::websocket::{self, Frames, GOING_AWAY, OP_CLOSE};
 
@@ -30,6 +31,37 @@ pub struct AppUpgrade {
     pub session: Option<crate::ids::SessionId>,
 }
 
+/// The relays open on this node, counted so that a stopping node can wait for them as for requests.
+pub struct Relays(watch::Sender<usize>);
+
+impl Default for Relays {
+    fn default() -> Self {
+        Relays(watch::Sender::new(0))
+    }
+}
+
+impl Relays {
+    /// Counts one relay open until the guard drops.
+    pub fn enter(&self) -> RelayGuard {
+        self.0.send_modify(|n| *n += 1);
+        RelayGuard(self.0.clone())
+    }
+
+    /// Resolves once no relay is open.
+    pub async fn all_closed(&self) {
+        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One open relay, counted in [`Relays`] until dropped.
+pub struct RelayGuard(watch::Sender<usize>);
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -42,12 +74,12 @@ pub enum Ended {
 }
 
 /// Relays between the client's and the app's upgraded connections until either closes or `must_go` says so
-/// (it is asked every [`CHECK_EVERY`]); holds `_token` until then, so a stopping node can wait for relays.
+/// (it is asked every [`CHECK_EVERY`]); holds `_open` until then, so a stopping node can wait for relays.
 pub async fn relay(
     client: OnUpgrade,
     app: OnUpgrade,
     must_go: impl Fn() -> bool,
-    _token: Arc<()>,
+    _open: RelayGuard,
 ) -> Ended {
     let (client, app) = match tokio::try_join!(client, app) {
         Ok(both) => both,
@@ -61,12 +93,13 @@ pub async fn relay(
     let (mut to_client, mut to_app) = (Frames::default(), Frames::default());
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut going: Option<tokio::time::Instant> = None;
+    // Once the relay must go: the latest moment for its closes.
+    let mut going: Option<Instant> = None;
     loop {
-        if let Some(since) = going {
+        if let Some(by) = going {
             // Between two frames each way (a close must not land inside a frame), or a side took too long to
             // finish one: the closes go now.
-            if (to_client.between() && to_app.between()) || since.elapsed() >= FINISH_WITHIN {
+            if (to_client.between() && to_app.between()) || Instant::now() >= by {
                 go_away(&mut client, &mut app, &mut from_client).await;
                 return Ended::GoingAway;
             }
@@ -94,10 +127,10 @@ pub async fn relay(
             },
             _ = tick.tick(), if going.is_none() => {
                 if must_go() {
-                    going = Some(tokio::time::Instant::now());
+                    going = Some(Instant::now() + FINISH_WITHIN);
                 }
             }
-            _ = tokio::time::sleep(CHECK_EVERY), if going.is_some() => {}
+            _ = tokio::time::sleep_until(going.unwrap_or_else(Instant::now)), if going.is_some() => {}
         }
     }
     let _ = client.shutdown().await;

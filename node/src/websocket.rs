@@ -27,9 +27,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     has(CONNECTION, "upgrade") && has(UPGRADE, "websocket")
 }
 
-/// Copies `Connection: upgrade` and the `Upgrade` protocol from `from` to `to`: hop-by-hop headers, dropped when
-/// headers are relayed, but kept on a WebSocket's handshake (to the app or the owner node, and on their 101).
+/// When `from` is a WebSocket handshake (a request, or the 101 that answers it), copies `Connection: upgrade`
+/// and the `Upgrade` protocol to `to`: hop-by-hop headers, dropped when headers are relayed, kept on the
+/// handshake (to the app or the owner node, and on their 101).
 pub fn keep_upgrade(from: &HeaderMap, to: &mut HeaderMap) {
+    if !is_upgrade(from) {
+        return;
+    }
     if let Some(proto) = from.get(UPGRADE) {
         to.insert(UPGRADE, proto.clone());
         to.insert(
@@ -37,6 +41,20 @@ pub fn keep_upgrade(from: &HeaderMap, to: &mut HeaderMap) {
             hyper::header::HeaderValue::from_static("upgrade"),
         );
     }
+}
+
+/// The far side's connection of an answer that switched protocols (a 101 with an upgrade hyper can hand
+/// over), its upgrade headers copied to `to`, the answer relayed; `None` for any other answer.
+pub fn switched(
+    answer: &mut hyper::http::response::Parts,
+    to: &mut HeaderMap,
+) -> Option<hyper::upgrade::OnUpgrade> {
+    if answer.status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let far = answer.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+    keep_upgrade(&answer.headers, to);
+    Some(far)
 }
 
 /// A frame's header: how long it is and how much payload follows.

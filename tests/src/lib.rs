@@ -557,9 +557,7 @@ pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Result<std::net::TcpStrea
         .enable_all()
         .build()?;
     let s = rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4()?;
-        s.bind(SocketAddr::from((from, 0)))?;
-        tokio::time::timeout(Duration::from_secs(5), s.connect(to))
+        tokio::time::timeout(Duration::from_secs(5), bench::edge::connect_from(from, to))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     })?;
@@ -567,6 +565,21 @@ pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Result<std::net::TcpStrea
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     Ok(s)
+}
+
+/// The `(name, value)` header lines of a raw HTTP/1.1 head (its status or request line skipped), values
+/// trimmed; for tests that speak HTTP over a socket of their own.
+pub fn raw_headers(head: &str) -> impl Iterator<Item = (&str, &str)> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim(), v.trim())))
+}
+
+/// The first value of header `name` (any case) in a raw HTTP/1.1 head.
+pub fn raw_header(head: &str, name: &str) -> Option<String> {
+    raw_headers(head)
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.to_string())
 }
 
 /// A response reduced to what tests look at.

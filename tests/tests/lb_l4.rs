@@ -7,7 +7,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use cluster_tests::{connect_from, sample, wait_until, Cluster, ClusterSpec};
+use cluster_tests::{
+    connect_from, raw_header, raw_headers, sample, wait_until, Cluster, ClusterSpec,
+};
 
 /// What a test reads of an answer that came over one fresh connection.
 #[derive(Debug)]
@@ -39,32 +41,23 @@ fn request(
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow!("no whole answer from {to}: {text:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
+    let status = head
+        .lines()
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("no status line: {head:?}"))?;
-    let mut a = Answer {
+    let cookie = raw_headers(head)
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .find_map(|(_, v)| v.starts_with("SRVSESSION=").then(|| v.split(';').next()))
+        .flatten()
+        .map(str::to_string);
+    Ok(Answer {
         status,
-        served_by: None,
-        cookie: None,
+        served_by: raw_header(head, "x-served-by"),
+        cookie,
         body: body.to_string(),
-    };
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        match k.to_ascii_lowercase().as_str() {
-            "x-served-by" => a.served_by = Some(v.to_string()),
-            "set-cookie" if v.starts_with("SRVSESSION=") => {
-                a.cookie = Some(v.split(';').next().unwrap_or_default().to_string())
-            }
-            _ => {}
-        }
-    }
-    Ok(a)
+    })
 }
 
 /// Client addresses of their own, away from the cluster's address.

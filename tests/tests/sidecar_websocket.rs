@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Result};
 use cluster_tests::test_app::TestApp;
 use cluster_tests::{
-    connect_from, cookie_pair, metric_present, wait_until, Cluster, ClusterSpec, User,
+    connect_from, cookie_pair, metric_present, raw_header, wait_until, Cluster, ClusterSpec, User,
 };
 use node::websocket::{encode, frame, OP_CLOSE, OP_TEXT};
 
@@ -55,14 +55,12 @@ impl Ws {
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         ensure!(head.starts_with("HTTP/1.1 101"), "not switched: {head}");
         let accept = cluster_tests::test_app::accept_key(key.as_bytes());
-        let header = |name: &str| {
-            head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-        };
-        ensure!(header("sec-websocket-accept") == Some(accept), "{head}");
-        let served_by = header("x-served-by").ok_or_else(|| anyhow!("no X-Served-By: {head}"))?;
+        ensure!(
+            raw_header(&head, "sec-websocket-accept") == Some(accept),
+            "{head}"
+        );
+        let served_by =
+            raw_header(&head, "x-served-by").ok_or_else(|| anyhow!("no X-Served-By: {head}"))?;
         Ok(Ws {
             s,
             buf: buf[head_end..].to_vec(),
@@ -238,9 +236,6 @@ fn ws_node(from: std::net::Ipv4Addr, l4: SocketAddr) -> Option<String> {
     .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    out.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("x-served-by")
-            .then(|| v.trim().to_string())
-    })
+    let head = out.split("\r\n\r\n").next()?;
+    raw_header(head, "x-served-by")
 }
